@@ -1,0 +1,1 @@
+"""The .sgl grammar, shipped as package data (sgl.lark)."""

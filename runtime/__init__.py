@@ -1,0 +1,1 @@
+"""The runtime: a paged-KV engine with a radix-tree prefix cache."""
