@@ -1,0 +1,95 @@
+"""Scheduled batches: the token layout of an extend or decode step, and where its logits go.
+
+An EXTEND batch carries a chunk of new tokens per request; logits are computed only where they
+are needed: at the last prompt token of a request that samples next, and at every position
+whose next token is a scored prompt token (`logprob_start_len`). A DECODE batch carries the
+last output token of every decoding request and has one logits row each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+from sgl_lang.runtime.model_runner import ForwardBatch
+from sgl_lang.runtime.request import Request, RequestKind
+
+
+class BatchKind(Enum):
+    EXTEND = "extend"
+    DECODE = "decode"
+
+
+@dataclass
+class ScheduledBatch:
+    """A forward batch plus, per request, where its logits are: `num_logprob_rows[i]` prompt
+    log-prob rows starting at `first_rows[i]`, then one sampling row if `samples[i]`."""
+
+    kind: BatchKind
+    requests: list[Request]
+    forward: ForwardBatch
+    first_rows: list[int]
+    num_logprob_rows: list[int]
+    samples: list[bool]
+
+
+def extend_batch(chunks: list[tuple[Request, int]]) -> ScheduledBatch:
+    """Each request extends its last `num` slots (already allocated, not yet computed)."""
+    input_ids: list[int] = []
+    positions, out_slots, logit_positions = [], [], []
+    first_rows, num_logprob_rows, samples = [], [], []
+    num_tokens = 0
+    for req, num in chunks:
+        end = req.kv_len
+        start = end - num
+        input_ids += req.fill_ids[start:end]
+        positions.append(torch.arange(start, end))
+        out_slots.append(req.slots[start:end])
+        first_rows.append(len(logit_positions))
+        if req.logprob_start_len is not None:  # logits at p give the log-prob of token p+1
+            lo, hi = max(start, req.logprob_start_len - 1), min(end, req.fill_len - 1)
+            logit_positions += [num_tokens + p - start for p in range(lo, hi)]
+        num_logprob_rows.append(len(logit_positions) - first_rows[-1])
+        samples.append(req.kind is RequestKind.GENERATE and end == req.fill_len)
+        if samples[-1]:
+            logit_positions.append(num_tokens + num - 1)
+        num_tokens += num
+    forward = ForwardBatch(
+        input_ids=torch.tensor(input_ids, dtype=torch.int64),
+        positions=torch.cat(positions),
+        out_slots=torch.cat(out_slots),
+        seq_slots=[req.slots for req, _ in chunks],
+        extend_lens=[num for _, num in chunks],
+        logits_indices=torch.tensor(logit_positions, dtype=torch.int64),
+    )
+    requests = [req for req, _ in chunks]
+    return ScheduledBatch(
+        BatchKind.EXTEND, requests, forward, first_rows, num_logprob_rows, samples
+    )
+
+
+def decode_batch(reqs: list[Request], new_slots: Tensor) -> ScheduledBatch:
+    """One token per request: its last output token, written at its newest slot."""
+    batch_size = len(reqs)
+    forward = ForwardBatch(
+        input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
+        positions=torch.tensor([r.fill_len - 1 for r in reqs], dtype=torch.int64),
+        out_slots=new_slots,
+        seq_slots=[r.slots for r in reqs],
+        extend_lens=[1] * batch_size,
+        logits_indices=torch.arange(batch_size),
+    )
+    rows = list(range(batch_size))
+    return ScheduledBatch(
+        BatchKind.DECODE, reqs, forward, rows, [0] * batch_size, [True] * batch_size
+    )
+
+
+def prompt_logprobs(req: Request, num_new: int, logits: Tensor) -> list[float]:
+    """Log-probs of the scored prompt tokens whose logits rows (`logits`) this chunk computed."""
+    first = max(req.kv_len - num_new, req.logprob_start_len - 1) + 1  # type: ignore[operator]
+    targets = torch.tensor(req.fill_ids[first : first + len(logits)])
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0].tolist()

@@ -1,0 +1,141 @@
+"""Sampling: SamplingParams (what a request asks for) and Sampler (logits -> next tokens).
+
+Order of operations per row: frequency/presence penalties on the output so far, the request's
+`logits_mask` (constrained decoding), then greedy argmax (temperature 0) or temperature, top-k,
+top-p and min-p truncation and a draw from the request's own generator (a seeded request draws
+the same tokens whatever batch it runs in). The reported log-probability is the model's own
+(log-softmax of the raw logits), so it does not depend on the sampling knobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+# Constrained decoding hook: given the output token ids so far, a bool mask [vocab] of the tokens
+# allowed next (True = allowed), or None for no constraint at this step.
+LogitsMask = Callable[[Sequence[int]], Tensor | None]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request generates. `temperature=0` is greedy; `top_k=0`, `top_p=1` and
+    `min_p=0` switch those filters off. `stop` strings end the output and are not part of it;
+    `stop_token_ids` and the model's EOS ids (unless `ignore_eos`) end it too."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    return_logprobs: bool = False
+    logits_mask: LogitsMask | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop_token_ids", tuple(int(i) for i in self.stop_token_ids))
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(
+                f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens!r}"
+            )
+        if not self.temperature >= 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be an int >= 0, got {self.top_k!r}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"SamplingParams.min_p must be in [0, 1], got {self.min_p}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise ValueError(
+                    f"SamplingParams.{name} must be in [-2, 2], got {getattr(self, name)}"
+                )
+        if any(not s for s in self.stop):
+            raise ValueError("SamplingParams.stop: stop strings must not be empty")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+class SampleResult(NamedTuple):
+    token_ids: Tensor  # [B] int64
+    logprobs: Tensor  # [B] fp32, log p(token) under the model
+
+
+class Sampler:
+    """Picks one token per row of a logits batch, each row with its own request's params."""
+
+    def sample(
+        self,
+        logits: Tensor,
+        params: Sequence[SamplingParams],
+        output_ids: Sequence[Sequence[int]],
+        generators: Sequence[torch.Generator | None],
+    ) -> SampleResult:
+        logits = logits.float()
+        model_logprobs = torch.log_softmax(logits, dim=-1)
+        token_ids = torch.empty(len(params), dtype=torch.int64)
+        for row, (p, ids, gen) in enumerate(zip(params, output_ids, generators, strict=True)):
+            token_ids[row] = self._sample_row(logits[row], p, ids, gen)
+        return SampleResult(token_ids, model_logprobs.gather(1, token_ids[:, None])[:, 0])
+
+    def _sample_row(
+        self,
+        logits: Tensor,
+        p: SamplingParams,
+        output_ids: Sequence[int],
+        gen: torch.Generator | None,
+    ) -> int:
+        if (p.frequency_penalty or p.presence_penalty) and output_ids:
+            logits = apply_penalties(logits, output_ids, p.frequency_penalty, p.presence_penalty)
+        if p.logits_mask is not None and (allowed := p.logits_mask(output_ids)) is not None:
+            if not bool(allowed.any()):
+                raise ValueError("logits_mask allowed no token")
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        if p.is_greedy:
+            return int(logits.argmax())
+        probs = filtered_probs(logits / p.temperature, p.top_k, p.top_p, p.min_p)
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def apply_penalties(
+    logits: Tensor, output_ids: Sequence[int], frequency: float, presence: float
+) -> Tensor:
+    """OpenAI's penalties: subtract `frequency` per earlier occurrence, `presence` once."""
+    counts = torch.bincount(torch.tensor(output_ids), minlength=logits.shape[-1])[
+        : logits.shape[-1]
+    ]
+    return logits - frequency * counts - presence * (counts > 0)
+
+
+def filtered_probs(logits: Tensor, top_k: int, top_p: float, min_p: float) -> Tensor:
+    """Softmax of `logits` [V] restricted to the top-k tokens, the smallest set whose mass
+    reaches top-p, and the tokens with at least min_p times the top probability."""
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(descending=True)
+    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
+    if top_k:
+        keep[top_k:] = False
+    if top_p < 1:
+        mass_before = sorted_probs.cumsum(0) - sorted_probs
+        keep &= mass_before < top_p  # the token that crosses top_p is kept
+    if min_p > 0:
+        keep &= sorted_probs >= min_p * sorted_probs[0]
+    keep[0] = True
+    filtered = torch.zeros_like(probs)
+    filtered[order[keep]] = sorted_probs[keep]
+    return filtered / filtered.sum()
