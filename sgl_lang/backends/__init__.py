@@ -1,0 +1,117 @@
+"""Backends: where generation goes. `get_backend(uri)` resolves a backend URI lazily.
+
+Each URI scheme names a module of this package and a factory `create(target) -> Backend`; the
+module is imported only when its scheme is used, so the language never imports torch or an
+API client it does not need.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from typing import cast
+
+from sgl_lang.backends.base import (
+    CONSTRAINT_KINDS,
+    SELECT_METHODS,
+    TYPE_PATTERNS,
+    Backend,
+    Capabilities,
+    Choices,
+    Constraint,
+    GenRequest,
+    GenResult,
+    Image,
+    JsonSchema,
+    Message,
+    Prompt,
+    Regex,
+    Segment,
+    Text,
+)
+from sgl_lang.errors import SglBackendError
+
+__all__ = [
+    "BACKENDS",
+    "CONSTRAINT_KINDS",
+    "SELECT_METHODS",
+    "TYPE_PATTERNS",
+    "Backend",
+    "Capabilities",
+    "Choices",
+    "Constraint",
+    "GenRequest",
+    "GenResult",
+    "Image",
+    "JsonSchema",
+    "Message",
+    "Prompt",
+    "Regex",
+    "Segment",
+    "Text",
+    "get_backend",
+]
+
+# scheme -> "module:factory". `test` and `local` take an optional target (`local:PATH`), the
+# others need one; `http`/`https` receive the whole URI as their target.
+BACKENDS: dict[str, str] = {
+    "test": "sgl_lang.backends.test:create",
+    "local": "sgl_lang.backends.local:create",
+    "http": "sgl_lang.backends.http:create",
+    "https": "sgl_lang.backends.http:create",
+    "openai": "sgl_lang.backends.openai:create",
+    "anthropic": "sgl_lang.backends.anthropic:create",
+    "gemini": "sgl_lang.backends.gemini:create",
+    "vllm": "sgl_lang.backends.vllm:create",
+}
+_TARGET_OPTIONAL = frozenset({"test", "local"})
+_FORMS = (
+    "test, test:PATH, local, local:PATH, http://HOST:PORT, openai:MODEL, "
+    "openai:MODEL@http://HOST:PORT/v1, anthropic:MODEL, gemini:MODEL, vllm:PATH"
+)
+_TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL", "vllm": "PATH"}
+
+
+def get_backend(uri: str) -> Backend:
+    """A new backend for `uri` (LANGUAGE.md §7). Raises `SglBackendError` for an unknown or
+    malformed URI, and for a scheme whose module is not part of this installation."""
+    scheme, target = _split(uri)
+    return _factory(scheme)(target)
+
+
+def _split(uri: str) -> tuple[str, str]:
+    scheme, colon, target = uri.strip().partition(":")
+    if scheme in ("http", "https"):
+        if not target.startswith("//") or len(target) == 2:
+            raise SglBackendError(f"malformed backend URI `{uri}`: expected {scheme}://HOST:PORT")
+        return scheme, uri.strip()
+    if scheme not in BACKENDS:
+        close = difflib.get_close_matches(scheme, BACKENDS, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise SglBackendError(f"unknown backend `{uri}`{hint} (known forms: {_FORMS})")
+    if not target and scheme not in _TARGET_OPTIONAL:
+        raise SglBackendError(
+            f"backend `{uri}` needs a {_TARGET_NAMES[scheme].lower()}: "
+            f"write `{scheme}:{_TARGET_NAMES[scheme]}`"
+        )
+    if colon and not target and scheme in _TARGET_OPTIONAL:
+        raise SglBackendError(
+            f"backend `{uri}` has an empty path: write `{scheme}` or `{scheme}:PATH`"
+        )
+    return scheme, target
+
+
+def _factory(scheme: str) -> Callable[[str], Backend]:
+    module_name, _, factory_name = BACKENDS[scheme].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise  # the backend module exists but something it imports is broken
+        form = f"{scheme}://" if scheme in ("http", "https") else f"{scheme}:"
+        raise SglBackendError(
+            f"backend `{form}` is not available in this installation "
+            f"(module `{module_name}` is missing)"
+        ) from None
+    return cast(Callable[[str], Backend], getattr(module, factory_name))

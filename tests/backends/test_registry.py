@@ -1,0 +1,121 @@
+"""The backend registry: URI forms, lazy imports, and the errors for unknown or missing backends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import sgl_lang.backends as backends
+from sgl_lang.backends import get_backend
+from sgl_lang.backends.test import TestBackend
+from sgl_lang.errors import SglBackendError
+
+
+def test_test_backend_with_and_without_replies(tmp_path: Path) -> None:
+    backend = get_backend("test")
+    assert isinstance(backend, TestBackend) and backend.replies == []
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(["hi"]), encoding="utf-8")
+    with_replies = get_backend(f"test:{path}")
+    assert isinstance(with_replies, TestBackend) and [r.text for r in with_replies.replies] == [
+        "hi"
+    ]
+    assert get_backend("test") is not backend  # a fresh backend per call
+
+
+@pytest.mark.parametrize(
+    ("uri", "module", "target"),
+    [
+        ("local", "local", ""),
+        ("local:models/smol", "local", "models/smol"),
+        ("local:C:/models/x.gguf", "local", "C:/models/x.gguf"),
+        ("http://localhost:30000", "http", "http://localhost:30000"),
+        ("https://example.com/sgl", "http", "https://example.com/sgl"),
+        ("openai:gpt-4o-mini", "openai", "gpt-4o-mini"),
+        ("openai:llama@http://localhost:8000/v1", "openai", "llama@http://localhost:8000/v1"),
+        ("anthropic:claude-sonnet-4-5", "anthropic", "claude-sonnet-4-5"),
+        ("gemini:gemini-2.0-flash", "gemini", "gemini-2.0-flash"),
+        ("vllm:/models/llama", "vllm", "/models/llama"),
+    ],
+)
+def test_each_uri_form_reaches_its_module(
+    uri: str, module: str, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = types.ModuleType(f"sgl_lang.backends.{module}")
+    fake.create = lambda target: ("created", target)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    assert get_backend(uri) == ("created", target)
+
+
+@pytest.mark.parametrize(
+    ("uri", "form"),
+    [("openai:gpt-4o", "openai:"), ("http://h:1", "http://"), ("local", "local:")],
+)
+def test_a_missing_backend_module_is_not_available(
+    uri: str, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheme = uri.partition(":")[0]
+    monkeypatch.setitem(backends.BACKENDS, scheme, "sgl_lang.backends.not_installed_xyz:create")
+    with pytest.raises(SglBackendError) as info:
+        get_backend(uri)
+    assert info.value.message == (
+        f"backend `{form}` is not available in this installation "
+        "(module `sgl_lang.backends.not_installed_xyz` is missing)"
+    )
+
+
+def test_other_import_errors_are_not_swallowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_backend_xyz.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(backends.BACKENDS, "openai", "broken_backend_xyz:create")
+    with pytest.raises(ModuleNotFoundError) as info:
+        get_backend("openai:gpt-4o")
+    assert info.value.name == "no_such_dependency_xyz"
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("opnai:gpt-4o", "unknown backend `opnai:gpt-4o`; did you mean `openai`?"),
+        ("tset", "unknown backend `tset`; did you mean `test`?"),
+        ("", "unknown backend ``"),
+        ("ftp://host", "unknown backend `ftp://host`"),
+        ("http:localhost", "malformed backend URI `http:localhost`: expected http://HOST:PORT"),
+        ("https://", "malformed backend URI `https://`"),
+        ("openai:", "backend `openai:` needs a model: write `openai:MODEL`"),
+        ("vllm", "backend `vllm` needs a path: write `vllm:PATH`"),
+        ("test:", "backend `test:` has an empty path"),
+    ],
+)
+def test_bad_uris(uri: str, message: str) -> None:
+    with pytest.raises(SglBackendError) as info:
+        get_backend(uri)
+    assert info.value.message.startswith(message)
+
+
+def test_unknown_backend_lists_the_known_forms() -> None:
+    with pytest.raises(SglBackendError) as info:
+        get_backend("llamacpp:x")
+    assert "openai:MODEL@http://HOST:PORT/v1" in info.value.message
+    assert "did you mean" not in info.value.message
+
+
+def test_importing_backends_imports_no_runtime() -> None:
+    code = (
+        "import sys, sgl_lang.backends as b; b.get_backend('test'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'numpy', 'transformers', 'httpx', 'openai', 'anthropic', 'vllm') "
+        "or m.startswith('sgl_lang.runtime') or m in "
+        "('sgl_lang.backends.local', 'sgl_lang.backends.http', 'sgl_lang.backends.openai')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "[]\n"
