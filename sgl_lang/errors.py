@@ -50,11 +50,29 @@ class SglError(Exception):
             lines.append(f"hint: {self.hint}")
         if self.stack:
             lines.append("call stack (innermost last):")
-            lines.extend(f"  {frame.span.location} in {frame.function}" for frame in self.stack)
+            lines.extend(_stack_lines(self.stack))
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.render()
+
+
+def _stack_lines(stack: tuple[Frame, ...]) -> list[str]:
+    """One line per call site, with runs of the same frame (deep recursion) folded."""
+    lines: list[str] = []
+    index = 0
+    while index < len(stack):
+        frame = stack[index]
+        repeats = 1
+        while index + repeats < len(stack) and stack[index + repeats] == frame:
+            repeats += 1
+        lines.append(f"  {frame.span.location}: called `{frame.function}`")
+        if repeats > 2:
+            lines.append(f"  ... the same call {repeats - 1} more times")
+        elif repeats == 2:
+            lines.append(lines[-1])
+        index += repeats
+    return lines
 
 
 class SglSyntaxError(SglError):

@@ -1,0 +1,970 @@
+"""The eager, asynchronous tree walker: runs a program's statements on prompt states; fork/join."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import operator
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sgl_lang import nodes
+from sgl_lang.backends.base import (
+    TYPE_PATTERNS,
+    Backend,
+    Choices,
+    Constraint,
+    GenRequest,
+    GenResult,
+    JsonSchema,
+    Regex,
+)
+from sgl_lang.errors import (
+    Frame,
+    SglAssertionError,
+    SglConstraintError,
+    SglError,
+    SglImportError,
+    SglNameError,
+    SglSyntaxError,
+    SglTypeError,
+    SglValueError,
+)
+from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args
+from sgl_lang.objects import (
+    Function,
+    Record,
+    Schema,
+    check_error,
+    format_value,
+    get_attribute,
+    schema_to_json,
+)
+from sgl_lang.source import Span
+from sgl_lang.state import State
+from sgl_lang.stdlib.builtins import BUILTINS
+from sgl_lang.stdlib.modules import load_module
+from sgl_lang.values import to_repr, to_str, type_name
+
+ProgramLoader = Callable[[nodes.Program, nodes.Import], nodes.Program]
+"""Finds and parses the program an `import "path"` names (see `loader.py`)."""
+
+
+class Scope:
+    """Variables of a module, a function call, a fork branch or a comprehension."""
+
+    __slots__ = ("kind", "parent", "vars")
+
+    def __init__(self, kind: str, parent: Scope | None = None) -> None:
+        self.kind = kind
+        self.parent = parent
+        self.vars: dict[str, Any] = {}
+
+    def find(self, name: str) -> Scope | None:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.vars:
+                return scope
+            scope = scope.parent
+        return None
+
+    def assign(self, name: str, value: Any) -> None:
+        if self.kind == "branch" and name not in self.vars:
+            owner = self.parent.find(name) if self.parent else None
+            if (owner is not None and owner.kind != "module") or _branch_sees_global(self, name):
+                raise SglNameError(
+                    f"a fork branch cannot rebind `{name}` from the enclosing scope; "
+                    "bind a new name and read it from the branch"
+                )
+        self.vars[name] = value
+
+
+def _branch_sees_global(scope: Scope, name: str) -> bool:
+    """True when the branch was forked at module level and `name` is a module variable."""
+    parent = scope.parent
+    while parent is not None and parent.kind in ("branch", "comp"):
+        parent = parent.parent
+    return parent is not None and parent.kind == "module" and name in parent.vars
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where statements run: the state they append to and the scope they bind in."""
+
+    state: State
+    scope: Scope
+    stack: tuple[Frame, ...] = ()
+    in_role: bool = False
+    streams: bool = True
+    importing: bool = False
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One backend call, for `--trace`."""
+
+    kind: str
+    name: str
+    span: Span
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+class _Break(Exception):
+    pass
+
+
+class _Continue(Exception):
+    pass
+
+
+class _Return(Exception):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class _ContextBuiltin:
+    """A built-in that needs the interpreter (`run_batch`)."""
+
+    type_name = "function"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"<built-in {self.name}>"
+
+
+META = _ContextBuiltin("meta")
+RUN_BATCH = _ContextBuiltin("run_batch")
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+}
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "in": lambda a, b: a in b,
+    "not in": lambda a, b: a not in b,
+}
+_MAX_REPEAT_LEN = 100_000_000
+
+
+class Interpreter:
+    """Runs programs against one backend. Keeps every state and backend call for `--trace`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        params: dict[str, Any] | None = None,
+        default_max_tokens: int = 256,
+        max_recursion: int = 200,
+        on_chunk: Callable[[str], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
+        load_program: ProgramLoader | None = None,
+    ) -> None:
+        self.backend = backend
+        self.params = dict(params or {})
+        self.default_max_tokens = default_max_tokens
+        self.max_recursion = max_recursion
+        self.on_chunk = on_chunk
+        self.on_warning = on_warning
+        self.load_program = load_program
+        self.builtins: dict[str, Any] = {**BUILTINS, "meta": META, "run_batch": RUN_BATCH}
+        self.states: list[State] = []
+        self.calls: list[CallRecord] = []
+        self.scope = Scope("module")
+        self.program: nodes.Program | None = None
+        self._modules: dict[str, Record] = {}
+        self._warned: set[str] = set()
+        self._exec: dict[type, Callable[[Any, Context], Any]] = {
+            nodes.Append: self._append,
+            nodes.Role: self._role,
+            nodes.Gen: self._gen,
+            nodes.Select: self._select,
+            nodes.ImageStmt: self._image,
+            nodes.ExprStmt: self._expr_stmt,
+            nodes.Assign: self._assign,
+            nodes.AugAssign: self._aug_assign,
+            nodes.If: self._if,
+            nodes.For: self._for,
+            nodes.While: self._while,
+            nodes.Break: self._break,
+            nodes.Continue: self._continue,
+            nodes.Pass: self._pass,
+            nodes.Assert: self._assert,
+            nodes.Return: self._return,
+            nodes.Fork: self._fork,
+            nodes.FuncDef: self._funcdef,
+            nodes.ParamDecl: self._param,
+            nodes.SchemaDecl: self._schema,
+            nodes.Import: self._import,
+            nodes.BackendDecl: self._pass,
+        }
+        self._eval: dict[type, Callable[[Any, Context], Any]] = {
+            nodes.Str: self._str,
+            nodes.Name: self._name,
+            nodes.ListExpr: self._list,
+            nodes.DictExpr: self._dict,
+            nodes.UnaryOp: self._unary,
+            nodes.BinOp: self._binop,
+            nodes.BoolOp: self._boolop,
+            nodes.Compare: self._compare,
+            nodes.IfExpr: self._ifexpr,
+            nodes.Index: self._index,
+            nodes.Attribute: self._attribute,
+            nodes.Call: self._call,
+            nodes.ListComp: self._listcomp,
+            nodes.RunExpr: self._run,
+        }
+
+    # ------------------------------------------------------------ entry points
+
+    async def run_program(self, program: nodes.Program) -> State:
+        """Run a program's main body on a fresh state; returns that state."""
+        self.program = program
+        # Each `.sgl` call nests a few dozen Python frames (coroutines included).
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 40 * self.max_recursion + 2000))
+        state = State()
+        self.states.append(state)
+        await self.exec_block(program.body, Context(state, self.scope))
+        return state
+
+    async def exec_block(self, body: Sequence[nodes.Stmt], ctx: Context) -> None:
+        for stmt in body:
+            try:
+                await self._exec[type(stmt)](stmt, ctx)
+            except SglError as error:
+                raise _located(error, stmt.span, ctx) from None
+
+    async def eval(self, expr: nodes.Expr, ctx: Context) -> Any:
+        if isinstance(expr, nodes.Const):
+            return expr.value
+        try:
+            return await self._eval[type(expr)](expr, ctx)
+        except SglError as error:
+            raise _located(error, expr.span, ctx) from None
+
+    # ------------------------------------------------------------ prompt statements
+
+    async def _append(self, node: nodes.Append, ctx: Context) -> None:
+        ctx.state.append(to_str(await self.eval(node.value, ctx)))
+
+    async def _role(self, node: nodes.Role, ctx: Context) -> None:
+        if ctx.in_role:
+            raise SglSyntaxError(
+                f"a `{node.role}` message cannot be nested in another role message", node.span
+            )
+        ctx.state.open_message(node.role)
+        try:
+            await self.exec_block(node.body, replace(ctx, in_role=True))
+        finally:
+            ctx.state.close_message()
+
+    async def _image(self, node: nodes.ImageStmt, ctx: Context) -> None:
+        value = await self.eval(node.value, ctx)
+        if not isinstance(value, (str, bytes)):
+            raise SglTypeError(f"`image` needs a path, an URL or bytes, not `{type_name(value)}`")
+        ctx.state.append_image(value)
+
+    async def _gen(self, node: nodes.Gen, ctx: Context) -> None:
+        self._check_can_generate(ctx, "gen")
+        values = {kw.name: await self.eval(kw.value, ctx) for kw in node.args if kw.name}
+        args = check_gen_args(node, values, self.builtins, self.default_max_tokens)
+        request = _request(ctx.state, args)
+        result = await self._generate(request, ctx, node)
+        value = self._convert(result.text, args, node)
+        ctx.state.append(result.text, generated=True)
+        self._bind_generated(node.name, value, ctx)
+        ctx.state.meta[node.name] = {
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "cached_tokens": result.cached_tokens,
+        }
+
+    async def _generate(self, request: GenRequest, ctx: Context, node: nodes.Gen) -> GenResult:
+        on_chunk = self.on_chunk if ctx.streams else None
+        result = await self.backend.generate(request, on_chunk)
+        self.calls.append(
+            CallRecord(
+                "gen",
+                node.name,
+                node.span,
+                result.prompt_tokens,
+                result.completion_tokens,
+                result.cached_tokens,
+            )
+        )
+        return result
+
+    def _convert(self, text: str, args: GenArgs, node: nodes.Gen) -> Any:
+        """The bound value of a `gen`: checked against its constraint and converted."""
+        constraint = args.constraint
+        if args.type_name:
+            return _convert_type(text, args.type_name)
+        enforced = self.backend.capabilities.constraints
+        if (
+            isinstance(constraint, Regex)
+            and "regex" not in enforced
+            and re.fullmatch(constraint.pattern, text) is None
+        ):
+            raise SglConstraintError(
+                f"the backend's output {to_repr(text)} does not match the pattern "
+                f"{to_repr(constraint.pattern)} (this backend cannot enforce `regex`)"
+            )
+        if isinstance(constraint, Choices) and text not in constraint.options:
+            raise SglConstraintError(
+                f"the backend's output {to_repr(text)} is not one of the choices"
+            )
+        if isinstance(constraint, JsonSchema):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SglConstraintError(f"the backend returned invalid JSON: {exc}") from None
+        return text
+
+    async def _select(self, node: nodes.Select, ctx: Context) -> None:
+        self._check_can_generate(ctx, "select")
+        values = {kw.name: await self.eval(kw.value, ctx) for kw in node.args if kw.name}
+        method = check_select_args(node, values)
+        choices = await self.eval(node.choices, ctx)
+        if not isinstance(choices, list) or not choices:
+            raise SglTypeError(
+                f"`select` needs a non-empty list of strings, not `{type_name(choices)}`"
+            ).at(node.choices.span)
+        if not all(isinstance(choice, str) for choice in choices):
+            raise SglTypeError("`select` choices must all be strings").at(node.choices.span)
+        prompt = ctx.state.prompt()
+        if method in self.backend.capabilities.select_methods:
+            scores = await self.backend.score(prompt, choices, method)
+            chosen = choices[max(range(len(choices)), key=scores.__getitem__)]
+            meta: dict[str, Any] = {
+                "method": method,
+                "scores": dict(zip(choices, scores, strict=True)),
+            }
+        else:
+            self._warn_once(
+                f"backend `{self.backend.name}` cannot score choices; "
+                "`select` falls back to constrained generation (gen … choices=)"
+            )
+            request = GenRequest(prompt, max_tokens=self.default_max_tokens)
+            request = replace(request, constraint=Choices(tuple(choices)))
+            result = await self.backend.generate(request)
+            if result.text not in choices:
+                raise SglConstraintError(
+                    f"the backend answered {to_repr(result.text)}, not a choice"
+                )
+            chosen, meta = result.text, {"method": "generate", "scores": {}}
+        self.calls.append(CallRecord("select", node.name, node.span, 0, 0, 0))
+        ctx.state.append(chosen, generated=True)
+        self._bind_generated(node.name, chosen, ctx)
+        ctx.state.meta[node.name] = meta
+
+    def _check_can_generate(self, ctx: Context, what: str) -> None:
+        if ctx.importing:
+            raise SglImportError(
+                f"an imported program cannot run `{what}` while it is being imported; "
+                "only its declarations and constant assignments run"
+            )
+
+    def _bind_generated(self, name: str, value: Any, ctx: Context) -> None:
+        ctx.scope.assign(name, value)
+        ctx.state.variables[name] = value
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned and self.on_warning:
+            self._warned.add(message)
+            self.on_warning(message)
+
+    # ------------------------------------------------------------ other statements
+
+    async def _expr_stmt(self, node: nodes.ExprStmt, ctx: Context) -> None:
+        await self.eval(node.expr, ctx)
+
+    async def _assign(self, node: nodes.Assign, ctx: Context) -> None:
+        if isinstance(node.value, nodes.Fork):
+            value: Any = await self._run_fork(node.value, ctx)
+        else:
+            value = await self.eval(node.value, ctx)
+        if len(node.targets) == 1:
+            await self._store(node.targets[0], value, ctx)
+            return
+        items = _unpack(value, len(node.targets))
+        for target, item in zip(node.targets, items, strict=True):
+            await self._store(target, item, ctx)
+
+    async def _store(
+        self, target: nodes.Name | nodes.Index | nodes.Attribute, value: Any, ctx: Context
+    ) -> None:
+        if isinstance(target, nodes.Name):
+            try:
+                ctx.scope.assign(target.id, value)
+            except SglError as error:
+                raise error.at(target.span) from None
+            return
+        container = await self.eval(target.value, ctx)
+        if isinstance(target, nodes.Attribute):
+            if not isinstance(container, dict):
+                raise SglTypeError(
+                    f"cannot set attributes of `{type_name(container)}`", target.span
+                )
+            container[target.attr] = value
+            return
+        key = await self.eval(_as_expr(target.index), ctx)
+        if not isinstance(container, (list, dict)):
+            raise SglTypeError(
+                f"`{type_name(container)}` does not support item assignment", target.span
+            )
+        try:
+            container[key] = value
+        except (IndexError, TypeError) as exc:
+            raise check_error(exc).at(target.span) from None
+
+    async def _aug_assign(self, node: nodes.AugAssign, ctx: Context) -> None:
+        current = await self.eval(node.target, ctx)
+        value = _binary(node.op, current, await self.eval(node.value, ctx))
+        await self._store(node.target, value, ctx)
+
+    async def _if(self, node: nodes.If, ctx: Context) -> None:
+        body = node.body if await self.eval(node.test, ctx) else node.orelse
+        await self.exec_block(body, ctx)
+
+    async def _for(self, node: nodes.For, ctx: Context) -> None:
+        for item in _iterate(await self.eval(node.iter, ctx)):
+            self._bind_targets(node.targets, item, ctx.scope)
+            try:
+                await self.exec_block(node.body, ctx)
+            except _Break:
+                break
+            except _Continue:
+                continue
+
+    async def _while(self, node: nodes.While, ctx: Context) -> None:
+        while await self.eval(node.test, ctx):
+            try:
+                await self.exec_block(node.body, ctx)
+            except _Break:
+                break
+            except _Continue:
+                continue
+
+    def _bind_targets(self, targets: tuple[str, ...], item: Any, scope: Scope) -> None:
+        if len(targets) == 1:
+            scope.assign(targets[0], item)
+            return
+        for name, value in zip(targets, _unpack(item, len(targets)), strict=True):
+            scope.assign(name, value)
+
+    async def _break(self, node: nodes.Break, ctx: Context) -> None:
+        raise _Break
+
+    async def _continue(self, node: nodes.Continue, ctx: Context) -> None:
+        raise _Continue
+
+    async def _pass(self, node: nodes.Node, ctx: Context) -> None:
+        return None
+
+    async def _assert(self, node: nodes.Assert, ctx: Context) -> None:
+        if not await self.eval(node.test, ctx):
+            message = (
+                to_str(await self.eval(node.message, ctx)) if node.message else "assertion failed"
+            )
+            raise SglAssertionError(message, node.span)
+
+    async def _return(self, node: nodes.Return, ctx: Context) -> None:
+        raise _Return(await self.eval(node.value, ctx) if node.value else None)
+
+    async def _fork(self, node: nodes.Fork, ctx: Context) -> None:
+        await self._run_fork(node, ctx)
+
+    async def _funcdef(self, node: nodes.FuncDef, ctx: Context) -> None:
+        defaults = {p.name: await self.eval(p.default, ctx) for p in node.params if p.default}
+        ctx.scope.assign(node.name, Function(node, ctx.scope, defaults))
+
+    async def _param(self, node: nodes.ParamDecl, ctx: Context) -> None:
+        if node.name in self.params and not ctx.importing:
+            value = self.params[node.name]
+        elif node.default is not None:
+            value = await self.eval(node.default, ctx)
+        else:
+            raise SglValueError(
+                f"param `{node.name}` has no default and no value was given",
+                node.span,
+                hint=f"pass one with --set {node.name}=VALUE",
+            )
+        ctx.scope.assign(node.name, value)
+
+    async def _schema(self, node: nodes.SchemaDecl, ctx: Context) -> None:
+        known = {
+            name: value
+            for scope in _chain(ctx.scope)
+            for name, value in scope.vars.items()
+            if isinstance(value, Schema)
+        }
+        ctx.scope.assign(node.name, Schema(node.name, schema_to_json(node, known)))
+
+    async def _import(self, node: nodes.Import, ctx: Context) -> None:
+        if node.module is not None:
+            ctx.scope.assign(node.alias, load_module(node.module))
+            return
+        ctx.scope.assign(node.alias, await self._import_program(node, ctx))
+
+    async def _import_program(self, node: nodes.Import, ctx: Context) -> Record:
+        if self.load_program is None or node.path is None:
+            raise SglImportError("importing program files is not available here", node.span)
+        importer = ctx.state.program if isinstance(ctx.state, _ImportState) else self.program
+        if importer is None:
+            raise SglImportError("cannot tell which file this import is relative to", node.span)
+        program = self.load_program(importer, node)
+        key = program.source.name
+        if key not in self._modules:
+            scope = Scope("module")
+            module_ctx = Context(_ImportState(program), scope, ctx.stack, importing=True)
+            await self.exec_block([s for s in program.body if _runs_on_import(s)], module_ctx)
+            self._modules[key] = Record("module", scope.vars)
+        return self._modules[key]
+
+    # ------------------------------------------------------------ fork and run
+
+    async def _run_fork(self, node: nodes.Fork, ctx: Context) -> list[Record]:
+        if ctx.in_role:
+            raise SglSyntaxError("`fork` cannot be used inside a role message", node.span)
+        items = await self._fork_items(node, ctx)
+        if len(items) > 1:
+            await self.backend.cache_prefix(ctx.state.prompt())
+        tasks = [asyncio.create_task(self._branch(node, item, ctx)) for item in items]
+        if not tasks:
+            return []
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for item, task in zip(items, tasks, strict=True):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise _branch_error(task.exception(), node, item)
+        return [task.result() for task in tasks]
+
+    async def _fork_items(self, node: nodes.Fork, ctx: Context) -> list[Any]:
+        if node.count is not None:
+            count = await self.eval(node.count, ctx)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise SglTypeError(f"`fork N:` needs a non-negative int, not {to_repr(count)}").at(
+                    node.count.span
+                )
+            return list(range(count))
+        assert node.iter is not None
+        return list(_iterate(await self.eval(node.iter, ctx)))
+
+    async def _branch(self, node: nodes.Fork, item: Any, ctx: Context) -> Record:
+        state = ctx.state.copy()
+        self.states.append(state)
+        start = len(state.pieces)
+        scope = Scope("branch", ctx.scope)
+        if node.var:
+            scope.vars[node.var] = item
+        await self.exec_block(node.body, replace(ctx, state=state, scope=scope, streams=False))
+        attributes = {
+            name: value
+            for name, value in state.variables.items()
+            if ctx.state.variables.get(name, _MISSING) is not value
+        }
+        attributes.update(scope.vars)
+        attributes["text"] = state.text(start)
+        return Record("branch", attributes)
+
+    async def _run(self, node: nodes.RunExpr, ctx: Context) -> Record:
+        func = await self.eval(node.call.func, ctx)
+        if not isinstance(func, Function):
+            raise SglTypeError(
+                f"`run` needs a function defined with `def`, not `{type_name(func)}`"
+            )
+        args, kwargs = await self._arguments(node.call, ctx)
+        return await self._run_on_fresh_state(func, args, kwargs, ctx, node.span)
+
+    async def _run_on_fresh_state(
+        self, func: Function, args: list[Any], kwargs: dict[str, Any], ctx: Context, span: Span
+    ) -> Record:
+        state = State()
+        self.states.append(state)
+        fresh = replace(ctx, state=state, in_role=False, streams=False)
+        value = await self._call_function(func, args, kwargs, fresh, span)
+        attributes = dict(state.variables)
+        attributes.update(text=state.text(), messages=state.messages(), return_value=value)
+        return Record("state", attributes)
+
+    async def _run_batch(
+        self, args: list[Any], kwargs: dict[str, Any], ctx: Context, span: Span
+    ) -> list[Record]:
+        func, rows, parallel = _batch_arguments(args, kwargs)
+        limit = asyncio.Semaphore(parallel)
+
+        async def one(row: dict[str, Any]) -> Record:
+            async with limit:
+                return await self._run_on_fresh_state(func, [], row, ctx, span)
+
+        tasks = [asyncio.create_task(one(row)) for row in rows]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------ expressions
+
+    async def _str(self, node: nodes.Str, ctx: Context) -> str:
+        pieces = []
+        for part in node.parts:
+            if isinstance(part, str):
+                pieces.append(part)
+            else:
+                value = await self.eval(part.expr, ctx)
+                try:
+                    pieces.append(format_value(value, part.spec))
+                except SglError as error:
+                    raise error.at(part.span) from None
+        return "".join(pieces)
+
+    async def _name(self, node: nodes.Name, ctx: Context) -> Any:
+        scope = ctx.scope.find(node.id)
+        if scope is not None:
+            return scope.vars[node.id]
+        if node.id in self.builtins:
+            return self.builtins[node.id]
+        raise SglNameError(f"`{node.id}` is not defined")
+
+    async def _list(self, node: nodes.ListExpr, ctx: Context) -> list[Any]:
+        return [await self.eval(item, ctx) for item in node.items]
+
+    async def _dict(self, node: nodes.DictExpr, ctx: Context) -> dict[Any, Any]:
+        result = {}
+        for key_node, value_node in node.items:
+            key = await self.eval(key_node, ctx)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise SglTypeError(f"a dict key cannot be `{type_name(key)}`", key_node.span)
+            result[key] = await self.eval(value_node, ctx)
+        return result
+
+    async def _unary(self, node: nodes.UnaryOp, ctx: Context) -> Any:
+        value = await self.eval(node.operand, ctx)
+        if node.op == "not":
+            return not value
+        if not isinstance(value, (int, float)):
+            raise SglTypeError(f"bad operand type for unary {node.op}: `{type_name(value)}`")
+        return -value if node.op == "-" else +value
+
+    async def _binop(self, node: nodes.BinOp, ctx: Context) -> Any:
+        return _binary(node.op, await self.eval(node.left, ctx), await self.eval(node.right, ctx))
+
+    async def _boolop(self, node: nodes.BoolOp, ctx: Context) -> Any:
+        left = await self.eval(node.left, ctx)
+        if (node.op == "and") != bool(left):
+            return left
+        return await self.eval(node.right, ctx)
+
+    async def _compare(self, node: nodes.Compare, ctx: Context) -> bool:
+        left = await self.eval(node.left, ctx)
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
+            right = await self.eval(right_node, ctx)
+            try:
+                if not _COMPARE[op](left, right):
+                    return False
+            except TypeError:
+                raise SglTypeError(
+                    f"`{op}` is not supported between `{type_name(left)}` and `{type_name(right)}`"
+                ) from None
+            left = right
+        return True
+
+    async def _ifexpr(self, node: nodes.IfExpr, ctx: Context) -> Any:
+        branch = node.body if await self.eval(node.test, ctx) else node.orelse
+        return await self.eval(branch, ctx)
+
+    async def _index(self, node: nodes.Index, ctx: Context) -> Any:
+        value = await self.eval(node.value, ctx)
+        if not isinstance(value, (list, str, dict)):
+            raise SglTypeError(f"`{type_name(value)}` cannot be indexed")
+        index = await self._index_key(node.index, ctx)
+        try:
+            return value[index]
+        except KeyError:
+            raise SglValueError(f"dict has no key {to_repr(index)}").at(node.index.span) from None
+        except (IndexError, TypeError) as exc:
+            raise check_error(exc).at(node.index.span) from None
+
+    async def _index_key(self, index: nodes.Expr | nodes.Slice, ctx: Context) -> Any:
+        if not isinstance(index, nodes.Slice):
+            return await self.eval(index, ctx)
+        parts = [
+            await self.eval(p, ctx) if p else None for p in (index.lower, index.upper, index.step)
+        ]
+        for part in parts:
+            if part is not None and (not isinstance(part, int) or isinstance(part, bool)):
+                raise SglTypeError(
+                    f"slice indices must be ints, not `{type_name(part)}`", index.span
+                )
+        return slice(*parts)
+
+    async def _attribute(self, node: nodes.Attribute, ctx: Context) -> Any:
+        return get_attribute(await self.eval(node.value, ctx), node.attr)
+
+    async def _call(self, node: nodes.Call, ctx: Context) -> Any:
+        func = await self.eval(node.func, ctx)
+        if func is META:
+            return self._meta(node, ctx)
+        args, kwargs = await self._arguments(node, ctx)
+        if func is RUN_BATCH:
+            return await self._run_batch(args, kwargs, ctx, node.span)
+        return await self.call(func, args, kwargs, ctx, node.span)
+
+    async def _arguments(self, node: nodes.Call, ctx: Context) -> tuple[list[Any], dict[str, Any]]:
+        args = [await self.eval(arg, ctx) for arg in node.args]
+        kwargs: dict[str, Any] = {}
+        for kw in node.kwargs:
+            value = await self.eval(kw.value, ctx)
+            if kw.name is not None:
+                kwargs[kw.name] = value
+            elif isinstance(value, dict) and all(isinstance(k, str) for k in value):
+                kwargs.update(value)
+            else:
+                raise SglTypeError(
+                    f"`**` needs a dict with string keys, not `{type_name(value)}`", kw.span
+                )
+        return args, kwargs
+
+    async def call(
+        self, func: Any, args: list[Any], kwargs: dict[str, Any], ctx: Context, span: Span
+    ) -> Any:
+        """Call a function value: a `def` runs on the caller's state; built-ins are Python callables."""
+        if isinstance(func, Function):
+            return await self._call_function(func, args, kwargs, ctx, span)
+        if isinstance(func, (_ContextBuiltin, Schema, Record)) or not callable(func):
+            raise SglTypeError(f"`{type_name(func)}` is not callable")
+        args = [self._callable_for_python(arg, ctx, span) for arg in args]
+        kwargs = {k: self._callable_for_python(v, ctx, span) for k, v in kwargs.items()}
+        try:
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except SglError:
+            raise
+        except Exception as exc:
+            raise check_error(exc) from None
+        return list(result) if isinstance(result, tuple) else result
+
+    def _callable_for_python(self, value: Any, ctx: Context, span: Span) -> Any:
+        if not isinstance(value, Function):
+            return value
+
+        def invoke(*args: Any, **kwargs: Any) -> Any:
+            return self._call_function(value, list(args), kwargs, ctx, span)
+
+        return invoke
+
+    async def _call_function(
+        self, func: Function, args: list[Any], kwargs: dict[str, Any], ctx: Context, span: Span
+    ) -> Any:
+        if len(ctx.stack) >= self.max_recursion:
+            raise SglValueError(
+                f"maximum recursion depth ({self.max_recursion}) exceeded in `{func.name}`"
+            )
+        scope = Scope("function", func.scope)
+        scope.vars.update(_bind_arguments(func, args, kwargs))
+        inner = replace(ctx, scope=scope, stack=(*ctx.stack, Frame(func.name, span)))
+        try:
+            await self.exec_block(func.node.body, inner)
+        except _Return as ret:
+            return ret.value
+        return None
+
+    def _meta(self, node: nodes.Call, ctx: Context) -> dict[str, Any]:
+        if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], nodes.Name):
+            raise SglTypeError(
+                "meta() takes the name of a `gen` or `select` variable: meta(answer)"
+            )
+        name = node.args[0].id
+        if name not in ctx.state.meta:
+            raise SglNameError(f"no `gen` or `select` named `{name}` has run on this state")
+        return dict(ctx.state.meta[name])
+
+    async def _listcomp(self, node: nodes.ListComp, ctx: Context) -> list[Any]:
+        scope = Scope("comp", ctx.scope)
+        inner = replace(ctx, scope=scope)
+        result = []
+        for item in _iterate(await self.eval(node.iter, ctx)):
+            self._bind_targets(node.targets, item, scope)
+            if all([await self.eval(cond, inner) for cond in node.conditions]):
+                result.append(await self.eval(node.elt, inner))
+        return result
+
+
+# ---------------------------------------------------------------- helpers
+
+_MISSING = object()
+
+
+class _ImportState(State):
+    """The state of a program being imported: it exists only to name the importing file."""
+
+    def __init__(self, program: nodes.Program) -> None:
+        super().__init__()
+        self.program = program
+
+
+def _runs_on_import(stmt: nodes.Stmt) -> bool:
+    return isinstance(
+        stmt, (nodes.FuncDef, nodes.SchemaDecl, nodes.Import, nodes.Assign, nodes.ParamDecl)
+    )
+
+
+def _located(error: SglError, span: Span, ctx: Context) -> SglError:
+    """Give an error its innermost location and the `.sgl` call stack where it was raised."""
+    if error.span is None:
+        error.span = span
+    if not error.stack:
+        error.stack = ctx.stack
+    return error
+
+
+def _chain(scope: Scope | None) -> list[Scope]:
+    chain = []
+    while scope is not None:
+        chain.append(scope)
+        scope = scope.parent
+    return chain[::-1]
+
+
+def _as_expr(index: nodes.Expr | nodes.Slice) -> nodes.Expr:
+    if isinstance(index, nodes.Slice):
+        raise SglTypeError("cannot assign to a slice", index.span)
+    return index
+
+
+def _binary(op: str, left: Any, right: Any) -> Any:
+    if op == "*" and _too_long(left, right):
+        raise SglValueError("repetition would create a value that is too large")
+    try:
+        return _BINARY[op](left, right)
+    except TypeError:
+        raise SglTypeError(
+            f"unsupported operand types for {op}: `{type_name(left)}` and `{type_name(right)}`"
+        ) from None
+    except (ZeroDivisionError, OverflowError) as exc:
+        raise check_error(exc) from None
+
+
+def _too_long(left: Any, right: Any) -> bool:
+    for seq, count in ((left, right), (right, left)):
+        if isinstance(seq, (str, list)) and isinstance(count, int):
+            return len(seq) * count > _MAX_REPEAT_LEN
+    return False
+
+
+def _iterate(value: Any) -> list[Any]:
+    if isinstance(value, (list, str)):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.keys())
+    raise SglTypeError(f"`{type_name(value)}` is not iterable")
+
+
+def _unpack(value: Any, count: int) -> list[Any]:
+    if not isinstance(value, (list, str)) or len(value) != count:
+        got = len(value) if isinstance(value, (list, str)) else type_name(value)
+        raise SglValueError(f"cannot unpack {got} into {count} names")
+    return list(value)
+
+
+def _bind_arguments(func: Function, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    params = func.node.params
+    if len(args) > len(params):
+        raise SglTypeError(
+            f"{func.name}() takes {len(params)} arguments but {len(args)} were given"
+        )
+    bound = {param.name: value for param, value in zip(params, args, strict=False)}
+    names = {param.name for param in params}
+    for name, value in kwargs.items():
+        if name not in names:
+            raise SglTypeError(f"{func.name}() got an unexpected keyword argument `{name}`")
+        if name in bound:
+            raise SglTypeError(f"{func.name}() got multiple values for argument `{name}`")
+        bound[name] = value
+    for param in params:
+        if param.name not in bound:
+            if param.name not in func.defaults:
+                raise SglTypeError(f"{func.name}() missing required argument `{param.name}`")
+            bound[param.name] = func.defaults[param.name]
+    return bound
+
+
+def _batch_arguments(
+    args: list[Any], kwargs: dict[str, Any]
+) -> tuple[Function, list[dict[str, Any]], int]:
+    if len(args) < 2 or set(kwargs) - {"parallel"}:
+        raise SglTypeError("run_batch(f, rows, parallel=N) takes a function and a list of dicts")
+    func, rows = args[0], args[1]
+    parallel = kwargs.get("parallel", args[2] if len(args) > 2 else 8)
+    if not isinstance(func, Function):
+        raise SglTypeError(
+            f"run_batch needs a function defined with `def`, not `{type_name(func)}`"
+        )
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise SglTypeError("run_batch needs a list of dicts (one per run) as its second argument")
+    if not isinstance(parallel, int) or parallel < 1:
+        raise SglValueError("run_batch's `parallel` must be a positive int")
+    return func, rows, parallel
+
+
+def _request(state: State, args: GenArgs) -> GenRequest:
+    constraint: Constraint | None = args.constraint
+    return GenRequest(
+        prompt=state.prompt(),
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty,
+        seed=args.seed,
+        ignore_eos=args.ignore_eos,
+        heal=args.heal,
+        constraint=constraint,
+    )
+
+
+def _convert_type(text: str, name: str) -> Any:
+    stripped = text.strip()
+    if re.fullmatch(TYPE_PATTERNS[name], stripped) is None:
+        raise SglConstraintError(f"the backend's output {to_repr(text)} is not a valid {name}")
+    if name == "bool":
+        return stripped == "true"
+    return int(stripped) if name == "int" else float(stripped)
+
+
+def _branch_error(exc: BaseException | None, node: nodes.Fork, item: Any) -> BaseException:
+    if not isinstance(exc, SglError):
+        return exc or RuntimeError("fork branch failed")
+    label = f"`{node.var} = {to_repr(item)}`" if node.var else f"number {item}"
+    note = f"raised in the fork branch for {label} (fork at {node.span.location})"
+    exc.hint = f"{exc.hint}; {note}" if exc.hint else note
+    return exc

@@ -1,0 +1,80 @@
+"""Reading program files: parsing, `import "path"` resolution, import cycles, and checks across files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sgl_lang import nodes, resolve
+from sgl_lang.backends.base import Capabilities
+from sgl_lang.errors import SglError, SglImportError
+from sgl_lang.grammar import parse
+from sgl_lang.source import Source
+
+
+def read_source(path: Path) -> Source:
+    """A file as a Source; unreadable or non-UTF-8 files are import errors."""
+    try:
+        return Source(str(path), path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SglImportError(f"cannot read `{path}`: {exc}") from None
+
+
+class Loader:
+    """Parses each file once and resolves imports relative to the importing file."""
+
+    def __init__(self) -> None:
+        self.programs: dict[Path, nodes.Program] = {}
+
+    def load(self, path: Path) -> nodes.Program:
+        key = path.resolve()
+        if key not in self.programs:
+            self.programs[key] = parse(read_source(path))
+        return self.programs[key]
+
+    def import_path(self, importer: nodes.Program, node: nodes.Import) -> Path:
+        assert node.path is not None
+        return Path(importer.source.name).parent / node.path
+
+    def load_import(self, importer: nodes.Program, node: nodes.Import) -> nodes.Program:
+        """The program `import "path"` names (for the interpreter)."""
+        path = self.import_path(importer, node)
+        if not path.is_file():
+            raise SglImportError(f"cannot import `{node.path}`: no file at `{path}`", node.span)
+        try:
+            return self.load(path)
+        except SglError as error:
+            raise error.at(node.span) from None
+
+    def check(
+        self,
+        program: nodes.Program,
+        params: dict[str, Any] | None = None,
+        capabilities: Capabilities | None = None,
+    ) -> list[SglError]:
+        """Problems of `program` and of every program it imports, including import cycles."""
+        problems = resolve.check(program, params, capabilities)
+        self._check_imports(program, [Path(program.source.name).resolve()], problems, set())
+        return problems
+
+    def _check_imports(
+        self, program: nodes.Program, chain: list[Path], problems: list[SglError], done: set[Path]
+    ) -> None:
+        for stmt in program.body:
+            if not isinstance(stmt, nodes.Import) or stmt.path is None:
+                continue
+            path = self.import_path(program, stmt).resolve()
+            if path in chain:
+                cycle = " → ".join(p.name for p in [*chain[chain.index(path) :], path])
+                problems.append(SglImportError(f"circular import: {cycle}", stmt.span))
+                continue
+            if path in done:
+                continue
+            done.add(path)
+            try:
+                imported = self.load_import(program, stmt)
+            except SglError as error:
+                problems.append(error)
+                continue
+            problems.extend(resolve.check(imported, None, None))
+            self._check_imports(imported, [*chain, path], problems, done)

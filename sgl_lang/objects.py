@@ -1,0 +1,197 @@
+"""Run-time values beyond plain data (functions, schemas, branches, states) and the attribute sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sgl_lang import nodes
+from sgl_lang.errors import SglError, SglTypeError, SglValueError
+from sgl_lang.values import to_str, type_name
+
+
+@dataclass(eq=False)
+class Function:
+    """A `def`: its node and the scope it was defined in (closures work like Python's)."""
+
+    node: nodes.FuncDef
+    scope: Any  # interpreter.Scope; typed loosely to avoid an import cycle
+    defaults: dict[str, Any]
+
+    type_name = "function"
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def __str__(self) -> str:
+        return f"<function {self.name}>"
+
+
+class Record:
+    """A value with named attributes: a fork branch, a `run` state or an imported program."""
+
+    def __init__(self, type_name: str, attributes: dict[str, Any]) -> None:
+        self.type_name = type_name
+        self.attributes = attributes
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}={_short(v)}" for k, v in self.attributes.items())
+        return f"<{self.type_name} {inner}>"
+
+
+def _short(value: Any) -> str:
+    text = to_str(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(eq=False)
+class Schema:
+    """A `schema` declaration: usable as `json=` and via `.json_schema()`."""
+
+    name: str
+    json: dict[str, Any]
+
+    type_name = "schema"
+    sgl_attributes = frozenset({"json_schema", "name"})
+
+    def json_schema(self) -> dict[str, Any]:
+        return _deep_copy(self.json)
+
+    def __str__(self) -> str:
+        return f"<schema {self.name}>"
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def schema_to_json(decl: nodes.SchemaDecl, schemas: dict[str, Schema]) -> dict[str, Any]:
+    """The JSON Schema of a declaration; `schemas` resolves references to earlier schemas."""
+    properties = {field.name: _type_json(field.type, schemas) for field in decl.fields}
+    required = [field.name for field in decl.fields if not field.optional]
+    return {
+        "title": decl.name,
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+_SCALARS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+
+
+def _type_json(node: nodes.SchemaType, schemas: dict[str, Schema]) -> dict[str, Any]:
+    if isinstance(node, nodes.ListType):
+        return {"type": "array", "items": _type_json(node.item, schemas)}
+    if isinstance(node, nodes.DictType):
+        return {"type": "object", "additionalProperties": _type_json(node.value, schemas)}
+    if isinstance(node, nodes.EnumType):
+        return {"type": "string", "enum": list(node.options)}
+    if node.name in _SCALARS:
+        return {"type": _SCALARS[node.name]}
+    if node.name in schemas:
+        return schemas[node.name].json_schema()
+    raise SglTypeError(f"unknown type `{node.name}` in schema", node.span)
+
+
+# ---------------------------------------------------------------- the attribute sandbox
+
+STR_METHODS = frozenset(
+    "strip lstrip rstrip split splitlines join lower upper title startswith endswith "
+    "replace find rfind count format isdigit".split()
+)
+LIST_METHODS = frozenset("append extend pop index count insert remove".split())
+DICT_METHODS = frozenset("get keys values items".split())
+
+
+def get_attribute(value: Any, name: str) -> Any:
+    """`value.name` as programs may see it: documented attributes only, never dunders."""
+    if name.startswith("_"):
+        raise SglTypeError(f"`{type_name(value)}` has no attribute `{name}`")
+    if isinstance(value, Record):
+        if name in value.attributes:
+            return value.attributes[name]
+        known = ", ".join(sorted(value.attributes)) or "none"
+        raise SglValueError(f"{value.type_name} has no attribute `{name}` (it has: {known})")
+    if isinstance(value, dict):
+        if name in value:
+            return value[name]
+        if name in DICT_METHODS:
+            return _dict_method(value, name)
+        raise SglValueError(f"dict has no key `{name}`")
+    if isinstance(value, str) and name in STR_METHODS:
+        return _str_method(value, name)
+    if isinstance(value, list) and name in LIST_METHODS:
+        return getattr(value, name)
+    if name in getattr(value, "sgl_attributes", ()):
+        return getattr(value, name)
+    raise SglTypeError(f"`{type_name(value)}` has no attribute `{name}`")
+
+
+def _dict_method(value: dict[Any, Any], name: str) -> Callable[..., Any]:
+    if name == "get":
+        return value.get
+    if name == "keys":
+        return lambda: list(value.keys())
+    if name == "values":
+        return lambda: list(value.values())
+    return lambda: [[k, v] for k, v in value.items()]
+
+
+def _str_method(value: str, name: str) -> Callable[..., Any]:
+    if name == "format":
+        return lambda *args, **kwargs: value.format(
+            *map(_formattable, args), **{k: _formattable(v) for k, v in kwargs.items()}
+        )
+    if name == "join":
+        return lambda items: value.join(_joinable(items))
+    return getattr(value, name)
+
+
+def _formattable(value: Any) -> Any:
+    return (
+        value
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        else to_str(value)
+    )
+
+
+def _joinable(items: Any) -> list[str]:
+    if not isinstance(items, list):
+        raise SglTypeError(f"join() takes a list, not `{type_name(items)}`")
+    for item in items:
+        if not isinstance(item, str):
+            raise SglTypeError(f"join() needs a list of strings; found `{type_name(item)}`")
+    return items
+
+
+def format_value(value: Any, spec: str | None) -> str:
+    """An interpolation `{value:spec}`."""
+    if not spec:
+        return to_str(value)
+    try:
+        return format(value, spec)
+    except (ValueError, TypeError) as exc:
+        raise SglValueError(f"cannot format `{type_name(value)}` with `:{spec}`: {exc}") from None
+
+
+def check_error(exc: Exception) -> SglError:
+    """A Python exception raised by a built-in or an operator, as the language's error."""
+    if isinstance(exc, SglError):
+        return exc
+    if isinstance(exc, ZeroDivisionError):
+        return SglValueError("division by zero")
+    if isinstance(exc, IndexError):
+        return SglValueError(str(exc))
+    if isinstance(exc, KeyError):
+        return SglValueError(f"key {exc} not found")
+    if isinstance(exc, (ValueError, OverflowError, RecursionError)):
+        return SglValueError(str(exc))
+    return SglTypeError(str(exc))

@@ -1,0 +1,102 @@
+"""Prompt states: the text, role messages and images a program has appended, and its variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgl_lang.backends.base import Image, Message, Prompt, Segment, Text
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One appended piece. `message` numbers the role message it belongs to (None: free text)."""
+
+    text: str
+    role: str | None = None
+    message: int | None = None
+    generated: bool = False
+    image: str | bytes | None = None
+
+
+@dataclass
+class State:
+    """A conversation being built. Copying is cheap: pieces are immutable and shared."""
+
+    pieces: list[Piece] = field(default_factory=list)
+    variables: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    open_role: str | None = None
+    num_messages: int = 0
+
+    def copy(self) -> State:
+        return State(
+            list(self.pieces),
+            dict(self.variables),
+            dict(self.meta),
+            self.open_role,
+            self.num_messages,
+        )
+
+    def append(self, text: str, *, generated: bool = False) -> None:
+        """Append text to the open message, or as free text when no message is open."""
+        if not text:
+            return
+        message = self.num_messages - 1 if self.open_role else None
+        self.pieces.append(Piece(text, self.open_role, message, generated))
+
+    def append_image(self, source: str | bytes) -> None:
+        message = self.num_messages - 1 if self.open_role else None
+        self.pieces.append(Piece("", self.open_role, message, image=source))
+
+    def open_message(self, role: str) -> None:
+        """Start a message of `role`; what is appended until `close_message` is its content."""
+        self.open_role = role
+        self.num_messages += 1
+        # An empty marker so that an empty message still exists in the prompt.
+        self.pieces.append(Piece("", role, self.num_messages - 1))
+
+    def close_message(self) -> None:
+        self.open_role = None
+
+    def prompt(self, start: int = 0) -> Prompt:
+        """The backend's view of the state (of the pieces from `start` on)."""
+        segments: list[Segment] = []
+        contents: list[str] = []
+        current: int | None = None
+        role = ""
+
+        def flush() -> None:
+            if current is not None:
+                segments.append(Message(role, "".join(contents)))
+                contents.clear()
+
+        for piece in self.pieces[start:]:
+            if piece.message != current:
+                flush()
+                current, role = piece.message, piece.role or ""
+            if piece.image is not None and current is None:
+                segments.append(Image(piece.image))
+            elif current is None:
+                if segments and isinstance(segments[-1], Text):
+                    segments[-1] = Text(segments[-1].text + piece.text)
+                else:
+                    segments.append(Text(piece.text))
+            elif piece.image is not None:
+                contents.append("<image>")
+            else:
+                contents.append(piece.text)
+        flush()
+        return Prompt(tuple(segments), self.open_role)
+
+    def text(self, start: int = 0) -> str:
+        """The state's text as a plain-text rendering (roles as `Role: content` lines)."""
+        return self.prompt(start).plain_text()
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The role messages, each a dict with `role` and `content`."""
+        return [
+            {"role": seg.role, "content": seg.content}
+            for seg in self.prompt().segments
+            if isinstance(seg, Message)
+        ]
