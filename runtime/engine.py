@@ -37,12 +37,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sgl_lang.runtime.config import EngineConfig
+from sgl_lang.runtime.constrained import ConstrainedDecoder, ConstraintCache
 from sgl_lang.runtime.detokenizer import IncrementalDecoder
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
@@ -91,6 +93,7 @@ class Engine:
         loaded = model or load_model(config.model_path, device=config.device, dtype=dtype)
         self.tokenizer, self.model_config = loaded.tokenizer, loaded.config
         c = loaded.config
+        self.constraints = ConstraintCache(self.tokenizer, c.vocab_size, c.eos_token_ids)
         num_slots = config.kv_cache_tokens or KVPool.num_slots_for_budget(
             config.kv_cache_bytes(), c.num_layers, c.num_kv_heads, c.head_dim, dtype
         )
@@ -198,11 +201,20 @@ class Engine:
         logprob_start_len: int | None = None,
         rid: str | None = None,
     ) -> Request:
-        """Queue one request (thread-safe); its chunks go to `stream`."""
+        """Queue one request (thread-safe); its chunks go to `stream`. An invalid
+        `params.constraint` raises ValueError here."""
         params = params or SamplingParams(max_new_tokens=self.config.default_max_new_tokens)
         arrival = next(self._arrivals)
         prompt_ids = self.encode(prompt)
         generate = kind is RequestKind.GENERATE
+        decoder = IncrementalDecoder(self.tokenizer, params.stop, prompt_ids) if generate else None
+        constraint = None
+        if generate and params.constraint is not None:
+            # this request's own matcher masks every step (the logits_processor) and advances
+            # on every token (the decoder, which reports `stopped` once the grammar is complete)
+            constraint = self.constraints.get(params.constraint).start()
+            params = replace(params, constraint=None, logits_processor=constraint.process_logits)
+            decoder = ConstrainedDecoder(decoder, constraint)
         req = Request(
             rid=rid or f"req-{arrival}",
             arrival=arrival,
@@ -211,10 +223,9 @@ class Engine:
             kind=kind,
             logprob_start_len=logprob_start_len,
             stream=stream,
-            decoder=IncrementalDecoder(self.tokenizer, params.stop, prompt_ids)
-            if generate
-            else None,
+            decoder=decoder,
             generator=None if params.seed is None else torch.Generator().manual_seed(params.seed),
+            constraint=constraint,
         )
         self._send(lambda: self.scheduler.add(req))
         return req

@@ -122,6 +122,7 @@ class Request:
     stream: OutputStream | None = None
     decoder: Any = None  # IncrementalDecoder
     generator: torch.Generator | None = None
+    constraint: Any = None  # TokenConstraint (constrained.py) when params.constraint is set
 
     status: RequestStatus = RequestStatus.WAITING
     output_ids: list[int] = field(default_factory=list)

@@ -1,9 +1,9 @@
 """Sampling: SamplingParams (what a request asks for) and Sampler (logits -> next tokens).
 
 Order of operations per row: frequency/presence penalties on the output so far, the request's
-`logits_mask` (constrained decoding), then greedy argmax (temperature 0) or temperature, top-k,
-top-p and min-p truncation and a draw from the request's own generator (a seeded request draws
-the same tokens whatever batch it runs in). The reported log-probability is the model's own
+`logits_mask` and `logits_processor` (constrained decoding), then greedy argmax (temperature 0)
+or temperature, top-k, top-p and min-p truncation and a draw from the request's own generator (a
+seeded request draws the same tokens whatever batch it runs in). The reported log-probability is the model's own
 (log-softmax of the raw logits), so it does not depend on the sampling knobs.
 """
 
@@ -16,16 +16,23 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from sgl_lang.runtime.constrained import ConstraintSpec
+
 # Constrained decoding hook: given the output token ids so far, a bool mask [vocab] of the tokens
 # allowed next (True = allowed), or None for no constraint at this step.
 LogitsMask = Callable[[Sequence[int]], Tensor | None]
+# A general hook after the mask: (logits [vocab] of one row, output ids so far) -> new logits.
+LogitsProcessor = Callable[[Tensor, Sequence[int]], Tensor]
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request generates. `temperature=0` is greedy; `top_k=0`, `top_p=1` and
     `min_p=0` switch those filters off. `stop` strings end the output and are not part of it;
-    `stop_token_ids` and the model's EOS ids (unless `ignore_eos`) end it too."""
+    `stop_token_ids` and the model's EOS ids (unless `ignore_eos`) end it too. `constraint` (a
+    regex, JSON schema or choices; see constrained.py) masks every step (through the
+    engine's `logits_processor`) and ends the output when the grammar is complete; it excludes
+    `ignore_eos` and a hand-made `logits_processor`."""
 
     max_new_tokens: int = 128
     temperature: float = 1.0
@@ -40,6 +47,8 @@ class SamplingParams:
     ignore_eos: bool = False
     return_logprobs: bool = False
     logits_mask: LogitsMask | None = None
+    logits_processor: LogitsProcessor | None = None
+    constraint: ConstraintSpec | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -65,6 +74,16 @@ class SamplingParams:
                 )
         if any(not s for s in self.stop):
             raise ValueError("SamplingParams.stop: stop strings must not be empty")
+        if self.constraint is not None:
+            if not isinstance(self.constraint, ConstraintSpec):
+                raise ValueError(
+                    f"SamplingParams.constraint must be a ConstraintSpec, got {self.constraint!r}"
+                )
+            if self.ignore_eos or self.logits_processor is not None:
+                raise ValueError(
+                    "SamplingParams.constraint cannot be combined with ignore_eos or "
+                    "logits_processor"
+                )
 
     @property
     def is_greedy(self) -> bool:
@@ -106,6 +125,8 @@ class Sampler:
             if not bool(allowed.any()):
                 raise ValueError("logits_mask allowed no token")
             logits = logits.masked_fill(~allowed, float("-inf"))
+        if p.logits_processor is not None:
+            logits = p.logits_processor(logits, output_ids)
         if p.is_greedy:
             return int(logits.argmax())
         probs = filtered_probs(logits / p.temperature, p.top_k, p.top_p, p.min_p)

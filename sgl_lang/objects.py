@@ -130,9 +130,14 @@ def get_attribute(value: Any, name: str) -> Any:
         return _str_method(value, name)
     if isinstance(value, list) and name in LIST_METHODS:
         return getattr(value, name)
-    if name in getattr(value, "sgl_attributes", ()):
+    known = getattr(value, "sgl_attributes", frozenset())
+    if name in known:
         return getattr(value, name)
-    raise SglTypeError(f"`{type_name(value)}` has no attribute `{name}`")
+    owner = (
+        f"{type_name(value)} `{value.name}`" if hasattr(value, "name") else f"`{type_name(value)}`"
+    )
+    listing = f" (it has: {', '.join(sorted(known))})" if known else ""
+    raise SglTypeError(f"{owner} has no attribute `{name}`{listing}")
 
 
 def _dict_method(value: dict[Any, Any], name: str) -> Callable[..., Any]:

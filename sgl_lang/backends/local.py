@@ -36,12 +36,15 @@ from sgl_lang.backends.base import (
     SELECT_METHODS,
     Backend,
     Capabilities,
+    Choices,
     Constraint,
     GenRequest,
     GenResult,
     Image,
+    JsonSchema,
     Message,
     Prompt,
+    Regex,
     Text,
 )
 from sgl_lang.errors import SglBackendError
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
     from sgl_lang.runtime.sampling import LogitsMask, SamplingParams
 
 KV_CACHE_GB = 1.0  # ~22k tokens of SmolLM2-135M; far below a 24 GiB machine's memory
-ENFORCED_CONSTRAINTS: frozenset[str] = frozenset()  # grows with runtime/constrained.py
+ENFORCED_CONSTRAINTS = frozenset({"regex", "json", "choices"})  # runtime/constrained.py
 MAX_HEALING_MASKS = 256  # cached first-token masks per engine (49 KB each for SmolLM2)
 NUM_CONTEXT_TOKENS = 4  # prompt tokens decoded before the healed one, as the detokenizer does
 OPEN_MARK = "\x00sgl-open-message\x00"  # stands for "the open message continues here"
@@ -381,10 +384,15 @@ def sampling_params(request: GenRequest, logits_mask: LogitsMask | None) -> Samp
 
 
 def _constraint_fields(constraint: Constraint | None) -> dict[str, Any]:
-    """Where constrained decoding plugs in: the SamplingParams fields that enforce `constraint`
-    (runtime/constrained.py: `constraint=ConstraintSpec.regex(...)`, `.json(...)`,
-    `.choices(...)`), for the kinds listed in ENFORCED_CONSTRAINTS. Empty for now: the
-    interpreter checks the output after the fact."""
+    """The SamplingParams fields that make the runtime enforce `constraint` token by token."""
+    from sgl_lang.runtime.constrained import ConstraintSpec
+
+    if isinstance(constraint, Regex):
+        return {"constraint": ConstraintSpec.regex(constraint.pattern)}
+    if isinstance(constraint, JsonSchema):
+        return {"constraint": ConstraintSpec.json(constraint.schema)}
+    if isinstance(constraint, Choices):
+        return {"constraint": ConstraintSpec.choices(constraint.options)}
     return {}
 
 
