@@ -288,7 +288,13 @@ class Interpreter:
         args = check_gen_args(node, values, self.builtins, self.default_max_tokens)
         request = _request(ctx.state, args)
         result = await self._generate(request, ctx, node)
-        value = self._convert(result.text, args, node)
+        if result.finish_reason == "length" and not _satisfies(args.constraint, result.text):
+            raise SglConstraintError(
+                f"the output was cut at max_tokens={args.max_tokens} before it satisfied "
+                f"the constraint: {to_repr(result.text)}",
+                hint="raise `max_tokens` for this `gen`",
+            )
+        value = self._convert(result.text, args)
         ctx.state.append(result.text, generated=True)
         self._bind_generated(node.name, value, ctx)
         ctx.state.meta[node.name] = {
@@ -313,7 +319,7 @@ class Interpreter:
         )
         return result
 
-    def _convert(self, text: str, args: GenArgs, node: nodes.Gen) -> Any:
+    def _convert(self, text: str, args: GenArgs) -> Any:
         """The bound value of a `gen`: checked against its constraint and converted."""
         constraint = args.constraint
         if args.type_name:
@@ -950,6 +956,20 @@ def _request(state: State, args: GenArgs) -> GenRequest:
         heal=args.heal,
         constraint=constraint,
     )
+
+
+def _satisfies(constraint: Constraint | None, text: str) -> bool:
+    """Whether `text` is a complete output for `constraint` (always, without one)."""
+    if isinstance(constraint, Regex):
+        return re.fullmatch(constraint.pattern, text.strip()) is not None
+    if isinstance(constraint, Choices):
+        return text in constraint.options
+    if isinstance(constraint, JsonSchema):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError:
+            return False
+    return True
 
 
 def _convert_type(text: str, name: str) -> Any:

@@ -130,7 +130,7 @@ def get_attribute(value: Any, name: str) -> Any:
         return _str_method(value, name)
     if isinstance(value, list) and name in LIST_METHODS:
         return getattr(value, name)
-    known = getattr(value, "sgl_attributes", frozenset())
+    known: frozenset[str] = getattr(value, "sgl_attributes", frozenset[str]())
     if name in known:
         return getattr(value, name)
     owner = (

@@ -131,3 +131,24 @@ def test_select_uses_backend_scores() -> None:
     interpreter = run('select pick from ["a", "abc", "ab"]\n', GateBackend(needed=1))
     assert interpreter.scope.vars["pick"] == "abc"
     assert interpreter.states[0].meta["pick"]["scores"] == {"a": 1.0, "abc": 3.0, "ab": 2.0}
+
+
+class CuttingBackend(GateBackend):
+    """Enforces nothing and always stops at max_tokens with a truncated JSON object."""
+
+    async def generate(
+        self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
+    ) -> GenResult:
+        return GenResult('{"name": "Par', "length", 3, request.max_tokens)
+
+
+def test_a_constrained_output_cut_at_max_tokens_is_a_constraint_error() -> None:
+    with pytest.raises(SglError) as caught:
+        run('gen city(json={"type": "object"}, max_tokens=5)\n', CuttingBackend(needed=1))
+    assert caught.value.render() == (
+        "t.sgl:1:1: constraint error: the output was cut at max_tokens=5 before it satisfied "
+        'the constraint: "{\\"name\\": \\"Par"\n'
+        '    gen city(json={"type": "object"}, max_tokens=5)\n'
+        "    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "hint: raise `max_tokens` for this `gen`"
+    )
