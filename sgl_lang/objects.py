@@ -118,8 +118,8 @@ def get_attribute(value: Any, name: str) -> Any:
     if isinstance(value, Record):
         if name in value.attributes:
             return value.attributes[name]
-        known = ", ".join(sorted(value.attributes)) or "none"
-        raise SglValueError(f"{value.type_name} has no attribute `{name}` (it has: {known})")
+        names = ", ".join(sorted(value.attributes)) or "none"
+        raise SglValueError(f"{value.type_name} has no attribute `{name}` (it has: {names})")
     if isinstance(value, dict):
         if name in value:
             return value[name]
