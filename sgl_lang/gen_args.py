@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import Choices, Constraint, JsonSchema, Regex
+from sgl_lang.backends.base import TYPE_PATTERNS, Choices, GenRequest, JsonSchema, Prompt, Regex
 from sgl_lang.errors import SglTypeError, SglValueError
 from sgl_lang.objects import Schema
 from sgl_lang.source import Span
@@ -21,23 +20,12 @@ SELECT_METHODS = ("normalized", "greedy", "unconditional")
 CONSTRAINT_ARGUMENTS = ("regex", "json", "type", "choices")
 
 
-@dataclass(frozen=True)
-class GenArgs:
-    """A `gen`'s arguments after validation, with defaults filled in."""
+class GenArgs(NamedTuple):
+    """A `gen`'s validated arguments: the request to send (its prompt still empty) and, for
+    `type=`, the name of the type the output converts to."""
 
-    max_tokens: int
-    stop: tuple[str, ...] = ()
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    ignore_eos: bool = False
-    heal: bool = True
-    constraint: Constraint | None = None
-    type_name: str | None = None
+    request: GenRequest
+    type_name: str | None
 
 
 def conflicting_constraints(names: list[str]) -> list[str]:
@@ -51,7 +39,7 @@ def check_gen_args(
 ) -> GenArgs:
     """Validate evaluated `gen` arguments; errors point at the offending argument."""
     spans = {kw.name: kw.span for kw in node.args if kw.name}
-    fields: dict[str, Any] = {"max_tokens": default_max_tokens}
+    fields: dict[str, Any] = {"max_tokens": default_max_tokens, "type_name": None}
     for name, value in values.items():
         span = spans[name]
         if name not in GEN_ARGUMENTS:
@@ -62,7 +50,8 @@ def check_gen_args(
         raise SglValueError(
             f"`{conflict[0]}` and `{conflict[1]}` cannot be used together", spans[conflict[1]]
         )
-    return GenArgs(**fields)
+    type_name = fields.pop("type_name")
+    return GenArgs(GenRequest(Prompt(()), **fields), type_name)
 
 
 def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +65,6 @@ def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> d
         return {"constraint": Choices(_choices(value, span))}
     if name == "type":
         kind = _type(value, span, builtins)
-        from sgl_lang.backends.base import TYPE_PATTERNS
-
         return {"constraint": Regex(TYPE_PATTERNS[kind]), "type_name": kind}
     if name == "seed":
         return {"seed": None if value is None else _require(value, int, name, span)}

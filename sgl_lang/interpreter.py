@@ -286,11 +286,11 @@ class Interpreter:
         self._check_can_generate(ctx, "gen")
         values = {kw.name: await self.eval(kw.value, ctx) for kw in node.args if kw.name}
         args = check_gen_args(node, values, self.builtins, self.default_max_tokens)
-        request = _request(ctx.state, args)
+        request = replace(args.request, prompt=ctx.state.prompt())
         result = await self._generate(request, ctx, node)
-        if result.finish_reason == "length" and not _satisfies(args.constraint, result.text):
+        if result.finish_reason == "length" and not _satisfies(request.constraint, result.text):
             raise SglConstraintError(
-                f"the output was cut at max_tokens={args.max_tokens} before it satisfied "
+                f"the output was cut at max_tokens={request.max_tokens} before it satisfied "
                 f"the constraint: {to_repr(result.text)}",
                 hint="raise `max_tokens` for this `gen`",
             )
@@ -321,7 +321,7 @@ class Interpreter:
 
     def _convert(self, text: str, args: GenArgs) -> Any:
         """The bound value of a `gen`: checked against its constraint and converted."""
-        constraint = args.constraint
+        constraint = args.request.constraint
         if args.type_name:
             return _convert_type(text, args.type_name)
         enforced = self.backend.capabilities.constraints
@@ -937,25 +937,6 @@ def _batch_arguments(
     if not isinstance(parallel, int) or parallel < 1:
         raise SglValueError("run_batch's `parallel` must be a positive int")
     return func, rows, parallel
-
-
-def _request(state: State, args: GenArgs) -> GenRequest:
-    constraint: Constraint | None = args.constraint
-    return GenRequest(
-        prompt=state.prompt(),
-        max_tokens=args.max_tokens,
-        stop=args.stop,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty,
-        seed=args.seed,
-        ignore_eos=args.ignore_eos,
-        heal=args.heal,
-        constraint=constraint,
-    )
 
 
 def _satisfies(constraint: Constraint | None, text: str) -> bool:
