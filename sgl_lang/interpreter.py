@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import operator
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -14,10 +13,8 @@ from typing import Any
 
 from sgl_lang import nodes
 from sgl_lang.backends.base import (
-    TYPE_PATTERNS,
     Backend,
     Choices,
-    Constraint,
     GenRequest,
     GenResult,
     JsonSchema,
@@ -34,7 +31,7 @@ from sgl_lang.errors import (
     SglTypeError,
     SglValueError,
 )
-from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args
+from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args, convert_type, satisfies
 from sgl_lang.objects import (
     Function,
     Record,
@@ -44,6 +41,7 @@ from sgl_lang.objects import (
     get_attribute,
     schema_to_json,
 )
+from sgl_lang.operators import binary, compare, iterate, unpack
 from sgl_lang.source import Span
 from sgl_lang.state import State
 from sgl_lang.stdlib.builtins import BUILTINS
@@ -142,26 +140,6 @@ class _ContextBuiltin:
 
 META = _ContextBuiltin("meta")
 RUN_BATCH = _ContextBuiltin("run_batch")
-
-_BINARY: dict[str, Callable[[Any, Any], Any]] = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-    "/": operator.truediv,
-    "//": operator.floordiv,
-    "%": operator.mod,
-}
-_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "in": lambda a, b: a in b,
-    "not in": lambda a, b: a not in b,
-}
-_MAX_REPEAT_LEN = 100_000_000
 
 
 class Interpreter:
@@ -288,7 +266,7 @@ class Interpreter:
         args = check_gen_args(node, values, self.builtins, self.default_max_tokens)
         request = replace(args.request, prompt=ctx.state.prompt())
         result = await self._generate(request, ctx, node)
-        if result.finish_reason == "length" and not _satisfies(request.constraint, result.text):
+        if result.finish_reason == "length" and not satisfies(request.constraint, result.text):
             raise SglConstraintError(
                 f"the output was cut at max_tokens={request.max_tokens} before it satisfied "
                 f"the constraint: {to_repr(result.text)}",
@@ -323,7 +301,7 @@ class Interpreter:
         """The bound value of a `gen`: checked against its constraint and converted."""
         constraint = args.request.constraint
         if args.type_name:
-            return _convert_type(text, args.type_name)
+            return convert_type(text, args.type_name)
         enforced = self.backend.capabilities.constraints
         if (
             isinstance(constraint, Regex)
@@ -411,7 +389,7 @@ class Interpreter:
         if len(node.targets) == 1:
             await self._store(node.targets[0], value, ctx)
             return
-        items = _unpack(value, len(node.targets))
+        items = unpack(value, len(node.targets))
         for target, item in zip(node.targets, items, strict=True):
             await self._store(target, item, ctx)
 
@@ -444,7 +422,7 @@ class Interpreter:
 
     async def _aug_assign(self, node: nodes.AugAssign, ctx: Context) -> None:
         current = await self.eval(node.target, ctx)
-        value = _binary(node.op, current, await self.eval(node.value, ctx))
+        value = binary(node.op, current, await self.eval(node.value, ctx))
         await self._store(node.target, value, ctx)
 
     async def _if(self, node: nodes.If, ctx: Context) -> None:
@@ -452,7 +430,7 @@ class Interpreter:
         await self.exec_block(body, ctx)
 
     async def _for(self, node: nodes.For, ctx: Context) -> None:
-        for item in _iterate(await self.eval(node.iter, ctx)):
+        for item in iterate(await self.eval(node.iter, ctx)):
             self._bind_targets(node.targets, item, ctx.scope)
             try:
                 await self.exec_block(node.body, ctx)
@@ -474,7 +452,7 @@ class Interpreter:
         if len(targets) == 1:
             scope.assign(targets[0], item)
             return
-        for name, value in zip(targets, _unpack(item, len(targets)), strict=True):
+        for name, value in zip(targets, unpack(item, len(targets)), strict=True):
             scope.assign(name, value)
 
     async def _break(self, node: nodes.Break, ctx: Context) -> None:
@@ -577,7 +555,7 @@ class Interpreter:
                 )
             return list(range(count))
         assert node.iter is not None
-        return list(_iterate(await self.eval(node.iter, ctx)))
+        return list(iterate(await self.eval(node.iter, ctx)))
 
     async def _branch(self, node: nodes.Fork, item: Any, ctx: Context) -> Record:
         state = ctx.state.copy()
@@ -678,7 +656,7 @@ class Interpreter:
         return -value if node.op == "-" else +value
 
     async def _binop(self, node: nodes.BinOp, ctx: Context) -> Any:
-        return _binary(node.op, await self.eval(node.left, ctx), await self.eval(node.right, ctx))
+        return binary(node.op, await self.eval(node.left, ctx), await self.eval(node.right, ctx))
 
     async def _boolop(self, node: nodes.BoolOp, ctx: Context) -> Any:
         left = await self.eval(node.left, ctx)
@@ -690,13 +668,8 @@ class Interpreter:
         left = await self.eval(node.left, ctx)
         for op, right_node in zip(node.ops, node.comparators, strict=True):
             right = await self.eval(right_node, ctx)
-            try:
-                if not _COMPARE[op](left, right):
-                    return False
-            except TypeError:
-                raise SglTypeError(
-                    f"`{op}` is not supported between `{type_name(left)}` and `{type_name(right)}`"
-                ) from None
+            if not compare(op, left, right):
+                return False
             left = right
         return True
 
@@ -793,7 +766,7 @@ class Interpreter:
                 f"maximum recursion depth ({self.max_recursion}) exceeded in `{func.name}`"
             )
         scope = Scope("function", func.scope)
-        scope.vars.update(_bind_arguments(func, args, kwargs))
+        scope.vars.update(func.bind(args, kwargs))
         inner = replace(ctx, scope=scope, stack=(*ctx.stack, Frame(func.name, span)))
         try:
             await self.exec_block(func.node.body, inner)
@@ -815,7 +788,7 @@ class Interpreter:
         scope = Scope("comp", ctx.scope)
         inner = replace(ctx, scope=scope)
         result = []
-        for item in _iterate(await self.eval(node.iter, ctx)):
+        for item in iterate(await self.eval(node.iter, ctx)):
             self._bind_targets(node.targets, item, scope)
             if all([await self.eval(cond, inner) for cond in node.conditions]):
                 result.append(await self.eval(node.elt, inner))
@@ -864,63 +837,6 @@ def _as_expr(index: nodes.Expr | nodes.Slice) -> nodes.Expr:
     return index
 
 
-def _binary(op: str, left: Any, right: Any) -> Any:
-    if op == "*" and _too_long(left, right):
-        raise SglValueError("repetition would create a value that is too large")
-    try:
-        return _BINARY[op](left, right)
-    except TypeError:
-        raise SglTypeError(
-            f"unsupported operand types for {op}: `{type_name(left)}` and `{type_name(right)}`"
-        ) from None
-    except (ZeroDivisionError, OverflowError) as exc:
-        raise check_error(exc) from None
-
-
-def _too_long(left: Any, right: Any) -> bool:
-    for seq, count in ((left, right), (right, left)):
-        if isinstance(seq, (str, list)) and isinstance(count, int):
-            return len(seq) * count > _MAX_REPEAT_LEN
-    return False
-
-
-def _iterate(value: Any) -> list[Any]:
-    if isinstance(value, (list, str)):
-        return list(value)
-    if isinstance(value, dict):
-        return list(value.keys())
-    raise SglTypeError(f"`{type_name(value)}` is not iterable")
-
-
-def _unpack(value: Any, count: int) -> list[Any]:
-    if not isinstance(value, (list, str)) or len(value) != count:
-        got = len(value) if isinstance(value, (list, str)) else type_name(value)
-        raise SglValueError(f"cannot unpack {got} into {count} names")
-    return list(value)
-
-
-def _bind_arguments(func: Function, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    params = func.node.params
-    if len(args) > len(params):
-        raise SglTypeError(
-            f"{func.name}() takes {len(params)} arguments but {len(args)} were given"
-        )
-    bound = {param.name: value for param, value in zip(params, args, strict=False)}
-    names = {param.name for param in params}
-    for name, value in kwargs.items():
-        if name not in names:
-            raise SglTypeError(f"{func.name}() got an unexpected keyword argument `{name}`")
-        if name in bound:
-            raise SglTypeError(f"{func.name}() got multiple values for argument `{name}`")
-        bound[name] = value
-    for param in params:
-        if param.name not in bound:
-            if param.name not in func.defaults:
-                raise SglTypeError(f"{func.name}() missing required argument `{param.name}`")
-            bound[param.name] = func.defaults[param.name]
-    return bound
-
-
 def _batch_arguments(
     args: list[Any], kwargs: dict[str, Any]
 ) -> tuple[Function, list[dict[str, Any]], int]:
@@ -937,29 +853,6 @@ def _batch_arguments(
     if not isinstance(parallel, int) or parallel < 1:
         raise SglValueError("run_batch's `parallel` must be a positive int")
     return func, rows, parallel
-
-
-def _satisfies(constraint: Constraint | None, text: str) -> bool:
-    """Whether `text` is a complete output for `constraint` (always, without one)."""
-    if isinstance(constraint, Regex):
-        return re.fullmatch(constraint.pattern, text.strip()) is not None
-    if isinstance(constraint, Choices):
-        return text in constraint.options
-    if isinstance(constraint, JsonSchema):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError:
-            return False
-    return True
-
-
-def _convert_type(text: str, name: str) -> Any:
-    stripped = text.strip()
-    if re.fullmatch(TYPE_PATTERNS[name], stripped) is None:
-        raise SglConstraintError(f"the backend's output {to_repr(text)} is not a valid {name}")
-    if name == "bool":
-        return stripped == "true"
-    return int(stripped) if name == "int" else float(stripped)
 
 
 def _branch_error(exc: BaseException | None, node: nodes.Fork, item: Any) -> BaseException:

@@ -28,6 +28,28 @@ class Function:
     def __str__(self) -> str:
         return f"<function {self.name}>"
 
+    def bind(self, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The call's local variables: arguments matched to parameters, then defaults."""
+        params = self.node.params
+        if len(args) > len(params):
+            raise SglTypeError(
+                f"{self.name}() takes {len(params)} arguments but {len(args)} were given"
+            )
+        bound = {param.name: value for param, value in zip(params, args, strict=False)}
+        names = {param.name for param in params}
+        for name, value in kwargs.items():
+            if name not in names:
+                raise SglTypeError(f"{self.name}() got an unexpected keyword argument `{name}`")
+            if name in bound:
+                raise SglTypeError(f"{self.name}() got multiple values for argument `{name}`")
+            bound[name] = value
+        for param in params:
+            if param.name not in bound:
+                if param.name not in self.defaults:
+                    raise SglTypeError(f"{self.name}() missing required argument `{param.name}`")
+                bound[param.name] = self.defaults[param.name]
+        return bound
+
 
 class Record:
     """A value with named attributes: a fork branch, a `run` state or an imported program."""
