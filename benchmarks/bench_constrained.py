@@ -1,8 +1,11 @@
 """Constrained decoding cost on this machine, in one run: masked vs free decoding of the same length.
 
     .venv/bin/python benchmarks/bench_constrained.py [--quick] [--threads 2] [--num-docs 4]
+        [--engines llguidance,xgrammar]
 
-Part 1, one row per constraint kind: a batch of chat prompts decoded greedily under the
+Every part runs per grammar engine (llguidance; xgrammar when installed), on one loaded model.
+
+Part 1, one row per constraint kind and engine (jump-forward on): a batch of chat prompts decoded greedily under the
 constraint, then the same prompts decoded free for exactly as many tokens (`ignore_eos`). The
 prompts are cached first, so both runs are decode steps. Columns: compile ms (first use, the
 llguidance tokenizer excluded), mask ms/token (mask + apply, and advance), decode tok/s of both
@@ -12,7 +15,8 @@ the constrained run's time spent in masks (the robust number).
 Part 2, the SGLang paper's json_decode workload (../shared/data/SOURCES.md): per document, five
 regex-constrained fields generated one after another (a batch across documents), vs the same
 program with free fields of the same lengths. Documents are cut to `--doc-chars` characters.
-Grammar engine: llguidance (xgrammar is not installed in this venv); no jump-forward yet.
+One row per engine with jump-forward on and off (same outputs, `forced` tokens skip a step),
+then the free run. `mask share` is the constrained run's time in masks and advances.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from pathlib import Path
 
 import torch
 
+from sgl_lang.runtime.config import GRAMMAR_ENGINES
 from sgl_lang.runtime.constrained import ConstraintSpec
 from sgl_lang.runtime.engine import Engine
+from sgl_lang.runtime.model_loader import LoadedModel, load_model
 from sgl_lang.runtime.request import Completion, OutputStream, Request
 from sgl_lang.runtime.sampling import SamplingParams
 
@@ -103,10 +109,6 @@ def same_length_free(completions: Sequence[Completion]) -> list[SamplingParams]:
 
 
 def bench_kinds(engine: Engine, batch_size: int, max_new_tokens: int, repeat: int) -> None:
-    print(f"\n## Per constraint kind (batch {batch_size}, greedy, up to {max_new_tokens} tokens)\n")
-    print("| constraint | compile ms | mask ms/token | advance ms/token | tokens | "
-          "constrained tok/s | free tok/s | overhead | mask share |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, (spec, question) in KIND_CASES.items():
         prompts = [[{"role": "user", "content": f"{question} ({i})"}] for i in range(batch_size)]
         constrained = [
@@ -123,7 +125,7 @@ def bench_kinds(engine: Engine, batch_size: int, max_new_tokens: int, repeat: in
             best_c = min(best_c, seconds)
         mask, advance = mask_ms(reqs)
         share = (mask + advance) * num_tokens / 1000 / best_c
-        print(f"| {name} | {compile_ms:.2f} | {mask:.3f} | {advance:.3f} | {num_tokens} | "
+        print(f"| {engine.config.grammar_engine} | {name} | {compile_ms:.2f} | {mask:.3f} | {advance:.3f} | {num_tokens} | "
               f"{num_tokens / best_c:.1f} | {num_tokens / best_f:.1f} | "
               f"{(best_c / best_f - 1) * 100:+.1f}% | {share * 100:.1f}% |")  # fmt: skip
 
@@ -166,22 +168,53 @@ def json_decode_program(engine: Engine, docs: Sequence[str], constrained: bool,
     return [p + "\n}\n" for p in prompts], num_tokens, seconds, all_reqs, field_lengths
 
 
-def bench_json_decode(engine: Engine, num_docs: int, doc_chars: int) -> None:
+def bench_json_decode(loaded: LoadedModel, engines: Sequence[str], num_docs: int,
+                      doc_chars: int) -> None:  # fmt: skip
     lines = DATA.read_text().splitlines()[:num_docs]
     docs = [json.loads(line)["document"][:doc_chars] + "\n" for line in lines]
     print(f"\n## json_decode ({num_docs} documents cut to {doc_chars} chars, 5 fields each)\n")
-    texts, num_c, seconds_c, reqs, lengths = json_decode_program(engine, docs, True, None)
+    print("| run | jump-forward | tokens | forced | decode steps | seconds (incl. prefill) | "
+          "tok/s | mask ms/token | mask share |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    outputs, lengths = {}, None
+    for name in engines:
+        for jump_forward in (True, False):
+            engine = make_engine(loaded, name, jump_forward)
+            json_decode_program(engine, docs, True, None)  # warm-up: compiles, first steps
+            engine.flush_cache()
+            before = engine.stats()
+            texts, num, seconds, reqs, lengths = json_decode_program(engine, docs, True, None)
+            after = engine.stats()
+            engine.close()
+            outputs[name, jump_forward] = texts
+            mask, advance = mask_ms(reqs)
+            num_masks = sum(r.constraint.num_masks for r in reqs if r.constraint is not None)
+            share = (mask + advance) * num_masks / 1000 / seconds
+            forced = after.num_forced_tokens - before.num_forced_tokens
+            steps = after.num_decode_steps - before.num_decode_steps
+            print(f"| {name} | {'on' if jump_forward else 'off'} | {num} | {forced} | {steps} | "
+                  f"{seconds:.2f} | {num / seconds:.1f} | {mask:.3f} (+{advance:.3f}) | "
+                  f"{share * 100:.1f}% |")  # fmt: skip
+    engine = make_engine(loaded, engines[0], True)
+    json_decode_program(engine, docs, False, lengths)  # warm-up
     engine.flush_cache()
-    texts, num_c, seconds_c, reqs, lengths = json_decode_program(engine, docs, True, None)
-    engine.flush_cache()
+    before = engine.stats()
     _, num_f, seconds_f, _, _ = json_decode_program(engine, docs, False, lengths)
-    mask, advance = mask_ms(reqs)
-    print("| run | generated tokens | seconds (incl. prefill) | tok/s | mask ms/token |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| constrained | {num_c} | {seconds_c:.2f} | {num_c / seconds_c:.1f} | "
-          f"{mask:.3f} (+{advance:.3f} advance) |")  # fmt: skip
-    print(f"| free, same lengths | {num_f} | {seconds_f:.2f} | {num_f / seconds_f:.1f} | - |")
-    print(f"\nfirst document's output:\n```\n{texts[0][-400:]}```")
+    steps = engine.stats().num_decode_steps - before.num_decode_steps
+    engine.close()
+    print(f"| free, same lengths | - | {num_f} | - | {steps} | {seconds_f:.2f} | "
+          f"{num_f / seconds_f:.1f} | - | - |")  # fmt: skip
+    for name in engines:
+        same = outputs[name, True] == outputs[name, False]
+        print(f"\n{name}: jump-forward on and off give the same outputs: {same}")
+    print(
+        f"\nfirst document's output ({engines[0]}):\n```\n{outputs[engines[0], True][0][-400:]}```"
+    )
+
+
+def make_engine(loaded: LoadedModel, grammar_engine: str, jump_forward: bool) -> Engine:
+    return Engine(model=loaded, kv_cache_tokens=16384, grammar_engine=grammar_engine,
+                  jump_forward=jump_forward)  # fmt: skip
 
 
 def main() -> None:
@@ -191,16 +224,31 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a HF folder or .gguf (default: SmolLM2)")
     parser.add_argument("--num-docs", type=int, default=4)
     parser.add_argument("--doc-chars", type=int, default=1500)
+    parser.add_argument("--engines", default=",".join(GRAMMAR_ENGINES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    engine = Engine.from_model(args.model, kv_cache_tokens=16384)
-    started = time.perf_counter()
-    engine.constraints.get(ConstraintSpec.regex("a"))
-    print(f"llguidance tokenizer + first compile: {(time.perf_counter() - started) * 1000:.0f} ms")
+    engines = [e for e in args.engines.split(",") if e != "xgrammar" or _has_xgrammar()]
+    loaded = load_model(args.model)
     batch_size, repeat = (2, 1) if args.quick else (8, 3)
-    bench_kinds(engine, batch_size, 48, repeat)
-    bench_json_decode(engine, 2 if args.quick else args.num_docs, args.doc_chars)
-    engine.close()
+    print(f"\n## Per constraint kind (batch {batch_size}, greedy, up to 48 tokens)\n")
+    print("| engine | constraint | compile ms | mask ms/token | advance ms/token | tokens | "
+          "constrained tok/s | free tok/s | overhead | mask share |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in engines:
+        engine = make_engine(loaded, name, True)
+        started = time.perf_counter()
+        engine.constraints.get(ConstraintSpec.regex("a"))
+        setup_ms = (time.perf_counter() - started) * 1000
+        bench_kinds(engine, batch_size, 48, repeat)
+        print(f"| {name} | (tokenizer + first compile: {setup_ms:.0f} ms) | | | | | | | | |")
+        engine.close()
+    bench_json_decode(loaded, engines, 2 if args.quick else args.num_docs, args.doc_chars)
+
+
+def _has_xgrammar() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("xgrammar") is not None
 
 
 if __name__ == "__main__":

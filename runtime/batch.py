@@ -3,7 +3,8 @@
 An EXTEND batch carries a chunk of new tokens per request; logits are computed only where they
 are needed: at the last prompt token of a request that samples next, and at every position
 whose next token is a scored prompt token (`logprob_start_len`). A DECODE batch carries the
-last output token of every decoding request and has one logits row each.
+output tokens of every decoding request that are not in its KV yet (the last one, plus any a
+constraint forced before it: jump-forward) and has one logits row each.
 """
 
 from __future__ import annotations
@@ -71,17 +72,22 @@ def extend_batch(chunks: list[tuple[Request, int]]) -> ScheduledBatch:
     )
 
 
-def decode_batch(reqs: list[Request], new_slots: Tensor) -> ScheduledBatch:
-    """One token per request: its last output token, written at its newest slot."""
-    batch_size = len(reqs)
+def decode_batch(reqs: list[Request], new_slots: Tensor, nums: list[int]) -> ScheduledBatch:
+    """Per request, the `nums[i]` output tokens not in its KV yet, written at its newest slots:
+    its last token, plus the ones jump-forward appended before it. One logits row each."""
+    input_ids = [t for r, num in zip(reqs, nums, strict=True) for t in r.fill_ids[-num:]]
+    positions = [
+        torch.arange(r.fill_len - num, r.fill_len) for r, num in zip(reqs, nums, strict=True)
+    ]
     forward = ForwardBatch(
-        input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.int64),
-        positions=torch.tensor([r.fill_len - 1 for r in reqs], dtype=torch.int64),
+        input_ids=torch.tensor(input_ids, dtype=torch.int64),
+        positions=torch.cat(positions),
         out_slots=new_slots,
         seq_slots=[r.slots for r in reqs],
-        extend_lens=[1] * batch_size,
-        logits_indices=torch.arange(batch_size),
+        extend_lens=nums,
+        logits_indices=torch.tensor(nums).cumsum(0) - 1,
     )
+    batch_size = len(reqs)
     rows = list(range(batch_size))
     return ScheduledBatch(
         BatchKind.DECODE, reqs, forward, rows, [0] * batch_size, [True] * batch_size

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 POLICIES = ("lpm", "dfs-weight", "fcfs")
+GRAMMAR_ENGINES = ("llguidance", "xgrammar")  # constrained decoding: grammar_engines.py
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_KV_CACHE_CAP_BYTES = 2 * 1024**3
 DEFAULT_KV_CACHE_FRACTION = 0.2  # of the memory available when the engine starts
@@ -39,6 +40,8 @@ class EngineConfig:
     new_token_ratio: float = 1.0
     max_context_len: int | None = None  # None = the model's max_position_embeddings
     default_max_new_tokens: int = 256
+    grammar_engine: str = "llguidance"  # constrained decoding: or "xgrammar" (optional extra)
+    jump_forward: bool = True  # append tokens a constraint forces without a decode step
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -52,6 +55,11 @@ class EngineConfig:
         if self.policy not in POLICIES:
             raise ValueError(
                 f"EngineConfig.policy: expected one of {POLICIES}, got {self.policy!r}"
+            )
+        if self.grammar_engine not in GRAMMAR_ENGINES:
+            raise ValueError(
+                f"EngineConfig.grammar_engine: expected one of {GRAMMAR_ENGINES}, "
+                f"got {self.grammar_engine!r}"
             )
         if not 0 < self.new_token_ratio <= 1:
             raise ValueError(

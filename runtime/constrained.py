@@ -5,19 +5,28 @@
     tc = engine.constraints.get(params.constraint).start()  # TokenConstraint: its own matcher
     logits = tc.process_logits(logits, output_ids)          # before sampling: forbidden -> -inf
     tc.advance(token_id)                                    # after sampling
+    tc.forced_token()                                       # the only token allowed next, if any
     tc.is_finished                                          # nothing but EOS can follow: stop
 
-The grammar engine is llguidance (ENV.md §6: sub-ms compiles, ~0.1 ms masks). A spec compiles
-once per engine into a `Constraint` (cached by kind and source); each request starts its own
-matcher from it. Contract with the engine: EOS is allowed only when the output so far is a
-complete match; when the grammar admits nothing more the request ends at once (finish "stop");
-a request that reaches max_new_tokens first ends with "length": its output is cut, not a match.
-Stop strings still apply and can cut a constrained output anywhere.
+The grammar engine (grammar_engines.py) is llguidance by default (ENV.md §6: sub-ms compiles,
+~0.1 ms masks) or xgrammar (`EngineConfig.grammar_engine`). A spec compiles once per engine
+(cached by its kind, source and prefix); each request starts its own matcher from it. Contract
+with the engine: EOS is allowed only when the output so far is a complete match; when the grammar
+admits nothing more the request ends at once (finish "stop"); a request that reaches
+max_new_tokens first ends with "length": its output is cut, not a match. Stop strings still
+apply and can cut a constrained output anywhere.
+
+Jump-forward (`EngineConfig.jump_forward`): when the mask allows exactly one token (and no EOS),
+masked decoding can only pick that token, so the scheduler appends it without a forward step;
+it enters the KV with the next decode step. Greedy output is the same token for token
+(tests/runtime/test_jump_forward.py). Text that is forced but can be tokenized several ways is
+still decoded step by step: choosing a tokenization for the model would change its output.
 
 Conventions: `\\d` means an ASCII digit (llguidance's Rust regex would also accept other Unicode
 digits, which small models do produce); JSON is written on one line with `json.dumps`'
 separators (", " and ": ") and no other whitespace, so a model cannot loop on spaces; a complete
-match also ends where the model's top token would leave the grammar (see TokenConstraint).
+match also ends where the model's top token would leave the grammar (see TokenConstraint); a
+spec's `prefix` (token healing: the prompt text the backend took back) comes first, verbatim.
 """
 
 from __future__ import annotations
@@ -27,26 +36,36 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import llguidance
-import llguidance.hf
 import torch
 from torch import Tensor
 
+from sgl_lang.runtime.grammar_engines import (
+    CompiledGrammar,
+    GrammarEngine,
+    GrammarMatcher,
+    ascii_digits,
+    make_grammar_engine,
+    unpack_bitmask,
+)
+
+__all__ = ["Constraint", "ConstraintCache", "ConstraintSpec", "TokenConstraint", "ascii_digits"]
+
 CONSTRAINT_KINDS = ("regex", "json", "choices")
-JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 @dataclass(frozen=True)
 class ConstraintSpec:
     """What the output must be, as plain data (hashable: it is the compile cache key).
-    `source` is the regex, the JSON schema as JSON text, or the choices as a JSON list.
-    Build one with `ConstraintSpec.regex(...)`, `.json(...)` or `.choices(...)`."""
+    `source` is the regex, the JSON schema as JSON text, or the choices as a JSON list; the
+    output is `prefix` followed by a match. Build one with `ConstraintSpec.regex(...)`,
+    `.json(...)` or `.choices(...)`, and `.with_prefix(text)`."""
 
     kind: str
     source: str
+    prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in CONSTRAINT_KINDS:
@@ -72,10 +91,15 @@ class ConstraintSpec:
             raise ValueError("ConstraintSpec.choices needs a list of non-empty strings")
         return cls("choices", json.dumps(list(options)))
 
+    def with_prefix(self, prefix: str) -> ConstraintSpec:
+        """The same constraint after the literal text `prefix` (token healing)."""
+        return replace(self, prefix=prefix)
+
 
 class TokenConstraint:
     """One request's matcher: the mask before each sampling step, the sampled token after it.
-    Not thread-safe (the engine thread owns it). `num_masks`, `mask_seconds` (mask + apply) and
+    Not thread-safe (the engine thread owns it). The mask of the current state is computed once
+    and kept until the next token. `num_masks`, `mask_seconds` (mask + apply) and
     `advance_seconds` count its cost.
 
     With `end_on_exit` (the engine's default), a complete match also ends where the model's own
@@ -85,16 +109,16 @@ class TokenConstraint:
 
     def __init__(
         self,
-        matcher: llguidance.LLMatcher,
+        matcher: GrammarMatcher,
         vocab_size: int,
         eos_token_ids: Sequence[int],
         end_on_exit: bool = True,
     ) -> None:
         self._matcher, self.vocab_size, self.end_on_exit = matcher, vocab_size, end_on_exit
         self._bitmask = torch.zeros((vocab_size + 31) // 32, dtype=torch.int32)  # 1 bit/token
-        self._shifts = torch.arange(32, dtype=torch.int32)
         self._is_eos = torch.zeros(vocab_size, dtype=torch.bool)
         self._is_eos[list(eos_token_ids)] = True
+        self._allowed: Tensor | None = None  # the mask of the current state, once computed
         self.num_consumed_tokens = 0
         self.num_masks = 0
         self.mask_seconds = 0.0
@@ -103,12 +127,13 @@ class TokenConstraint:
     @property
     def is_finished(self) -> bool:
         """No token but EOS can follow: the output is complete."""
-        return self._matcher.is_stopped()
+        allowed = self._mask()
+        return not bool((allowed & ~self._is_eos).any())
 
     @property
     def is_accepting(self) -> bool:
         """The output so far is a complete match (more may still follow)."""
-        return self._matcher.is_accepting()
+        return bool((self._mask() & self._is_eos).any())
 
     def process_logits(self, logits: Tensor, output_ids: Sequence[int]) -> Tensor:
         """The engine's hook (SamplingParams.logits_processor): `logits` [vocab_size] with the
@@ -126,48 +151,63 @@ class TokenConstraint:
         on a complete match). Tokens not yet advanced over are consumed first."""
         for token_id in output_ids[self.num_consumed_tokens :]:
             self.advance(token_id)
-        started = time.perf_counter()
-        bitmask = self._bitmask  # not llguidance.torch: importing it starts torch.compile
-        self._matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.numel() * 4)
-        bits = (bitmask[:, None] >> self._shifts) & 1  # [words, 32]: token 32 * word + bit
-        allowed = bits.view(-1)[: self.vocab_size].bool()
-        self.mask_seconds += time.perf_counter() - started
-        self.num_masks += 1
-        return allowed
+        return self._mask()
+
+    def forced_token(self) -> int | None:
+        """The only token the grammar allows next, when there is one and the output is not
+        complete (so masked decoding could pick nothing else); else None."""
+        allowed = self._mask()
+        if bool(allowed[self._is_eos].any()):
+            return None
+        token_ids = allowed.nonzero()
+        return int(token_ids[0, 0]) if len(token_ids) == 1 else None
 
     def advance(self, token_id: int) -> None:
-        """Consume a sampled token. A token the mask excluded is a bug: it raises."""
+        """Consume a token. A token the mask excluded is a bug: it raises."""
         started = time.perf_counter()
-        if not self._matcher.consume_token(token_id):
-            raise RuntimeError(f"constraint rejected token {token_id}: {self._matcher.get_error()}")
+        if not self._matcher.consume(token_id):
+            raise RuntimeError(f"constraint rejected token {token_id}: {self._matcher.error()}")
+        self._allowed = None
         self.num_consumed_tokens += 1
         self.advance_seconds += time.perf_counter() - started
 
+    def _mask(self) -> Tensor:
+        if self._allowed is None:
+            started = time.perf_counter()
+            self._matcher.fill_bitmask(self._bitmask)
+            self._allowed = unpack_bitmask(self._bitmask, self.vocab_size)
+            self.mask_seconds += time.perf_counter() - started
+            self.num_masks += 1
+        return self._allowed
+
 
 class Constraint:
-    """A compiled spec: a matcher in its start state, copied for every request."""
+    """A compiled spec: starts a TokenConstraint (its own matcher) for every request."""
 
-    def __init__(self, spec: ConstraintSpec, matcher: llguidance.LLMatcher, vocab_size: int,
-                 eos_token_ids: Sequence[int], compile_seconds: float) -> None:  # fmt: skip
-        self.spec, self._matcher, self.vocab_size = spec, matcher, vocab_size
-        self.eos_token_ids, self.compile_seconds = tuple(eos_token_ids), compile_seconds
+    def __init__(self, spec: ConstraintSpec, grammar: CompiledGrammar, vocab_size: int,
+                 eos_token_ids: Sequence[int]) -> None:  # fmt: skip
+        self.spec, self._grammar, self.vocab_size = spec, grammar, vocab_size
+        self.eos_token_ids = tuple(eos_token_ids)
+
+    @property
+    def compile_seconds(self) -> float:
+        return self._grammar.compile_seconds
 
     def start(self, end_on_exit: bool = True) -> TokenConstraint:
-        """A fresh TokenConstraint for one request (a copy of the start state, ~10 µs)."""
-        matcher = self._matcher.deep_copy()
-        return TokenConstraint(matcher, self.vocab_size, self.eos_token_ids, end_on_exit)
+        """A fresh TokenConstraint for one request."""
+        return TokenConstraint(self._grammar.start(), self.vocab_size, self.eos_token_ids,
+                               end_on_exit)  # fmt: skip
 
 
 class ConstraintCache:
-    """Compiles specs against one tokenizer, keeping the `max_size` most recently used.
-    Thread-safe. The llguidance tokenizer (~0.4 s to build) is made on the first use."""
+    """Compiles specs against one tokenizer with the grammar engine `engine` (see
+    grammar_engines.py), keeping the `max_size` most recently used. Thread-safe."""
 
-    def __init__(
-        self, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int], max_size: int = 256
-    ) -> None:
-        self._hf_tokenizer, self.vocab_size = tokenizer, vocab_size
-        self._eos_token_ids = list(eos_token_ids)
-        self._ll_tokenizer: llguidance.LLTokenizer | None = None
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
+                 max_size: int = 256, engine: str = "llguidance") -> None:  # fmt: skip
+        self.vocab_size, self._eos_token_ids = vocab_size, list(eos_token_ids)
+        self._tokenizer, self.engine_name = tokenizer, engine
+        self._engine: GrammarEngine | None = None  # made on first use
         self._compiled: OrderedDict[ConstraintSpec, Constraint] = OrderedDict()
         self._max_size = max_size
         self._lock = threading.Lock()
@@ -178,62 +218,16 @@ class ConstraintCache:
             if (hit := self._compiled.get(spec)) is not None:
                 self._compiled.move_to_end(spec)
                 return hit
-            compiled = self._compile(spec)
+            if self._engine is None:
+                self._engine = make_grammar_engine(
+                    self.engine_name, self._tokenizer, self.vocab_size, self._eos_token_ids
+                )
+            grammar = self._engine.compile(spec)
+            compiled = Constraint(spec, grammar, self.vocab_size, self._eos_token_ids)
             self._compiled[spec] = compiled
             if len(self._compiled) > self._max_size:
                 self._compiled.popitem(last=False)
             return compiled
-
-    def _compile(self, spec: ConstraintSpec) -> Constraint:
-        if self._ll_tokenizer is None:
-            self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                self._hf_tokenizer, n_vocab=self.vocab_size, eos_token=self._eos_token_ids or None
-            )
-        started = time.perf_counter()
-        matcher = llguidance.LLMatcher(self._ll_tokenizer, grammar_of(spec), log_level=0)
-        if matcher.is_error():
-            raise ValueError(f"invalid {spec.kind} constraint: {matcher.get_error()}")
-        seconds = time.perf_counter() - started
-        return Constraint(spec, matcher, self.vocab_size, self._eos_token_ids, seconds)
-
-
-def grammar_of(spec: ConstraintSpec) -> str:
-    """The llguidance grammar text of a spec (not yet checked: LLMatcher does that)."""
-    if spec.kind == "regex":
-        return llguidance.LLMatcher.grammar_from_regex(ascii_digits(spec.source))
-    if spec.kind == "json":
-        return llguidance.LLMatcher.grammar_from_json_schema(spec.source, overrides=JSON_FORMAT)
-    options = json.loads(spec.source)  # a Lark alternation of JSON-quoted string literals
-    return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(map(json.dumps, options)))
-
-
-def ascii_digits(pattern: str) -> str:
-    """`pattern` with `\\d` as `[0-9]` (`0-9` inside a class) and `\\D` as `[^0-9]` outside one."""
-    out, i, in_class = [], 0, False
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\" and i + 1 < len(pattern):
-            escaped = pattern[i + 1]
-            if escaped == "d":
-                out.append("0-9" if in_class else "[0-9]")
-            elif escaped == "D" and not in_class:
-                out.append("[^0-9]")
-            else:
-                out.append(pattern[i : i + 2])
-            i += 2
-            continue
-        if char == "[" and not in_class:
-            in_class = True
-            start = i + 1 + (pattern[i + 1 : i + 2] == "^")
-            if pattern[start : start + 1] == "]":  # a leading `]` is a literal
-                out.append(pattern[i : start + 1])
-                i = start + 1
-                continue
-        elif char == "]" and in_class:
-            in_class = False
-        out.append(char)
-        i += 1
-    return "".join(out)
 
 
 class ConstrainedDecoder:

@@ -93,7 +93,9 @@ class Engine:
         loaded = model or load_model(config.model_path, device=config.device, dtype=dtype)
         self.tokenizer, self.model_config = loaded.tokenizer, loaded.config
         c = loaded.config
-        self.constraints = ConstraintCache(self.tokenizer, c.vocab_size, c.eos_token_ids)
+        self.constraints = ConstraintCache(
+            self.tokenizer, c.vocab_size, c.eos_token_ids, engine=config.grammar_engine
+        )
         num_slots = config.kv_cache_tokens or KVPool.num_slots_for_budget(
             config.kv_cache_bytes(), c.num_layers, c.num_kv_heads, c.head_dim, dtype
         )
@@ -360,6 +362,7 @@ class Engine:
             prefill_tokens_per_s=counters.num_extend_tokens / extend_s if extend_s else 0.0,
             decode_tokens_per_s=counters.num_decode_tokens / decode_s if decode_s else 0.0,
             num_decode_steps=counters.num_decode_steps,
+            num_forced_tokens=counters.num_forced_tokens,
             decode_batch_sizes=dict(counters.decode_batch_sizes),
             num_retracted=counters.num_retracted,
             num_finished=counters.num_finished,

@@ -110,7 +110,8 @@ class Request:
 
     KV invariant: `slots[i]` holds the K/V of `fill_ids[i]` for i < `kv_len`. The first `tree_len`
     slots belong to the radix tree and are locked through `last_node`; the rest are the request's
-    own. The last output token is never in the KV yet: it is the next decode step's input.
+    own. The last output token is never in the KV yet: it is the next decode step's input (with
+    the tokens jump-forward appended after the last sampled one, if any).
     """
 
     rid: str

@@ -11,6 +11,9 @@ retracts the running request with the least progress (its computed KV goes to th
 tokens stay, it waits again). After every extend chunk, and when a request finishes, its
 computed tokens are inserted into the tree (unless `enable_cache` is off: then nothing is ever
 matched or inserted, and a finished request frees all its slots).
+
+Jump-forward: after a sampled token, the tokens its constraint forces (the only one allowed) are
+appended at once; the next decode step extends the request by all of them.
 """
 
 from __future__ import annotations
@@ -210,7 +213,9 @@ class Scheduler:
         return extend_batch(allocated) if allocated else None
 
     def _schedule_decode(self) -> ScheduledBatch | None:
-        while self.running and not self._make_room(len(self.running)):
+        while self.running and not self._make_room(
+            sum(r.fill_len - r.kv_len for r in self.running)
+        ):
             if len(self.running) + len(self.prefilling) == 1:
                 self._finish(self.running[0], FinishReason.LENGTH)  # alone and the pool is full
             else:
@@ -218,11 +223,12 @@ class Scheduler:
         if not self.running:
             return None
         reqs = self.running.copy()
-        new_slots = self._alloc(len(reqs))
+        nums = [r.fill_len - r.kv_len for r in reqs]  # 1, or more after jump-forward
+        new_slots = self._alloc(sum(nums))
         assert new_slots is not None
-        for req, slot in zip(reqs, new_slots.split(1), strict=True):
-            req.slots = torch.cat((req.slots, slot))
-        return decode_batch(reqs, new_slots)
+        for req, slots in zip(reqs, new_slots.split(nums), strict=True):
+            req.slots = torch.cat((req.slots, slots))
+        return decode_batch(reqs, new_slots, nums)
 
     # -- memory --------------------------------------------------------------------------
 
@@ -310,6 +316,19 @@ class Scheduler:
                 self._append_token(req, token_id, logprob)
 
     def _append_token(self, req: Request, token_id: int, logprob: float) -> None:
+        """Append a sampled token, then the tokens its constraint forces (jump-forward)."""
+        reason = self._push_token(req, token_id, logprob)
+        jump = self.config.jump_forward and not req.params.return_logprobs
+        while reason is None and jump and req.constraint is not None:
+            if (forced_id := req.constraint.forced_token()) is None:
+                break
+            self.counters.num_forced_tokens += 1
+            reason = self._push_token(req, forced_id, math.nan)  # no forward: no log-prob
+        if reason is not None:
+            self._finish(req, reason)
+
+    def _push_token(self, req: Request, token_id: int, logprob: float) -> FinishReason | None:
+        """Record and stream one output token; why the request must finish now, if it must."""
         req.output_ids.append(token_id)
         params = req.params
         if params.return_logprobs:
@@ -327,8 +346,7 @@ class Scheduler:
         ):
             reason = FinishReason.LENGTH
         req.emit(text, (token_id,), (logprob,) if params.return_logprobs else None)
-        if reason is not None:
-            self._finish(req, reason)
+        return reason
 
     def _finish(self, req: Request, reason: FinishReason, error: str | None = None) -> None:
         for queue in (self.waiting, self.prefilling, self.running):

@@ -15,6 +15,7 @@ class SchedulerCounters:
     num_extend_tokens: int = 0
     num_decode_tokens: int = 0
     num_decode_steps: int = 0
+    num_forced_tokens: int = 0
     num_extend_steps: int = 0
     num_retracted: int = 0
     num_finished: int = 0
@@ -40,6 +41,7 @@ class EngineStats:
     decode_batch_sizes: dict[int, int]  # batch size -> number of decode steps
     num_retracted: int
     num_finished: int
+    num_forced_tokens: int = 0  # output tokens a constraint forced (jump-forward: no own step)
 
     @property
     def cache_hit_rate(self) -> float:

@@ -5,6 +5,7 @@ from the real SmolLM2."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import re
 from typing import Any
@@ -13,12 +14,14 @@ import pytest
 import torch
 from conftest import greedy, run_all
 
+from sgl_lang.runtime.config import EngineConfig
 from sgl_lang.runtime.constrained import ConstraintCache, ConstraintSpec, ascii_digits
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.request import FinishReason
 from sgl_lang.runtime.sampling import SamplingParams
 
 EOS = 2
+HAS_XGRAMMAR = importlib.util.find_spec("xgrammar") is not None
 INT = r"-?(0|[1-9][0-9]*)"
 DATE = r"\d{4}-\d{2}-\d{2}"
 PERSON = {
@@ -119,7 +122,9 @@ def test_specs_compile_once_and_requests_keep_their_own_state(constraints, token
     assert constraints.get(spec) is constraints.get(ConstraintSpec.json('{"type": "integer"}'))
     first, second = constraints.get(spec).start(), constraints.get(spec).start()
     first.advance(tokenizer.encode("4", add_special_tokens=False)[0])
-    assert first.is_accepting and not second.is_accepting and first.num_masks == 0
+    assert first.is_accepting and not second.is_accepting and first.num_masks == 1
+    first.allowed_tokens([0])
+    assert first.num_masks == 1  # a state's mask is computed once
 
 
 @pytest.mark.parametrize(
@@ -239,18 +244,94 @@ REAL_CASES = [
 
 
 @pytest.mark.model
-def test_real_model_outputs_match_their_constraints(real_model: Any) -> None:
-    engine = Engine(model=real_model, threaded=False, kv_cache_tokens=4096)
+def test_real_model_outputs_match_their_constraints_with_or_without_jump_forward(
+    real_model: Any,
+) -> None:
     prompts = [[{"role": "user", "content": q}] for q, _ in REAL_CASES]
     params = [greedy(80, constraint=spec) for _, spec in REAL_CASES] + [greedy(8)]
-    results = run_all(engine, [*prompts, prompts[0]], params)
-    for (_, spec), result in zip(REAL_CASES, results, strict=False):
-        assert result.meta.finish_reason is FinishReason.STOP, result
+    outputs = {}
+    for jump_forward in (True, False):
+        engine = Engine(
+            model=real_model, threaded=False, kv_cache_tokens=4096, jump_forward=jump_forward
+        )
+        results = run_all(engine, [*prompts, prompts[0]], params)
+        outputs[jump_forward] = [r.meta.output_ids for r in results]
+        if jump_forward:
+            assert engine.stats().num_forced_tokens > 0
+            texts = [r.text for r in results]
+        engine.close()
+        assert all(r.meta.finish_reason is FinishReason.STOP for r in results[:-1])
+    for (_, spec), text in zip(REAL_CASES, texts, strict=False):
         if spec.kind == "regex":
-            assert re.fullmatch(ascii_digits(spec.source), result.text), result.text
+            assert re.fullmatch(ascii_digits(spec.source), text), text
         elif spec.kind == "choices":
-            assert result.text in json.loads(spec.source)
+            assert text in json.loads(spec.source)
         else:
-            check_person(json.loads(result.text))
-    assert [r.text for r in run_all(engine, prompts, params[:-1])] == [r.text for r in results[:-1]]
-    engine.close()
+            check_person(json.loads(text))
+    assert outputs[True] == outputs[False]  # jump-forward: the same tokens, fewer steps
+
+
+# -- both grammar engines, and a prefix (token healing) ------------------------------------------
+
+ENGINES = [
+    "llguidance",
+    pytest.param("xgrammar", marks=pytest.mark.skipif(not HAS_XGRAMMAR, reason="no xgrammar")),
+]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def any_constraints(request: pytest.FixtureRequest, tokenizer: Any) -> ConstraintCache:
+    return ConstraintCache(tokenizer, len(tokenizer), (EOS,), engine=request.param)
+
+
+def first_tokens(constraints: ConstraintCache, spec: ConstraintSpec, tokenizer: Any) -> set[str]:
+    allowed = constraints.get(spec).start().allowed_tokens([])
+    return {tokenizer.decode([i]) for i in allowed.nonzero()[:, 0].tolist()}
+
+
+def test_every_engine_masks_each_kind_alike(any_constraints, tokenizer) -> None:
+    assert walk(any_constraints, ConstraintSpec.regex("[0-9]{3}"), "123", tokenizer)[-1]
+    *steps, finished = walk(any_constraints, TINY_SPECS["json"], '{"ok": true, "kind": "b"}',
+                            tokenizer)  # fmt: skip
+    assert all(ok for ok, _ in steps) and not any(eos for _, eos in steps) and finished
+    assert first_tokens(any_constraints, ConstraintSpec.regex(r"\d"), tokenizer) == set(
+        "0123456789"
+    )
+    choices = ConstraintSpec.choices(["no", "none", 'say "hi"'])
+    assert walk(any_constraints, choices, 'say "hi"', tokenizer)[-1]
+    with pytest.raises(ValueError, match="invalid regex constraint"):
+        any_constraints.get(ConstraintSpec.regex("(unclosed"))
+
+
+def test_a_prefix_comes_first_so_a_healed_space_can_join_the_next_word(any_constraints,
+                                                                       tokenizer) -> None:  # fmt: skip
+    spec = ConstraintSpec.choices(["Paris", "London"]).with_prefix(" ")
+    assert spec != ConstraintSpec.choices(["Paris", "London"])  # its own cache entry
+    tokens = first_tokens(any_constraints, spec, tokenizer)
+    assert {" Paris", " London", " "} <= tokens and "Paris" not in tokens
+    assert walk(any_constraints, spec, " Paris", tokenizer)[-1]
+    healed = ConstraintSpec.regex("[a-z]+").with_prefix(" Fra")  # a word cut in the middle
+    assert " France" in first_tokens(any_constraints, healed, tokenizer)
+    assert walk(any_constraints, ConstraintSpec.json({"type": "string"}).with_prefix(" "),
+                ' "FR"', tokenizer)[-1]  # fmt: skip
+
+
+@pytest.mark.skipif(not HAS_XGRAMMAR, reason="no xgrammar")
+def test_the_xgrammar_engine_runs_a_mixed_batch(make_engine: Any) -> None:
+    engine = make_engine(grammar_engine="xgrammar")
+    specs = list(TINY_SPECS.values())
+    results = run_all(
+        engine, ["Give me the answer:"] * len(specs), [greedy(40, constraint=s) for s in specs]
+    )
+    for spec, result in zip(specs, results, strict=True):
+        check_output(spec, result.text)
+        assert result.meta.finish_reason is FinishReason.STOP
+
+
+def test_an_unknown_or_missing_grammar_engine_is_named(tokenizer) -> None:
+    with pytest.raises(ValueError, match="grammar_engine: expected one of"):
+        EngineConfig(grammar_engine="outlines")
+    with pytest.raises(ValueError, match="unknown grammar engine 'outlines'"):
+        ConstraintCache(tokenizer, len(tokenizer), (EOS,), engine="outlines").get(
+            TINY_SPECS["date"]
+        )
