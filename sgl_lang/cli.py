@@ -17,6 +17,7 @@ from sgl_lang.errors import SglError, SglWarning
 T = TypeVar("T")
 
 EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_USAGE = 0, 1, 2
+RUN_POLICIES = ("lpm", "dfs-weight", "fcfs")  # sgl_lang.runtime.config.POLICIES (not imported)
 
 
 def _fail(error: BaseException, debug: bool) -> int:
@@ -78,9 +79,35 @@ def main() -> None:
     show_default=True,
     help="Batch rows run at once.",
 )
-@click.option("--stream/--no-stream", default=None, help="Show generated text as it arrives.")
-@click.option("--trace", is_flag=True, help="Print each state's prompt and every backend call.")
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Show generated text as it arrives (default: when stderr is a terminal); "
+    "--no-stream shows it when the program ends.",
+)
+@click.option("--trace", is_flag=True, help="Print every state and backend call, and totals.")
+@click.option(
+    "--trace-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the trace as JSON to this file.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Runtime options file (default: sgl.toml next to the program, else the user's).",
+)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, path_type=Path),
+    help="Model of the `local` backend (a HF folder or a .gguf).",
+)
+@click.option("--kv-cache-gb", type=click.FloatRange(min=0, min_open=True), help="KV budget.")
+@click.option("--policy", type=click.Choice(RUN_POLICIES), help="Scheduling policy.")
+@click.option("--cache/--no-cache", default=None, help="The radix prefix cache (default: on).")
+@click.option("--max-running", type=click.IntRange(min=1), help="Max requests decoded together.")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens of `gen`.")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads.")
 @click.option("--allow-read", is_flag=True, help="Let the program read files.")
 @click.option("--allow-write", is_flag=True, help="Let the program write files.")
 @click.option("--allow-net", is_flag=True, help="Let the program use the network.")
@@ -95,7 +122,15 @@ def run(
     parallel: int,
     stream: bool | None,
     trace: bool,
+    trace_json: Path | None,
+    config_path: Path | None,
+    model: Path | None,
+    kv_cache_gb: float | None,
+    policy: str | None,
+    cache: bool | None,
+    max_running: int | None,
     max_tokens: int | None,
+    threads: int | None,
     allow_read: bool,
     allow_write: bool,
     allow_net: bool,
@@ -114,9 +149,19 @@ def run(
         permissions=Permissions(
             read=allow_read, write=allow_write, net=allow_net, python=allow_python
         ),
-        stream=sys.stderr.isatty() if stream is None else stream,
+        stream=_stream_mode(stream),
         trace=trace,
-        max_tokens=max_tokens,
+        trace_json=trace_json,
+        config_path=config_path,
+        settings={
+            "model": model.resolve() if model else None,
+            "kv_cache_gb": kv_cache_gb,
+            "policy": policy,
+            "cache": cache,
+            "max_running_requests": max_running,
+            "max_tokens": max_tokens,
+            "threads": threads,
+        },
     )
     if batch is not None and out is not None:
         code = _guard(
@@ -126,6 +171,18 @@ def run(
     else:
         code = _guard(debug, lambda: asyncio.run(runner.run_file(file, params, options)))
     sys.exit(code)
+
+
+def _stream_mode(stream: bool | None) -> Any:
+    """`sgl run`'s streaming: rich on a terminal; plain text when stderr is piped and
+    --stream is given; nothing when piped by default; at the end with --no-stream."""
+    from sgl_lang.runner import Stream
+
+    if stream is False:
+        return Stream.END
+    if sys.stderr.isatty():
+        return Stream.LIVE
+    return Stream.PLAIN if stream else Stream.OFF
 
 
 @main.command()
@@ -147,6 +204,52 @@ def check(files: tuple[Path, ...], backend_uri: str | None, strict: bool, debug:
     if problems:
         click.echo(f"{num_errors} error(s), {num_warnings} warning(s)", err=True)
     sys.exit(EXIT_PROGRAM_ERROR if num_errors or (strict and problems) else EXIT_OK)
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="A HF model folder or a .gguf (default: the embedded SmolLM2).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=30000, show_default=True)
+@click.option("--api-key", envvar="SGL_API_KEY", help="Require this key (env: SGL_API_KEY).")
+@click.option("--model-name", help="The model's name in /v1/models (default: from the path).")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks.")
+def serve(
+    model_path: Path | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    model_name: str | None,
+    debug: bool,
+) -> None:
+    """Serve the runtime over HTTP (native and OpenAI-compatible endpoints)."""
+    from sgl_lang.runtime.server import serve as serve_http
+
+    _guard(
+        debug, lambda: serve_http(model_path, host, port, api_key=api_key, model_name=model_name)
+    )
+
+
+@main.command()
+@click.option("--backend", "backend_uri", default="local", show_default=True, help="Backend URI.")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks.")
+def repl(backend_uri: str, debug: bool) -> None:
+    """An interactive session on one persistent state (:help inside)."""
+    from sgl_lang import repl as sgl_repl
+
+    _guard(debug, lambda: sgl_repl.run(backend_uri))
+
+
+@main.command()
+def lsp() -> None:
+    """The language server for editors (LSP over stdin/stdout)."""
+    from sgl_lang.lsp.server import main as serve_lsp
+
+    serve_lsp()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from sgl_lang.objects import (
     schema_to_json,
 )
 from sgl_lang.operators import binary, compare, iterate, unpack
+from sgl_lang.prefix import function_prefix
 from sgl_lang.source import Span
 from sgl_lang.state import State
 from sgl_lang.stdlib.builtins import BUILTINS
@@ -599,6 +600,9 @@ class Interpreter:
     ) -> list[Record]:
         func, rows, parallel = _batch_arguments(args, kwargs)
         limit = asyncio.Semaphore(parallel)
+        prefix = function_prefix(func.node, self.program)
+        if len(rows) > 1 and not prefix.is_empty:
+            await self.backend.cache_prefix(prefix.prompt)
 
         async def one(row: dict[str, Any]) -> Record:
             async with limit:

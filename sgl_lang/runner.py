@@ -6,38 +6,55 @@ import asyncio
 import io
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
-from rich.text import Text
 
 from sgl_lang import nodes
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.base import Backend
+from sgl_lang.backends.local import LocalBackend
+from sgl_lang.config import RunConfig, resolve_config
 from sgl_lang.errors import SglError, SglNameError, SglValueError, SglWarning
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader
+from sgl_lang.prefix import program_prefix
 from sgl_lang.state import State
 from sgl_lang.stdlib import builtins, permissions
+from sgl_lang.trace import TracingBackend, print_report, totals, trace_report, write_json
 from sgl_lang.values import to_repr
 
 DEFAULT_BACKEND = "local"
 
 
+class Stream(Enum):
+    """How generated text is shown: not at all, as it arrives (rich on a terminal, plain text
+    when stderr is piped), or all at once when the program ends."""
+
+    OFF = "off"
+    LIVE = "live"
+    PLAIN = "plain"
+    END = "end"
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """How `sgl run` was asked to run."""
+    """How `sgl run` was asked to run. `settings` are the CLI's runtime options (None: not
+    given), applied over the config file's (`config_path`, else the `sgl.toml` found)."""
 
     backend_uri: str | None = None
     permissions: permissions.Permissions = field(default_factory=permissions.Permissions)
-    stream: bool = False
+    stream: Stream = Stream.OFF
     trace: bool = False
-    max_tokens: int | None = None
+    trace_json: Path | None = None
+    config_path: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def backend_uri_of(program: nodes.Program, override: str | None) -> str:
@@ -48,6 +65,15 @@ def backend_uri_of(program: nodes.Program, override: str | None) -> str:
         if isinstance(stmt, nodes.BackendDecl):
             return stmt.uri
     return DEFAULT_BACKEND
+
+
+def make_backend(uri: str, config: RunConfig) -> Backend:
+    """The backend of `uri`; a `local` one gets the config's engine options (and its model,
+    unless the URI names one)."""
+    backend = get_backend(uri)
+    if isinstance(backend, LocalBackend):
+        backend = backend.configured(config.engine_options, backend.model_path or config.model)
+    return backend
 
 
 def _declared_params(program: nodes.Program) -> list[str]:
@@ -78,6 +104,9 @@ def check_files(paths: Sequence[Path], backend_uri: str | None = None) -> list[S
     return problems
 
 
+# ---------------------------------------------------------------- one run
+
+
 async def run_file(path: Path, params: dict[str, Any], options: RunOptions) -> int:
     """Run one program; prints errors, returns the exit code."""
     loader = Loader()
@@ -90,34 +119,47 @@ async def run_file(path: Path, params: dict[str, Any], options: RunOptions) -> i
     if errors:
         _report(errors)
         return 1
-    backend = get_backend(backend_uri_of(program, options.backend_uri))
+    config = resolve_config(path, options.config_path, options.settings)
+    backend = TracingBackend(make_backend(backend_uri_of(program, options.backend_uri), config))
+    streamer = _Streamer(options.stream)
+    interpreter = _interpreter(backend, loader, params, config, streamer.chunk)
+    if (options.trace or options.trace_json) and isinstance(backend.inner, LocalBackend):
+        await backend.inner.engine()  # load the model first, so call times are the calls'
+    started = time.perf_counter()
+    token = builtins.output.set(streamer.stdout)
     try:
-        interpreter = _interpreter(backend, loader, params, options)
-        await _run_traced(interpreter, program, options)
+        await _run_with_permissions(interpreter, program, options)
     finally:
+        builtins.output.reset(token)
+        streamer.finish(interpreter.states[0] if interpreter.states else None)
+        if options.trace or options.trace_json:
+            report = trace_report(interpreter, backend, time.perf_counter() - started)
+            if options.trace:
+                print_report(report, Console(stderr=True))
+            if options.trace_json:
+                write_json(report, options.trace_json)
         await backend.close()
     return 0
 
 
 def _interpreter(
-    backend: Backend, loader: Loader, params: dict[str, Any], options: RunOptions
+    backend: Backend,
+    loader: Loader,
+    params: dict[str, Any],
+    config: RunConfig,
+    on_chunk: Callable[[str], None] | None,
 ) -> Interpreter:
     return Interpreter(
         backend,
         params=params,
-        default_max_tokens=options.max_tokens or 256,
-        on_chunk=_stream_chunk if options.stream else None,
+        default_max_tokens=config.max_tokens or 256,
+        on_chunk=on_chunk,
         on_warning=lambda message: print(f"warning: {message}", file=sys.stderr),
         load_program=loader.load_import,
     )
 
 
-def _stream_chunk(text: str) -> None:
-    sys.stderr.write(text)
-    sys.stderr.flush()
-
-
-async def _run_traced(
+async def _run_with_permissions(
     interpreter: Interpreter, program: nodes.Program, options: RunOptions
 ) -> State:
     token = permissions.current.set(options.permissions)
@@ -125,38 +167,59 @@ async def _run_traced(
         return await interpreter.run_program(program)
     finally:
         permissions.current.reset(token)
-        if options.stream:
+
+
+class _Streamer:
+    """Shows the main state's generated text on stderr (`print` output stays on stdout)."""
+
+    def __init__(self, mode: Stream) -> None:
+        self.mode = mode
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.mid_line = False  # streamed text not yet ended by a line break
+        self.stdout = _AfterStream(self)
+
+    @property
+    def chunk(self) -> Callable[[str], None] | None:
+        return self._chunk if self.mode in (Stream.LIVE, Stream.PLAIN) else None
+
+    def _chunk(self, text: str) -> None:
+        if self.mode is Stream.LIVE:
+            self.console.print(text, style="green", end="")
+        else:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        self.mid_line = not text.endswith("\n")
+
+    def break_line(self) -> None:
+        if self.mid_line:
+            self.mid_line = False
             sys.stderr.write("\n")
-        if options.trace:
-            print_trace(interpreter, Console(stderr=True))
+            sys.stderr.flush()
+
+    def finish(self, main: State | None) -> None:
+        """End the streamed line; in END mode, show the main state's generated text now."""
+        if self.mode is Stream.END and main is not None:
+            text = "".join(piece.text for piece in main.pieces if piece.generated)
+            if text:
+                sys.stderr.write(text + "\n")
+        self.break_line()
 
 
-def print_trace(interpreter: Interpreter, console: Console) -> None:
-    """Each state's final prompt (generated text highlighted), then every backend call."""
-    for number, state in enumerate(interpreter.states):
-        console.rule(f"state {number}")
-        text = Text()
-        role: str | None = None
-        for piece in state.pieces:
-            if piece.role != role and piece.role:
-                text.append(f"\n[{piece.role}] ", style="bold cyan")
-            role = piece.role
-            text.append(
-                "<image>" if piece.image is not None else piece.text,
-                style="bold green" if piece.generated else "",
-            )
-        console.print(text)
-    table = Table("call", "name", "where", "prompt tokens", "completion tokens", "cached tokens")
-    for call in interpreter.calls:
-        table.add_row(
-            call.kind,
-            call.name,
-            call.span.location,
-            str(call.prompt_tokens),
-            str(call.completion_tokens),
-            str(call.cached_tokens),
-        )
-    console.print(table)
+class _AfterStream(io.TextIOBase):
+    """stdout for `print`: a streamed line on the same terminal is ended first."""
+
+    def __init__(self, streamer: _Streamer) -> None:
+        self.streamer = streamer
+
+    def write(self, text: str) -> int:
+        self.streamer.break_line()
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- batch
 
 
 async def run_batch_file(
@@ -169,32 +232,73 @@ async def run_batch_file(
     if errors:
         _report(errors)
         return 1
-    rows = _read_rows(batch)
-    backend = get_backend(backend_uri_of(program, options.backend_uri))
-    limit = asyncio.Semaphore(parallel)
-    quiet = RunOptions(options.backend_uri, options.permissions, False, False, options.max_tokens)
-    results: list[dict[str, Any]] = [{}] * len(rows)
+    inputs = _read_rows(batch)
+    rows = [{**params, **row} for row in inputs]
+    config = resolve_config(path, options.config_path, options.settings)
+    backend = make_backend(backend_uri_of(program, options.backend_uri), config)
+    started = time.perf_counter()
     try:
         with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task("running", total=len(rows))
-
-            async def one(index: int, row: dict[str, Any]) -> None:
-                async with limit:
-                    results[index] = await _run_row(
-                        program, loader, backend, {**params, **row}, quiet
-                    )
-                    results[index] = {"index": index, "input": row, **results[index]}
-                progress.advance(task)
-
-            await asyncio.gather(*(one(i, row) for i, row in enumerate(rows)))
+            results = await run_rows(
+                program,
+                loader,
+                backend,
+                rows,
+                config,
+                parallel=parallel,
+                permissions_=options.permissions,
+                on_row_done=lambda: progress.advance(task),
+            )
+        if options.trace or options.trace_json:
+            run_totals = {"totals": totals(backend, time.perf_counter() - started)}
+            if options.trace:
+                Console(stderr=True).print_json(data=run_totals)
+            if options.trace_json:
+                write_json(run_totals, options.trace_json)
     finally:
         await backend.close()
     with out.open("w", encoding="utf-8") as file:
-        for result in results:
-            file.write(json.dumps(result, ensure_ascii=False) + "\n")
+        for index, (row, result) in enumerate(zip(inputs, results, strict=True)):
+            file.write(json.dumps({"index": index, "input": row, **result}, ensure_ascii=False))
+            file.write("\n")
     num_failed = sum(result["error"] is not None for result in results)
     print(f"{len(rows) - num_failed} of {len(rows)} rows ok; results in {out}", file=sys.stderr)
     return 1 if num_failed else 0
+
+
+async def run_rows(
+    program: nodes.Program,
+    loader: Loader,
+    backend: Backend,
+    rows: Sequence[dict[str, Any]],
+    config: RunConfig,
+    *,
+    parallel: int = 8,
+    prefix_hint: bool = True,
+    permissions_: permissions.Permissions | None = None,
+    on_row_done: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run `program` once per row of params, at most `parallel` at once; each result is
+    `{"output", "printed", "error"}`. With `prefix_hint`, the program's constant leading
+    prompt (`prefix.program_prefix`) is sent to the backend once before the rows."""
+    prefix = program_prefix(program)
+    if prefix_hint and len(rows) > 1 and not prefix.is_empty:
+        await backend.cache_prefix(prefix.prompt)
+    limit = asyncio.Semaphore(parallel)
+    granted = permissions_ or permissions.Permissions()
+
+    async def one(row: dict[str, Any]) -> dict[str, Any]:
+        async with limit:
+            token = permissions.current.set(granted)
+            try:
+                return await _run_row(program, loader, backend, row, config)
+            finally:
+                permissions.current.reset(token)
+                if on_row_done is not None:
+                    on_row_done()
+
+    return list(await asyncio.gather(*(one(row) for row in rows)))
 
 
 async def _run_row(
@@ -202,7 +306,7 @@ async def _run_row(
     loader: Loader,
     backend: Backend,
     row: dict[str, Any],
-    options: RunOptions,
+    config: RunConfig,
 ) -> dict[str, Any]:
     printed = io.StringIO()
     token = builtins.output.set(printed)
@@ -211,8 +315,8 @@ async def _run_row(
         errors = _errors_only(loader.check(program, params))
         if errors:
             raise errors[0]
-        interpreter = _interpreter(backend, loader, params, options)
-        state = await _run_traced(interpreter, program, options)
+        interpreter = _interpreter(backend, loader, params, config, None)
+        state = await interpreter.run_program(program)
         return {"output": _jsonable(state.variables), "printed": printed.getvalue(), "error": None}
     except SglError as error:
         return {"output": None, "printed": printed.getvalue(), "error": error.render()}

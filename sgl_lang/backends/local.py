@@ -15,11 +15,14 @@ Prompts become one text, then token ids:
 - an open message (`Prompt.open_role`) is rendered closed and cut right after its content, so
   generation continues it (for an empty assistant message this is the generation prompt).
 
-Token healing (`heal=True`, no constraint): when the prompt ends in the program's own text,
-its last token is backed up and the first generated token must start with that token's text
-(so "The answer is " lets the model write " 42" as one token instead of "42" after a lone
-space); the backed-up text is removed from the output again. It is skipped when a stop string
-could match across the boundary, and for special tokens.
+Token healing (`heal=True`): when the prompt ends in the program's own text, its last token is
+backed up and the first generated token must start with that token's text (so "The answer is "
+lets the model write " 42" as one token instead of "42" after a lone space); the backed-up text
+is removed from the output again. With a constraint, the grammar itself is prefixed with that
+text (`ConstraintSpec.with_prefix`): the output re-produces it, then matches. The token that
+re-produces it is not counted against `max_tokens` (else `max_tokens=1` would only regenerate
+the prompt's last token). It is skipped when a stop string could match across the boundary, and
+for special tokens.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import atexit
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -55,12 +59,36 @@ if TYPE_CHECKING:
     from sgl_lang.runtime.engine import Engine
     from sgl_lang.runtime.request import Chunk
     from sgl_lang.runtime.sampling import LogitsMask, SamplingParams
+    from sgl_lang.runtime.stats import EngineStats
 
 KV_CACHE_GB = 1.0  # ~22k tokens of SmolLM2-135M; far below a 24 GiB machine's memory
 ENFORCED_CONSTRAINTS = frozenset({"regex", "json", "choices"})  # runtime/constrained.py
 MAX_HEALING_MASKS = 256  # cached first-token masks per engine (49 KB each for SmolLM2)
 NUM_CONTEXT_TOKENS = 4  # prompt tokens decoded before the healed one, as the detokenizer does
 OPEN_MARK = "\x00sgl-open-message\x00"  # stands for "the open message continues here"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine knobs a program's run may set (`sgl.toml`, CLI); None keeps the default.
+    Backends with equal options on the same model share one engine."""
+
+    kv_cache_gb: float | None = None  # None: KV_CACHE_GB
+    policy: str | None = None
+    enable_cache: bool = True
+    max_running_requests: int | None = None
+    num_threads: int | None = None
+
+    def engine_fields(self) -> dict[str, Any]:
+        """Keyword arguments of `EngineConfig`."""
+        fields: dict[str, Any] = {
+            "kv_cache_gb": self.kv_cache_gb or KV_CACHE_GB,
+            "enable_cache": self.enable_cache,
+            "policy": self.policy,
+            "max_running_requests": self.max_running_requests,
+            "num_threads": self.num_threads,
+        }
+        return {name: value for name, value in fields.items() if value is not None}
 
 
 def create(target: str) -> LocalBackend:
@@ -82,12 +110,39 @@ class LocalBackend(Backend):
     `close_engines()`).
     """
 
-    def __init__(self, model_path: Path | None = None) -> None:
+    def __init__(
+        self, model_path: Path | None = None, options: EngineOptions | None = None
+    ) -> None:
         self.name = "local" if model_path is None else f"local:{model_path}"
         self.capabilities = Capabilities(ENFORCED_CONSTRAINTS, SELECT_METHODS, images=False)
         self.model_path = model_path
-        self._key = None if model_path is None else str(model_path.resolve())
+        self.options = options or EngineOptions()
+        self._path_key = None if model_path is None else str(model_path.resolve())
         self._closed = False
+
+    def configured(self, options: EngineOptions, model_path: Path | None = None) -> LocalBackend:
+        """A backend on `model_path` (default: this one's model) with engine `options`."""
+        return LocalBackend(model_path or self.model_path, options)
+
+    def stats(self) -> EngineStats | None:
+        """The shared engine's counters since it started (None before it is loaded)."""
+        shared = _ENGINES.get((self._path_key, self.options))
+        return shared.engine.stats() if shared is not None else None
+
+    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> tuple[str, str]:
+        """The prompt as the model reads it, split after its first `num_cached_tokens`
+        tokens: (cached text, computed text). For traces; needs the engine loaded."""
+        shared = _ENGINES.get((self._path_key, self.options))
+        if shared is None:
+            return "", prompt.plain_text()
+        engine = shared.engine
+        try:
+            ids = encode(engine, render_prompt(engine.tokenizer, prompt))
+        except SglBackendError:
+            return "", prompt.plain_text()
+        flags = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+        cached = engine.tokenizer.decode(ids[:num_cached_tokens], **flags)
+        return cached, engine.tokenizer.decode(ids[num_cached_tokens:], **flags)
 
     async def engine(self) -> Engine:
         """The shared engine of this backend's model, loaded on first use."""
@@ -103,7 +158,11 @@ class LocalBackend(Backend):
         heal = _healing(shared, request, rendered, prompt_ids)
         if heal is not None:
             prompt_ids = prompt_ids[:-1]
-        params = sampling_params(request, heal.mask if heal is not None else None)
+        params = sampling_params(
+            request,
+            heal.mask if heal is not None else None,
+            heal_prefix=heal.text if heal is not None else "",
+        )
         healed_text = heal.text if heal is not None else ""
         pieces: list[str] = []
         meta = None
@@ -138,7 +197,7 @@ class LocalBackend(Backend):
             "".join(pieces),
             reason,
             meta.prompt_tokens,
-            meta.completion_tokens,
+            meta.completion_tokens - (heal is not None and meta.completion_tokens > 0),
             meta.cached_tokens,
         )
 
@@ -179,9 +238,11 @@ class LocalBackend(Backend):
     async def _shared(self) -> _SharedEngine:
         if self._closed:
             raise SglBackendError(f"the `{self.name}` backend is closed")
-        shared = _ENGINES.get(self._key)
+        shared = _ENGINES.get((self._path_key, self.options))
         if shared is None:
-            shared = await asyncio.to_thread(shared_engine, self.model_path, self._key)
+            shared = await asyncio.to_thread(
+                shared_engine, self.model_path, self._path_key, self.options
+            )
         return shared
 
 
@@ -218,19 +279,26 @@ class _SharedEngine:
         return mask
 
 
-_ENGINES: dict[str | None, _SharedEngine] = {}  # resolved model path (None: embedded) -> engine
+EngineKey = tuple[str | None, EngineOptions]  # resolved model path (None: embedded), options
+_ENGINES: dict[EngineKey, _SharedEngine] = {}
 _ENGINES_LOCK = threading.Lock()
 
 
-def shared_engine(model_path: Path | None, key: str | None) -> _SharedEngine:
-    """The engine of `model_path`, loading it if no backend has yet (blocking)."""
+def shared_engine(
+    model_path: Path | None, path_key: str | None, options: EngineOptions | None = None
+) -> _SharedEngine:
+    """The engine of `model_path` (resolved: `path_key`) with `options`, loading it if no
+    backend has yet (blocking)."""
+    options = options or EngineOptions()
+    key = (path_key, options)
     with _ENGINES_LOCK:
         if key not in _ENGINES:
             from sgl_lang.runtime.config import EngineConfig
             from sgl_lang.runtime.engine import Engine
 
             try:
-                engine = Engine.from_model(model_path, EngineConfig(kv_cache_gb=KV_CACHE_GB))
+                config = EngineConfig(**options.engine_fields())
+                engine = Engine.from_model(model_path, config)
             except (OSError, RuntimeError, ValueError) as exc:
                 where = "the embedded model" if model_path is None else f"`{model_path}`"
                 raise SglBackendError(f"cannot load {where}: {exc}") from None
@@ -360,13 +428,17 @@ def encode(engine: Engine, rendered: Rendered) -> list[int]:
 # ---------------------------------------------------------------- sampling
 
 
-def sampling_params(request: GenRequest, logits_mask: LogitsMask | None) -> SamplingParams:
-    """The runtime's SamplingParams for a request; invalid values are backend errors."""
+def sampling_params(
+    request: GenRequest, logits_mask: LogitsMask | None, heal_prefix: str = ""
+) -> SamplingParams:
+    """The runtime's SamplingParams for a request; invalid values are backend errors. With
+    `heal_prefix` (the text token healing backed up) the constraint is prefixed with it, and
+    the token that regenerates it does not count against `max_tokens`."""
     from sgl_lang.runtime.sampling import SamplingParams
 
     try:
         return SamplingParams(
-            max_new_tokens=request.max_tokens,
+            max_new_tokens=request.max_tokens + (1 if heal_prefix else 0),
             temperature=request.temperature,
             top_p=request.top_p,
             top_k=request.top_k,
@@ -377,35 +449,38 @@ def sampling_params(request: GenRequest, logits_mask: LogitsMask | None) -> Samp
             stop=tuple(stop for stop in request.stop if stop),
             ignore_eos=request.ignore_eos,
             logits_mask=logits_mask,
-            **_constraint_fields(request.constraint),
+            **_constraint_fields(request.constraint, heal_prefix),
         )
     except ValueError as exc:
         raise SglBackendError(f"local model: {exc}") from None
 
 
-def _constraint_fields(constraint: Constraint | None) -> dict[str, Any]:
+def _constraint_fields(constraint: Constraint | None, prefix: str = "") -> dict[str, Any]:
     """The SamplingParams fields that make the runtime enforce `constraint` token by token."""
     from sgl_lang.runtime.constrained import ConstraintSpec
 
     if isinstance(constraint, Regex):
-        return {"constraint": ConstraintSpec.regex(constraint.pattern)}
-    if isinstance(constraint, JsonSchema):
-        return {"constraint": ConstraintSpec.json(constraint.schema)}
-    if isinstance(constraint, Choices):
-        return {"constraint": ConstraintSpec.choices(constraint.options)}
-    return {}
+        spec = ConstraintSpec.regex(constraint.pattern)
+    elif isinstance(constraint, JsonSchema):
+        spec = ConstraintSpec.json(constraint.schema)
+    elif isinstance(constraint, Choices):
+        spec = ConstraintSpec.choices(constraint.options)
+    else:
+        return {}
+    return {"constraint": spec.with_prefix(prefix)}
 
 
 class _Heal(NamedTuple):
     text: str  # the backed-up last prompt token's text; the output starts with it
-    mask: LogitsMask  # allows, at the first step, only tokens starting with that token
+    mask: LogitsMask | None  # at the first step, only tokens starting with that token (None:
+    # constrained, the grammar is prefixed with `text` instead)
 
 
 def _healing(
     shared: _SharedEngine, request: GenRequest, rendered: Rendered, prompt_ids: list[int]
 ) -> _Heal | None:
     """Token healing for this request, or None when it does not apply."""
-    if not (request.heal and request.constraint is None and rendered.ends_with_content):
+    if not (request.heal and rendered.ends_with_content):
         return None
     tokenizer = shared.engine.tokenizer
     last_id = prompt_ids[-1]
@@ -425,6 +500,8 @@ def _healing(
         or any(_straddles(text, s) for s in request.stop if s)
     ):
         return None
+    if request.constraint is not None:
+        return _Heal(text, None)
     allowed = shared.healing_mask(last_id, allow_eos=not request.ignore_eos)
 
     def first_token_only(output_ids: Sequence[int]) -> torch.Tensor | None:

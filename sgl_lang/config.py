@@ -1,0 +1,166 @@
+"""Runtime options of `sgl run`: an `sgl.toml` file and the CLI's flags, merged and validated.
+
+`sgl.toml` is read from the program's folder, else from the user config folder
+(`platformdirs.user_config_dir("sgl")`, `~/.config/sgl` on Linux); only the first found is
+read, and the CLI's flags override it. Every key is optional:
+
+    model = "models/SmolLM2-360M"   # local model folder or .gguf (relative to this file)
+    kv_cache_gb = 1.0               # KV cache budget
+    policy = "lpm"                  # scheduling: lpm | dfs-weight | fcfs
+    cache = true                    # the radix prefix cache
+    max_running_requests = 64       # requests decoded together
+    max_tokens = 256                # default `max_tokens` of `gen`
+    threads = 2                     # torch threads
+
+The engine options apply to the `local` backend; `model` only when the backend is plain `local`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from sgl_lang.backends.local import EngineOptions
+from sgl_lang.errors import SglValueError
+from sgl_lang.runtime.config import POLICIES
+from sgl_lang.source import Source, Span
+
+CONFIG_NAME = "sgl.toml"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `sgl run` runs with. None means the built-in default. Invalid values raise
+    ValueError naming the field."""
+
+    model: Path | None = None
+    kv_cache_gb: float | None = None
+    policy: str | None = None
+    cache: bool = True
+    max_running_requests: int | None = None
+    max_tokens: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not isinstance(self.model, Path):
+            raise ValueError(f"`model` must be a path, got {self.model!r}")
+        if self.model is not None and not self.model.exists():
+            raise ValueError(f"`model`: no such file or folder: {self.model}")
+        if self.kv_cache_gb is not None and (
+            isinstance(self.kv_cache_gb, bool)
+            or not isinstance(self.kv_cache_gb, (int, float))
+            or not self.kv_cache_gb > 0
+        ):
+            raise ValueError(f"`kv_cache_gb` must be a number > 0, got {self.kv_cache_gb!r}")
+        if self.policy is not None and self.policy not in POLICIES:
+            choices = ", ".join(POLICIES)
+            raise ValueError(f"`policy` must be one of {choices}, got {self.policy!r}")
+        if not isinstance(self.cache, bool):
+            raise ValueError(f"`cache` must be true or false, got {self.cache!r}")
+        for name in ("max_running_requests", "max_tokens", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+            if value is not None and value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+
+    def override(self, **changes: Any) -> RunConfig:
+        """A validated copy with every change that is not None applied."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def engine_options(self) -> EngineOptions:
+        """What the `local` backend's engine is built with."""
+        return EngineOptions(
+            kv_cache_gb=self.kv_cache_gb,
+            policy=self.policy,
+            enable_cache=self.cache,
+            max_running_requests=self.max_running_requests,
+            num_threads=self.threads,
+        )
+
+
+KEYS = tuple(f.name for f in fields(RunConfig))
+
+
+def find_config(program: Path | None) -> Path | None:
+    """`sgl.toml` next to `program`, else in the user config folder, else None."""
+    candidates = [program.parent / CONFIG_NAME] if program is not None else []
+    candidates.append(Path(platformdirs.user_config_dir("sgl")) / CONFIG_NAME)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def resolve_config(
+    program: Path | None, explicit: Path | None, overrides: dict[str, Any]
+) -> RunConfig:
+    """The config of a run: `explicit` (`--config`) or the file `find_config` finds, with the
+    CLI's `overrides` (None values ignored) on top."""
+    path = explicit or find_config(program)
+    config = load_config(path) if path is not None else RunConfig()
+    try:
+        return config.override(**overrides)
+    except ValueError as exc:
+        raise SglValueError(f"command line: {exc}") from None
+
+
+def load_config(path: Path) -> RunConfig:
+    """The config in `path`; problems are `SglValueError`s pointing at the offending line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SglValueError(f"cannot read config file {path}: {exc}") from None
+    source = Source(str(path), text)
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SglValueError(f"invalid TOML: {exc}", _decode_error_span(source, str(exc))) from None
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        span = _key_span(source, key)
+        if key not in KEYS:
+            close = difflib.get_close_matches(key, KEYS, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(KEYS)}"
+            raise SglValueError(f"unknown config key `{key}`", span, hint=hint)
+        if key == "model":
+            if not isinstance(value, str):
+                raise SglValueError(f"`model` must be a path string, got {value!r}", span)
+            value = (path.parent / Path(value).expanduser()).resolve()
+        values[key] = value
+        try:
+            RunConfig(**{key: value})
+        except ValueError as exc:
+            raise SglValueError(str(exc), span) from None
+    return RunConfig(**values)
+
+
+def _key_span(source: Source, key: str) -> Span | None:
+    """The line that sets `key` (bare or quoted), from the key to the end of the line."""
+    pattern = rf"""^[ \t]*(?:{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')[ \t]*="""
+    match = re.search(pattern, source.text, re.MULTILINE)
+    if match is None:
+        return None
+    start = match.start() + len(match.group()) - len(match.group().lstrip())
+    end = source.text.find("\n", start)
+    return source.span(start, len(source.text) if end < 0 else end)
+
+
+def _decode_error_span(source: Source, message: str) -> Span | None:
+    """tomllib says `(at line L, column C)`; point there."""
+    if not source.text:
+        return None
+    if "end of document" in message:
+        return source.span(len(source.text) - 1, len(source.text))
+    match = re.search(r"at line (\d+), column (\d+)", message)
+    if match is None:
+        return None
+    line, column = int(match.group(1)), int(match.group(2))
+    starts = source.line_starts
+    offset = min(starts[min(line, len(starts)) - 1] + column - 1, len(source.text) - 1)
+    return source.span(offset, offset + 1)

@@ -1,0 +1,234 @@
+"""`sgl run --trace` / `--trace-json`: every backend call with its prompt, output, tokens and time.
+
+`TracingBackend` wraps the run's backend and records each call. The report joins them with the
+interpreter's own records (which `gen`/`select` made each call) and, when the backend has a
+`stats()` method (the `local` backend), the engine's totals. A backend with a
+`split_cached(prompt, num_cached_tokens)` method lets the report mark the cached part of each
+prompt as the model read it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from sgl_lang.backends.base import Backend, GenRequest, GenResult, Prompt
+from sgl_lang.interpreter import Interpreter
+
+CACHED_MARK = "‖"  # ends the cached part of a traced prompt
+
+
+@dataclass(frozen=True)
+class TracedCall:
+    """One backend call. `kind` is "gen", "score" or "prefix" (a `cache_prefix` hint);
+    `output` is the generated text, or the best choice of a "score"."""
+
+    kind: str
+    prompt: Prompt
+    output: str
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    completion_tokens: int
+    seconds: float
+    scores: dict[str, float] | None = None
+
+
+class TracingBackend(Backend):
+    """Forwards every call to `inner` and records it in `calls`."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.capabilities = inner.capabilities
+        self.calls: list[TracedCall] = []
+
+    async def generate(
+        self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
+    ) -> GenResult:
+        started = time.perf_counter()
+        result = await self.inner.generate(request, on_chunk)
+        self.calls.append(
+            TracedCall(
+                "gen",
+                request.prompt,
+                result.text,
+                result.prompt_tokens,
+                result.cached_tokens,
+                result.completion_tokens,
+                time.perf_counter() - started,
+            )
+        )
+        return result
+
+    async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
+        started = time.perf_counter()
+        scores = await self.inner.score(prompt, choices, method)
+        best = choices[max(range(len(choices)), key=scores.__getitem__)] if choices else ""
+        elapsed = time.perf_counter() - started
+        by_choice = dict(zip(choices, scores, strict=True))
+        self.calls.append(TracedCall("score", prompt, best, None, None, 0, elapsed, by_choice))
+        return scores
+
+    async def cache_prefix(self, prompt: Prompt) -> None:
+        started = time.perf_counter()
+        await self.inner.cache_prefix(prompt)
+        elapsed = time.perf_counter() - started
+        self.calls.append(TracedCall("prefix", prompt, "", None, None, 0, elapsed))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+# ---------------------------------------------------------------- the report
+
+
+def trace_report(
+    interpreter: Interpreter, backend: TracingBackend, wall_seconds: float
+) -> dict[str, Any]:
+    """Everything `--trace` shows, as JSON-ready data."""
+    records = iter(interpreter.calls)  # one per gen/score call, in the same order
+    split = getattr(backend.inner, "split_cached", None)
+    calls = []
+    for call in backend.calls:
+        record = next(records, None) if call.kind != "prefix" else None
+        cached, computed = "", call.prompt.plain_text()
+        if split is not None and call.kind != "score":
+            cached, computed = split(call.prompt, call.cached_tokens or 0)
+        calls.append(
+            {
+                "kind": "select" if call.kind == "score" else call.kind,
+                "name": record.name if record else None,
+                "where": record.span.location if record else None,
+                "prompt": {"cached": cached, "computed": computed},
+                "output": call.output,
+                "scores": call.scores,
+                "prompt_tokens": call.prompt_tokens,
+                "cached_tokens": call.cached_tokens,
+                "completion_tokens": call.completion_tokens,
+                "seconds": round(call.seconds, 4),
+            }
+        )
+    states = [
+        [
+            {"text": p.text, "role": p.role, "generated": p.generated, "image": p.image is not None}
+            for p in state.pieces
+            if p.text or p.image is not None
+        ]
+        for state in interpreter.states
+    ]
+    return {"states": states, "calls": calls, "totals": totals(backend, wall_seconds)}
+
+
+def totals(backend: Backend, wall_seconds: float) -> dict[str, Any]:
+    """The run's token counts and rates; `engine` holds the engine's counters when known."""
+    calls = backend.calls if isinstance(backend, TracingBackend) else []
+    inner = backend.inner if isinstance(backend, TracingBackend) else backend
+    completion = sum(c.completion_tokens for c in calls)
+    result: dict[str, Any] = {
+        "wall_seconds": round(wall_seconds, 3),
+        "num_calls": sum(c.kind != "prefix" for c in calls),
+        "prompt_tokens": sum(c.prompt_tokens or 0 for c in calls),
+        "cached_tokens": sum(c.cached_tokens or 0 for c in calls),
+        "completion_tokens": completion,
+        "completion_tokens_per_s": round(completion / wall_seconds, 2) if wall_seconds else 0.0,
+        "engine": None,
+    }
+    stats_of = getattr(inner, "stats", None)
+    stats = stats_of() if stats_of is not None else None
+    if stats is not None:
+        result["engine"] = {
+            "num_prompt_tokens": stats.num_prompt_tokens,
+            "num_cached_tokens": stats.num_cached_tokens,
+            "cache_hit_rate": round(stats.cache_hit_rate, 4),
+            "num_decode_tokens": stats.num_decode_tokens,
+            "prefill_tokens_per_s": round(stats.prefill_tokens_per_s, 1),
+            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 1),
+            "mean_decode_batch_size": round(stats.mean_decode_batch_size, 2),
+            "num_finished": stats.num_finished,
+        }
+    return result
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    """States with generated text highlighted, each call with its cached prompt part marked,
+    a table of the calls and the totals."""
+    for number, pieces in enumerate(report["states"]):
+        console.rule(f"state {number}")
+        text = Text()
+        role: str | None = None
+        for piece in pieces:
+            if piece["role"] != role and piece["role"]:
+                text.append(f"\n[{piece['role']}] ", style="bold cyan")
+            role = piece["role"]
+            style = "bold green" if piece["generated"] else ""
+            text.append("<image>" if piece["image"] else piece["text"], style=style)
+        console.print(text)
+    for number, call in enumerate(report["calls"]):
+        label = " ".join(str(x) for x in (call["kind"], call["name"], call["where"]) if x)
+        label = "prefix hint (cache_prefix)" if call["kind"] == "prefix" else label
+        console.rule(f"call {number}: {label}", style="dim")
+        text = Text()
+        if call["prompt"]["cached"]:
+            text.append(call["prompt"]["cached"], style="dim underline")
+            text.append(CACHED_MARK, style="bold magenta")
+        text.append(call["prompt"]["computed"])
+        if call["kind"] == "gen":
+            text.append(call["output"], style="bold green")
+        console.print(text)
+        if call["scores"]:
+            console.print(Text(f"scores: {call['scores']} -> {call['output']!r}", style="cyan"))
+    console.print(Text(f"(the prompt text before {CACHED_MARK} came from the prefix cache)"))
+    console.print(_calls_table(report["calls"]))
+    console.print(_totals_text(report["totals"]))
+
+
+def _calls_table(calls: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "call", "name", "where", "prompt tokens", "cached tokens", "completion tokens", "time (s)"
+    )
+    for call in calls:
+        table.add_row(
+            call["kind"],
+            call["name"] or "",
+            call["where"] or "",
+            _count(call["prompt_tokens"]),
+            _count(call["cached_tokens"]),
+            str(call["completion_tokens"]),
+            f"{call['seconds']:.3f}",
+        )
+    return table
+
+
+def _totals_text(totals: dict[str, Any]) -> Text:
+    lines = [
+        f"{totals['num_calls']} calls in {totals['wall_seconds']:.2f} s: "
+        f"{totals['prompt_tokens']} prompt tokens ({totals['cached_tokens']} cached), "
+        f"{totals['completion_tokens']} completion tokens "
+        f"({totals['completion_tokens_per_s']:.1f} tokens/s)"
+    ]
+    engine = totals["engine"]
+    if engine is not None:
+        lines.append(
+            f"engine: cache hit rate {engine['cache_hit_rate']:.1%} "
+            f"({engine['num_cached_tokens']} of {engine['num_prompt_tokens']} prompt tokens), "
+            f"prefill {engine['prefill_tokens_per_s']:.0f} tokens/s, "
+            f"decode {engine['decode_tokens_per_s']:.0f} tokens/s, "
+            f"mean decode batch {engine['mean_decode_batch_size']:.2f}"
+        )
+    return Text("\n".join(lines), style="bold")
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)
