@@ -1,0 +1,258 @@
+"""`sgl serve`'s OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models.
+
+Requests follow OpenAI's schema; the model name is not checked (the server has one model).
+`response_format` (`json_schema`, `json_object`) is enforced while decoding, and so are the
+extensions other open servers accept: `regex` (SGLang), `guided_regex`, `guided_choice` and
+`guided_json` (vLLM), `top_k`, `min_p`, `ignore_eos`, and `continue_final_message` (the last
+message is continued instead of answered). Not supported (400): `n` > 1, `logprobs`, images,
+tools. `usage.prompt_tokens_details.cached_tokens` reports the prefix-cache hit.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from sgl_lang.backends.base import (
+    Choices,
+    GenRequest,
+    GenResult,
+    JsonSchema,
+    Message,
+    Prompt,
+    Regex,
+    Text,
+)
+from sgl_lang.runtime.serving import ServedModel, sse_stream, stream_generate, unless_disconnected
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _CommonIn(BaseModel):
+    """The fields both endpoints share (unknown fields are ignored, as OpenAI clients send
+    ones that do not apply here, such as `user`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    logprobs: bool | int | None = None
+    ignore_eos: bool = False
+    regex: str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_json: dict[str, Any] | None = None
+
+
+class ChatIn(_CommonIn):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+    continue_final_message: bool = False
+
+
+class CompletionIn(_CommonIn):
+    prompt: str
+
+
+def router(model: ServedModel) -> APIRouter:
+    """The /v1 routes on `model`."""
+    api = APIRouter(prefix="/v1")
+
+    @api.get("/models")
+    async def models() -> dict[str, Any]:
+        card = {"id": model.name, "object": "model", "created": 0, "owned_by": "sgl"}
+        return {"object": "list", "data": [card]}
+
+    @api.post("/chat/completions", response_model=None)
+    async def chat(body: ChatIn, request: Request) -> Response | dict[str, Any]:
+        return await _respond(model, body, chat_prompt(body), request, chat=True)
+
+    @api.post("/completions", response_model=None)
+    async def completions(body: CompletionIn, request: Request) -> Response | dict[str, Any]:
+        prompt = Prompt((Text(body.prompt),))
+        return await _respond(model, body, prompt, request, chat=False)
+
+    return api
+
+
+def chat_prompt(body: ChatIn) -> Prompt:
+    """The chat as a Prompt: a new assistant message follows, unless `continue_final_message`
+    leaves the last message open."""
+    segments = []
+    for i, message in enumerate(body.messages):
+        role = ROLES.get(message.role)
+        if role is None:
+            raise HTTPException(400, f"messages[{i}]: role `{message.role}` is not supported")
+        segments.append(Message(role, _content_text(message.content, i)))
+    open_role = segments[-1].role if body.continue_final_message else "assistant"
+    return Prompt(tuple(segments), open_role)
+
+
+def _content_text(content: str | list[dict[str, Any]] | None, index: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    texts = []
+    for part in content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise HTTPException(
+                400, f"messages[{index}]: only text content is supported, not `{part.get('type')}`"
+            )
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _gen_request(body: _CommonIn, prompt: Prompt) -> GenRequest:
+    if body.n != 1:
+        raise HTTPException(400, "`n` must be 1 (one completion per request)")
+    if body.logprobs:
+        raise HTTPException(400, "`logprobs` are not supported by this server")
+    constraints: list[Regex | JsonSchema | Choices] = []
+    if regex := body.regex or body.guided_regex:
+        constraints.append(Regex(regex))
+    if body.guided_choice is not None:
+        constraints.append(Choices(tuple(body.guided_choice)))
+    if body.guided_json is not None:
+        constraints.append(JsonSchema(body.guided_json))
+    fmt = _response_format(body.response_format) if isinstance(body, ChatIn) else None
+    if fmt is not None:
+        constraints.append(fmt)
+    if len(constraints) > 1:
+        raise HTTPException(400, "give at most one output constraint")
+    max_tokens = body.max_tokens
+    if isinstance(body, ChatIn) and body.max_completion_tokens is not None:
+        max_tokens = body.max_completion_tokens
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return GenRequest(
+        prompt,
+        max_tokens=max_tokens or 256,
+        stop=stop,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=max(body.top_k, 0),
+        min_p=body.min_p,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
+        seed=body.seed,
+        ignore_eos=body.ignore_eos,
+        heal=False,  # OpenAI clients expect the prompt taken as it is
+        constraint=constraints[0] if constraints else None,
+    )
+
+
+def _response_format(fmt: dict[str, Any] | None) -> JsonSchema | None:
+    kind = None if fmt is None else fmt.get("type")
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonSchema({"type": "object"})
+    if kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise HTTPException(400, "`response_format.json_schema.schema` must be an object")
+        return JsonSchema(schema)
+    raise HTTPException(400, f"`response_format.type` `{kind}` is not supported")
+
+
+async def _respond(
+    model: ServedModel, body: _CommonIn, prompt: Prompt, request: Request, *, chat: bool
+) -> Response | dict[str, Any]:
+    gen = _gen_request(body, prompt)
+    shape = _Shape(
+        model.name, chat, include_usage=bool((body.stream_options or {}).get("include_usage"))
+    )
+    pieces = stream_generate(model.backend, gen)
+    # the first piece comes after admission: a request that cannot run is still a 400
+    first = await unless_disconnected(request, anext(pieces))
+    if not body.stream:
+        text, result = "", first
+        while isinstance(result, str):
+            text += result
+            result = await unless_disconnected(request, anext(pieces))
+        return shape.whole(text, result)
+    return StreamingResponse(
+        sse_stream(shape.chunks(first, pieces), _stream_error), media_type="text/event-stream"
+    )
+
+
+def _stream_error(exc: Exception) -> dict[str, Any]:
+    message = getattr(exc, "message", None) or str(exc)
+    return {"error": {"message": message, "type": "invalid_request_error", "code": 400}}
+
+
+class _Shape:
+    """OpenAI's response objects for one request."""
+
+    def __init__(self, model_name: str, chat: bool, include_usage: bool) -> None:
+        self.model, self.chat, self.include_usage = model_name, chat, include_usage
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _head(self, stream: bool) -> dict[str, Any]:
+        kind = "chat.completion" if self.chat else "text_completion"
+        kind += ".chunk" if stream and self.chat else ""
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def _choice(self, text: str, finish: str | None, stream: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if not self.chat:
+            choice["text"] = text
+        elif stream:
+            choice["delta"] = {"content": text} if text or finish else {"role": "assistant"}
+        else:
+            choice["message"] = {"role": "assistant", "content": text}
+        return choice
+
+    def whole(self, text: str, result: GenResult) -> dict[str, Any]:
+        choice = self._choice(text, _finish(result), stream=False)
+        return {**self._head(False), "choices": [choice], "usage": _usage(result)}
+
+    async def chunks(
+        self, first: str | GenResult, rest: AsyncIterator[str | GenResult]
+    ) -> AsyncIterator[dict[str, Any]]:
+        if self.chat:
+            yield {**self._head(True), "choices": [self._choice("", None, stream=True)]}
+        item = first
+        while isinstance(item, str):
+            yield {**self._head(True), "choices": [self._choice(item, None, stream=True)]}
+            item = await anext(rest)
+        yield {**self._head(True), "choices": [self._choice("", _finish(item), stream=True)]}
+        if self.include_usage:
+            yield {**self._head(True), "choices": [], "usage": _usage(item)}
+
+
+def _finish(result: GenResult) -> Literal["stop", "length"]:
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _usage(result: GenResult) -> dict[str, Any]:
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+    }

@@ -1,0 +1,182 @@
+"""The `anthropic:MODEL` backend: Anthropic's Messages API through the official `anthropic` SDK.
+
+- Messages map as in `chat.py`; all system messages become the `system` parameter; each
+  prompt piece is its own content block; images are sent as base64 or URL sources.
+- An open assistant message is a prefill (the model continues it). The API refuses trailing
+  whitespace there, so it is cut and the reply's leading whitespace dropped.
+- Prompt caching is on: the prompt's last block carries `cache_control` (ephemeral), so the
+  prefix shared by a fork's branches is written once and read by the others; `cache_prefix`
+  pre-warms it (`max_tokens=0`) when the prompt is long enough to be cached.
+- Enforced: `json` and `choices` (structured outputs, `output_config.format`; choices as a
+  `{"choice": OPTION}` schema, unwrapped). `regex` is checked afterwards; `select` falls back.
+- Only `max_tokens` and `stop` are sent: the Messages API in this SDK takes no sampling knobs.
+- The key is `$ANTHROPIC_API_KEY` (`$ANTHROPIC_BASE_URL` moves the endpoint); the SDK
+  retries rate limits and transient errors with backoff.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sgl_lang.backends.base import (
+    Backend,
+    Capabilities,
+    Choices,
+    GenRequest,
+    GenResult,
+    Image,
+    JsonSchema,
+    Prompt,
+)
+from sgl_lang.backends.chat import (
+    Output,
+    chat_turns,
+    choice_schema,
+    image_data,
+    image_mime,
+    is_url,
+    split_system,
+    unwrap_choice,
+)
+from sgl_lang.backends.openai import sdk_error
+from sgl_lang.errors import SglBackendError
+
+API_KEY_ENV = "ANTHROPIC_API_KEY"
+MAX_RETRIES = 3
+TIMEOUT_S = 600.0
+MIN_CACHED_CHARS = 4096  # ~1024 tokens, the smallest prefix the API caches
+CACHE_CONTROL = {"type": "ephemeral"}
+CAPABILITIES = Capabilities(frozenset({"json", "choices"}), frozenset(), images=True)
+STOP_REASONS = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "length"}
+
+
+def create(target: str) -> AnthropicBackend:
+    if importlib.util.find_spec("anthropic") is None:
+        raise SglBackendError(
+            "the `anthropic:` backend needs the `anthropic` package: "
+            "pip install 'sgl-lang[anthropic]'"
+        )
+    key = os.environ.get(API_KEY_ENV)
+    if not key:
+        raise SglBackendError(f"`anthropic:{target}` needs an API key: set ${API_KEY_ENV}")
+    return AnthropicBackend(target, key)
+
+
+class AnthropicBackend(Backend):
+    """Streamed Messages API calls through `anthropic.AsyncAnthropic` (opened on first use).
+    `client_options` go to the client (tests pass `http_client` or `base_url`)."""
+
+    def __init__(self, model: str, api_key: str, **client_options: Any) -> None:
+        self.name = f"anthropic:{model}"
+        self.model = model
+        self.capabilities = CAPABILITIES
+        self._options = {"api_key": api_key, **client_options}
+        self._client: Any = None
+
+    async def generate(
+        self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
+    ) -> GenResult:
+        kwargs, trimmed = self.request_fields(request.prompt, request.max_tokens)
+        if request.stop:
+            kwargs["stop_sequences"] = list(request.stop)
+        constraint = request.constraint
+        if isinstance(constraint, JsonSchema):
+            kwargs["output_config"] = {
+                "format": {"type": "json_schema", "schema": constraint.schema}
+            }
+        elif isinstance(constraint, Choices):
+            kwargs["output_config"] = {
+                "format": {"type": "json_schema", "schema": choice_schema(constraint)}
+            }
+        output = Output(on_chunk, hold=isinstance(constraint, Choices), trim_start=trimmed)
+        reason, usage = "eos", {"input_tokens": 0, "output_tokens": 0, "cache_read": 0}
+        try:
+            stream = await self._sdk().messages.create(**kwargs, stream=True)
+            async for event in stream:
+                if event.type == "message_start":
+                    u = event.message.usage
+                    usage["cache_read"] = u.cache_read_input_tokens or 0
+                    usage["input_tokens"] = (
+                        u.input_tokens + usage["cache_read"] + (u.cache_creation_input_tokens or 0)
+                    )
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    output.add(event.delta.text)
+                elif event.type == "message_delta":
+                    reason = STOP_REASONS.get(event.delta.stop_reason or "", "eos")
+                    usage["output_tokens"] = event.usage.output_tokens
+        except Exception as exc:
+            raise sdk_error(self.name, exc) from None
+        text = output.text
+        if isinstance(constraint, Choices):
+            text = unwrap_choice(text)
+            if on_chunk is not None and text:
+                on_chunk(text)
+        return GenResult(
+            text, reason, usage["input_tokens"], usage["output_tokens"], usage["cache_read"]
+        )
+
+    async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
+        raise SglBackendError(f"`{self.name}` cannot score choices")
+
+    async def cache_prefix(self, prompt: Prompt) -> None:
+        """Pre-warm the prompt cache for a fork's shared prefix (a hint: failures are ignored)."""
+        if len(prompt.plain_text()) < MIN_CACHED_CHARS:
+            return
+        try:
+            kwargs, _ = self.request_fields(Prompt(prompt.segments), 0)
+            await self._sdk().messages.create(**kwargs)
+        except Exception:
+            return
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def _sdk(self) -> Any:
+        if self._client is None:
+            import anthropic
+
+            options = {"max_retries": MAX_RETRIES, "timeout": TIMEOUT_S, **self._options}
+            self._client = anthropic.AsyncAnthropic(**options)
+        return self._client
+
+    def request_fields(self, prompt: Prompt, max_tokens: int) -> tuple[dict[str, Any], bool]:
+        """`model`, `max_tokens`, `system` and `messages` (with the cache breakpoint and the
+        prefill); True when the prefill's trailing whitespace was cut."""
+        turns, prefill = chat_turns(prompt, self.name)
+        system, turns = split_system(turns)
+        messages: list[dict[str, Any]] = [
+            {"role": t.role, "content": [_block(p) for p in t.parts]} for t in turns if t.parts
+        ]
+        if messages:
+            messages[-1]["content"][-1]["cache_control"] = CACHE_CONTROL
+        kwargs: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
+        if system:
+            block = {"type": "text", "text": system}
+            kwargs["system"] = [
+                {**block, "cache_control": CACHE_CONTROL} if not messages else block
+            ]
+        cut = prefill.rstrip()
+        if cut:
+            messages.append({"role": "assistant", "content": cut})
+        kwargs["messages"] = messages
+        return kwargs, cut != prefill
+
+
+def _block(part: str | Image) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if is_url(part):
+        return {"type": "image", "source": {"type": "url", "url": part.source}}
+    data, mime = image_data(part)
+    source = {
+        "type": "base64",
+        "media_type": mime or image_mime(part),
+        "data": base64.b64encode(data).decode(),
+    }
+    return {"type": "image", "source": source}

@@ -1,0 +1,252 @@
+"""The `http://HOST:PORT` backend: programs run on a `sgl serve` runtime, with every capability
+of `local` (constraints, scoring for `select`, prefix hints, token healing).
+
+The native API (see `sgl_lang.runtime.server`) speaks SGLang's `/generate` format and extends it
+with a structured `prompt` (the program's segments and open role, so the server renders it
+with the model's chat template and heals tokens exactly as `local` does) and with the
+`sampling_params` fields `heal` and `choices`. This module owns that wire format: the client
+writes it with `request_to_json`, the server reads it with `request_from_json`.
+
+Many `sgl run` processes pointed at one server share its engine and its prefix cache. A key
+set with `SGL_API_KEY` is sent as a bearer token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import httpx
+
+from sgl_lang.backends.base import (
+    CONSTRAINT_KINDS,
+    SELECT_METHODS,
+    Backend,
+    Capabilities,
+    Choices,
+    GenRequest,
+    GenResult,
+    Image,
+    JsonSchema,
+    Message,
+    Prompt,
+    Regex,
+    Segment,
+    Text,
+)
+from sgl_lang.errors import SglBackendError
+
+API_KEY_ENV = "SGL_API_KEY"
+TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0)
+ROLES = frozenset({"system", "user", "assistant"})
+NUM_CONNECT_RETRIES = 3  # a server that is still starting: 0.5 s, 1 s, 2 s
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def create(target: str) -> HttpBackend:
+    """`http://HOST:PORT` or `https://...` (the whole URI is the target)."""
+    return HttpBackend(target)
+
+
+class HttpBackend(Backend):
+    """Generation, scoring and prefix hints on a remote `sgl serve`. Creating one opens no
+    connection; an `httpx.AsyncClient` is opened on first use (one per event loop)."""
+
+    def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.name = url
+        self.url = url.rstrip("/")
+        self.capabilities = Capabilities(CONSTRAINT_KINDS, SELECT_METHODS, images=False)
+        self._transport = transport  # tests: an ASGI transport to an in-process server
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def generate(
+        self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
+    ) -> GenResult:
+        body = {**request_to_json(request), "stream": True}
+        text = ""
+        async for event in self._events("/generate", body):
+            if "error" in event:
+                raise SglBackendError(f"{self.url}: {_message(event['error'])}")
+            piece = event["text"][len(text) :]
+            text = event["text"]
+            if piece and on_chunk is not None:
+                on_chunk(piece)
+            meta = event.get("meta_info", {})
+            if meta.get("finish_reason") is not None:
+                return GenResult(
+                    text,
+                    meta["finish_reason"].get("kind", meta["finish_reason"]["type"]),
+                    meta["prompt_tokens"],
+                    meta["completion_tokens"],
+                    meta.get("cached_tokens", 0),
+                )
+        raise SglBackendError(f"{self.url}: the stream ended without a result")
+
+    async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
+        body = {"prompt": prompt_to_json(prompt), "choices": list(choices), "method": method}
+        return [float(s) for s in (await self._post("/score", body))["scores"]]
+
+    async def cache_prefix(self, prompt: Prompt) -> None:
+        await self._post("/cache_prefix", {"prompt": prompt_to_json(prompt)})
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            if self._loop is asyncio.get_running_loop():
+                await client.aclose()
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:  # a client is bound to its loop
+            headers = (
+                {"Authorization": f"Bearer {key}"} if (key := os.environ.get(API_KEY_ENV)) else {}
+            )
+            self._client = httpx.AsyncClient(
+                base_url=self.url, timeout=TIMEOUT, headers=headers, transport=self._transport
+            )
+            self._loop = loop
+        return self._client
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._send(path, body, stream=False)
+        try:
+            return dict(response.json())
+        except ValueError:
+            raise SglBackendError(f"{self.url}{path}: the answer is not JSON") from None
+
+    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The server-sent events of a streamed request, as dicts, until `[DONE]`."""
+        response = await self._send(path, body, stream=True)
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                yield json.loads(data)
+        except httpx.HTTPError as exc:
+            raise SglBackendError(f"{self.url}{path}: the stream broke off ({exc})") from None
+        finally:
+            await response.aclose()
+
+    async def _send(self, path: str, body: dict[str, Any], *, stream: bool) -> httpx.Response:
+        """POST with retries on connection failures and overload; HTTP errors become
+        `SglBackendError`s naming the status and the server's message."""
+        client = self._http()
+        for attempt in range(NUM_CONNECT_RETRIES + 1):
+            last = attempt == NUM_CONNECT_RETRIES
+            try:
+                request = client.build_request("POST", path, json=body)
+                response = await client.send(request, stream=stream)
+            except httpx.ConnectError as exc:
+                if last:
+                    raise SglBackendError(
+                        f"cannot reach the sgl server at {self.url}: {exc}"
+                    ) from None
+            except httpx.HTTPError as exc:
+                raise SglBackendError(f"{self.url}{path}: {type(exc).__name__}: {exc}") from None
+            else:
+                if response.status_code < 400:
+                    return response
+                if last or response.status_code not in RETRY_STATUSES:
+                    await response.aread()
+                    raise SglBackendError(
+                        f"{self.url}{path} answered {response.status_code}: {_error_text(response)}"
+                    )
+                await response.aclose()
+            await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return _message(response.json())
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+
+
+def _message(error: Any) -> str:
+    """The message of an error body: `{"error": {"message": ...}}`, `{"detail": ...}`, ..."""
+    if isinstance(error, dict):
+        for key in ("error", "message", "detail"):
+            if key in error:
+                return _message(error[key])
+    return str(error)
+
+
+# ---------------------------------------------------------------- the wire format
+
+
+def prompt_to_json(prompt: Prompt) -> dict[str, Any]:
+    """`{"segments": [...], "open_role": ...}`; a segment is `{"type": "text", "text"}`,
+    `{"type": "message", "role", "content"}` or `{"type": "image", "url" | "data"}` (data:
+    base64 bytes)."""
+    segments: list[dict[str, Any]] = []
+    for segment in prompt.segments:
+        if isinstance(segment, Text):
+            segments.append({"type": "text", "text": segment.text})
+        elif isinstance(segment, Message):
+            segments.append({"type": "message", "role": segment.role, "content": segment.content})
+        elif isinstance(segment.source, bytes):
+            segments.append({"type": "image", "data": base64.b64encode(segment.source).decode()})
+        else:
+            segments.append({"type": "image", "url": segment.source})
+    return {"segments": segments, "open_role": prompt.open_role}
+
+
+def prompt_from_json(data: Any) -> Prompt:
+    """The inverse of `prompt_to_json`; raises ValueError naming what is wrong."""
+    if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
+        raise ValueError("`prompt` must be an object with a list of `segments`")
+    segments: list[Segment] = []
+    for i, item in enumerate(data["segments"]):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text" and isinstance(item.get("text"), str):
+            segments.append(Text(item["text"]))
+        elif (
+            kind == "message" and item.get("role") in ROLES and isinstance(item.get("content"), str)
+        ):
+            segments.append(Message(item["role"], item["content"]))
+        elif kind == "image" and isinstance(item.get("url"), str):
+            segments.append(Image(item["url"]))
+        elif kind == "image" and isinstance(item.get("data"), str):
+            segments.append(Image(base64.b64decode(item["data"])))
+        else:
+            raise ValueError(f"prompt segment {i} is malformed: {json.dumps(item)[:200]}")
+    open_role = data.get("open_role")
+    if open_role is not None and open_role not in ROLES:
+        raise ValueError(f"`open_role` must be one of {sorted(ROLES)} or null")
+    return Prompt(tuple(segments), open_role)
+
+
+def request_to_json(request: GenRequest) -> dict[str, Any]:
+    """A `/generate` body: the structured prompt and SGLang-style `sampling_params`."""
+    params: dict[str, Any] = {
+        "max_new_tokens": request.max_tokens,
+        "stop": list(request.stop),
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "min_p": request.min_p,
+        "frequency_penalty": request.frequency_penalty,
+        "presence_penalty": request.presence_penalty,
+        "seed": request.seed,
+        "ignore_eos": request.ignore_eos,
+        "heal": request.heal,
+    }
+    constraint = request.constraint
+    if isinstance(constraint, Regex):
+        params["regex"] = constraint.pattern
+    elif isinstance(constraint, JsonSchema):
+        params["json_schema"] = json.dumps(constraint.schema)
+    elif isinstance(constraint, Choices):
+        params["choices"] = list(constraint.options)
+    return {"prompt": prompt_to_json(request.prompt), "sampling_params": params}

@@ -1,0 +1,215 @@
+"""The `openai:MODEL[@URL]` backend: OpenAI's API, or any OpenAI-compatible server (`sgl serve`'s
+`/v1`, vLLM, SGLang) at URL, through the official `openai` SDK.
+
+- Prompts with messages go to `/chat/completions` (see `chat.py` for free text between
+  messages); an open assistant message with content is continued with the
+  `continue_final_message` extension (vLLM, SGLang and `sgl serve`; OpenAI itself refuses it).
+  Prompts without messages go to `/completions` as plain text.
+- Enforced: `json` (`response_format` json_schema) and `choices` (a json_schema whose only
+  documents are `{"choice": OPTION}`, unwrapped). `regex` is not enforced (the interpreter
+  checks the output); `select` falls back to `gen choices=` (no scoring).
+- `top_k`, `min_p` and `ignore_eos` are sent only when set, as extensions.
+- The key is `$OPENAI_API_KEY` (required without URL); the SDK retries rate limits and
+  transient errors with backoff.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sgl_lang.backends.base import (
+    Backend,
+    Capabilities,
+    Choices,
+    GenRequest,
+    GenResult,
+    Image,
+    JsonSchema,
+    Prompt,
+)
+from sgl_lang.backends.chat import (
+    Output,
+    Turn,
+    chat_turns,
+    choice_schema,
+    image_data,
+    is_url,
+    unwrap_choice,
+)
+from sgl_lang.errors import SglBackendError
+
+API_KEY_ENV = "OPENAI_API_KEY"
+MAX_RETRIES = 3
+TIMEOUT_S = 600.0
+CAPABILITIES = Capabilities(frozenset({"json", "choices"}), frozenset(), images=True)
+
+
+def create(target: str) -> OpenAIBackend:
+    """`MODEL` (OpenAI's API, needs $OPENAI_API_KEY) or `MODEL@URL` (any compatible server)."""
+    model, _, url = target.partition("@")
+    if not model:
+        raise SglBackendError(f"backend `openai:{target}` needs a model: write `openai:MODEL`")
+    if importlib.util.find_spec("openai") is None:
+        raise SglBackendError(
+            "the `openai:` backend needs the `openai` package: pip install 'sgl-lang[openai]'"
+        )
+    key = os.environ.get(API_KEY_ENV)
+    if not key and not url:
+        raise SglBackendError(f"`openai:{model}` needs an API key: set ${API_KEY_ENV}")
+    return OpenAIBackend(model, url or None, key or "no-key")
+
+
+class OpenAIBackend(Backend):
+    """Chat and completion requests through `openai.AsyncOpenAI` (opened on first use).
+    `client_options` go to the client (tests pass `http_client`)."""
+
+    def __init__(self, model: str, url: str | None, api_key: str, **client_options: Any) -> None:
+        self.name = f"openai:{model}" + (f"@{url}" if url else "")
+        self.model, self.url = model, url
+        self.capabilities = CAPABILITIES
+        self._options = {"api_key": api_key, "base_url": url, **client_options}
+        self._client: Any = None
+
+    async def generate(
+        self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
+    ) -> GenResult:
+        prompt = request.prompt
+        chat = prompt.is_chat or prompt.open_role is not None
+        choices = request.constraint if isinstance(request.constraint, Choices) else None
+        output = Output(on_chunk, hold=choices is not None)
+        kwargs = self._common(request)
+        fields = self._chat_fields(request) if chat else self._completion_fields(request)
+        kwargs["extra_body"].update(fields.pop("extra_body", {}))
+        finish, usage = None, None
+        try:
+            api = self._sdk().chat.completions if chat else self._sdk().completions
+            stream = await api.create(**kwargs, **fields)
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                for choice in chunk.choices:
+                    output.add(choice.delta.content if chat else choice.text)
+                    finish = choice.finish_reason or finish
+        except SglBackendError:
+            raise
+        except Exception as exc:
+            raise sdk_error(self.name, exc) from None
+        text = output.text
+        if choices is not None:
+            text = unwrap_choice(text)
+            if on_chunk is not None and text:
+                on_chunk(text)
+        return _result(text, finish, usage, request)
+
+    async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
+        raise SglBackendError(f"`{self.name}` cannot score choices")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    def _sdk(self) -> Any:
+        if self._client is None:
+            import openai
+
+            options = {"max_retries": MAX_RETRIES, "timeout": TIMEOUT_S, **self._options}
+            self._client = openai.AsyncOpenAI(**options)
+        return self._client
+
+    def _common(self, request: GenRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if request.frequency_penalty:
+            kwargs["frequency_penalty"] = request.frequency_penalty
+        if request.presence_penalty:
+            kwargs["presence_penalty"] = request.presence_penalty
+        extra = {"top_k": request.top_k, "min_p": request.min_p, "ignore_eos": request.ignore_eos}
+        kwargs["extra_body"] = {name: value for name, value in extra.items() if value}
+        return kwargs
+
+    def _chat_fields(self, request: GenRequest) -> dict[str, Any]:
+        turns, prefill = chat_turns(request.prompt, self.name)
+        messages = [_message(turn) for turn in turns]
+        fields: dict[str, Any] = {"max_completion_tokens": request.max_tokens}
+        if prefill:
+            messages.append({"role": "assistant", "content": prefill})
+            fields["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        fields["messages"] = messages
+        constraint = request.constraint
+        spec: dict[str, Any]
+        if isinstance(constraint, JsonSchema):
+            spec = {"name": "output", "schema": constraint.schema}
+            fields["response_format"] = {"type": "json_schema", "json_schema": spec}
+        elif isinstance(constraint, Choices):
+            spec = {"name": "choice", "schema": choice_schema(constraint), "strict": True}
+            fields["response_format"] = {"type": "json_schema", "json_schema": spec}
+        return fields
+
+    def _completion_fields(self, request: GenRequest) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "prompt": request.prompt.plain_text(),
+            "max_tokens": request.max_tokens,
+        }
+        constraint = request.constraint
+        if isinstance(constraint, JsonSchema):  # the completions API has no response_format
+            fields["extra_body"] = {"guided_json": constraint.schema}
+        elif isinstance(constraint, Choices):
+            fields["extra_body"] = {"guided_choice": list(constraint.options)}
+        return fields
+
+
+def _message(turn: Turn) -> dict[str, Any]:
+    if not any(isinstance(part, Image) for part in turn.parts):
+        return {"role": turn.role, "content": turn.text}
+    content: list[dict[str, Any]] = []
+    for part in turn.parts:
+        if isinstance(part, str):
+            content.append({"type": "text", "text": part})
+        else:
+            content.append({"type": "image_url", "image_url": {"url": _image_url(part)}})
+    return {"role": turn.role, "content": content}
+
+
+def _image_url(image: Image) -> str:
+    if is_url(image):
+        return str(image.source)
+    import base64
+
+    data, mime = image_data(image)
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _result(text: str, finish: str | None, usage: Any, request: GenRequest) -> GenResult:
+    """OpenAI's finish reason "stop" covers stop strings and the end of the turn: it counts as
+    a stop string when the request had some."""
+    reason = "length" if finish == "length" else "stop" if request.stop else "eos"
+    prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+    completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached_tokens = getattr(details, "cached_tokens", 0) or 0
+    return GenResult(text, reason, prompt_tokens, completion_tokens, cached_tokens)
+
+
+def sdk_error(name: str, exc: Exception) -> SglBackendError:
+    """A plain message for an SDK exception: the HTTP status and the server's message."""
+    status = getattr(exc, "status_code", None) or getattr(exc, "code", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message", message) if isinstance(inner, dict) else message
+    if isinstance(status, int):
+        return SglBackendError(f"{name}: the API answered {status}: {message}")
+    return SglBackendError(f"{name}: {message}")

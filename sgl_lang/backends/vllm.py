@@ -1,0 +1,28 @@
+"""The `vllm:PATH` backend: an in-process vLLM engine, where vLLM is installed (Linux + GPU).
+
+vLLM is not a dependency of sgl-lang and cannot be installed on every machine, so this module
+only checks for it: without vLLM, `vllm:PATH` is a clear error that names the alternatives.
+With vLLM, run `vllm serve PATH` and use `openai:MODEL@http://HOST:PORT/v1`, which speaks to
+vLLM's OpenAI-compatible server (its automatic prefix caching applies there too). An
+in-process engine is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from sgl_lang.backends.base import Backend
+from sgl_lang.errors import SglBackendError
+
+
+def create(target: str) -> Backend:
+    if importlib.util.find_spec("vllm") is None:
+        raise SglBackendError(
+            f"backend `vllm:{target}` needs vLLM, which is not installed here "
+            "(it runs on Linux with a GPU: pip install vllm); on this machine use `local:PATH`, "
+            "or `sgl serve --model PATH` with `http://127.0.0.1:30000`"
+        )
+    raise SglBackendError(
+        f"backend `vllm:{target}`: the in-process vLLM engine is not implemented yet; run "
+        f"`vllm serve {target}` and use `openai:MODEL@http://HOST:PORT/v1`"
+    )

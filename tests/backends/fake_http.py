@@ -1,0 +1,76 @@
+"""A fake HTTP API on 127.0.0.1 for the API backends' tests: records each request and answers
+from a queue of canned replies, so the official SDKs run unchanged against it (no network)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, NamedTuple
+
+
+class Recorded(NamedTuple):
+    method: str
+    path: str  # with the query string
+    headers: dict[str, str]
+    body: Any  # parsed JSON (None when empty)
+
+
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def sse_reply(events: list[tuple[str | None, Any]]) -> Reply:
+    """Server-sent events: (event name or None, JSON data) each."""
+    lines = []
+    for name, data in events:
+        head = f"event: {name}\n" if name else ""
+        lines.append(f"{head}data: {json.dumps(data)}\n\n")
+    return Reply(200, "".join(lines).encode(), "text/event-stream")
+
+
+def json_reply(status: int, data: Any) -> Reply:
+    return Reply(status, json.dumps(data).encode())
+
+
+class FakeAPI:
+    """`with FakeAPI(reply, ...) as api:` serves on `api.url`; `api.requests` are recorded."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[Recorded] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(size)
+                body = json.loads(raw) if raw else None
+                fake.requests.append(
+                    Recorded(
+                        "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                    )
+                )
+                reply = fake.replies.pop(0) if fake.replies else json_reply(500, {"error": "none"})
+                self.send_response(reply.status)
+                self.send_header("content-type", reply.content_type)
+                self.send_header("content-length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeAPI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,125 @@
+"""The `openai:` backend through the official SDK against a fake OpenAI API (no network): chat
+and completion request shapes, images, response_format for json and choices, streamed
+chunks with usage, errors and missing keys. (`tests/server/test_openai_api.py` runs it against
+`sgl serve`.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fake_http import FakeAPI, Reply, json_reply, sse_reply
+
+from sgl_lang.backends import (
+    Choices,
+    GenRequest,
+    GenResult,
+    Image,
+    JsonSchema,
+    Message,
+    Prompt,
+    Text,
+    get_backend,
+)
+from sgl_lang.backends.openai import OpenAIBackend
+from sgl_lang.errors import SglBackendError
+
+
+def reply(pieces: list[str], finish: str = "stop", chat: bool = True) -> Reply:
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    head = {"id": "c1", "object": kind, "created": 0, "model": "gpt-test"}
+    events: list[tuple[str | None, Any]] = []
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish if last else None}
+        choice.update({"delta": {"content": piece}} if chat else {"text": piece})
+        events.append((None, {**head, "choices": [choice]}))
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
+             "prompt_tokens_details": {"cached_tokens": 4}}  # fmt: skip
+    events.append((None, {**head, "choices": [], "usage": usage}))
+    reply = sse_reply(events)
+    return reply._replace(body=reply.body + b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAPI]:
+    with FakeAPI() as api:
+        yield api
+
+
+def backend_on(api: FakeAPI, *replies: Reply) -> OpenAIBackend:
+    api.replies.extend(replies)
+    return OpenAIBackend("gpt-test", api.url, "sk-test", max_retries=0)
+
+
+def generate(
+    backend: OpenAIBackend, request: GenRequest, pieces: list[str] | None = None
+) -> GenResult:
+    return asyncio.run(backend.generate(request, None if pieces is None else pieces.append))
+
+
+def test_chat_messages_images_and_usage(fake: FakeAPI) -> None:
+    backend = backend_on(fake, reply(["Hi", " there"]))
+    prompt = Prompt(
+        (Message("system", "Be kind."), Message("user", "Look"), Image(b"\x89PNG..")),
+        "assistant",
+    )
+    pieces: list[str] = []
+    result = generate(backend, GenRequest(prompt, max_tokens=5, stop=("\n",)), pieces)
+    assert pieces == ["Hi", " there"]
+    assert result == GenResult("Hi there", "stop", 9, 2, 4)
+    [request] = fake.requests
+    assert request.path == "/chat/completions"
+    assert request.headers["authorization"] == "Bearer sk-test"
+    body = request.body
+    assert body["model"] == "gpt-test" and body["stream"] is True
+    assert body["max_completion_tokens"] == 5 and body["stop"] == ["\n"]
+    assert body["messages"][0] == {"role": "system", "content": "Be kind."}
+    text, image = body["messages"][1]["content"]
+    assert text == {"type": "text", "text": "Look"}
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")
+    assert "top_k" not in body  # extensions only when set
+
+
+def test_free_text_goes_to_completions(fake: FakeAPI) -> None:
+    backend = backend_on(fake, reply([" 4"], finish="length", chat=False))
+    result = generate(backend, GenRequest(Prompt((Text("2+2="),)), max_tokens=1, top_k=5))
+    assert (result.text, result.finish_reason) == (" 4", "length")
+    body = fake.requests[0].body
+    assert fake.requests[0].path == "/completions"
+    assert body["prompt"] == "2+2=" and body["max_tokens"] == 1 and body["top_k"] == 5
+
+
+def test_json_and_choices_through_response_format(fake: FakeAPI) -> None:
+    backend = backend_on(fake, reply(['{"a":', "1}"]), reply(['{"choice": "no"}']))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    prompt = Prompt((Message("user", "Go"),))
+    assert generate(backend, GenRequest(prompt, constraint=JsonSchema(schema))).text == '{"a":1}'
+    fmt = fake.requests[0].body["response_format"]
+    assert fmt == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    pieces: list[str] = []
+    result = generate(backend, GenRequest(prompt, constraint=Choices(("yes", "no"))), pieces)
+    assert result.text == "no" and pieces == ["no"] and result.finish_reason == "eos"
+    spec = fake.requests[1].body["response_format"]["json_schema"]
+    assert spec["strict"] is True
+    assert spec["schema"]["properties"]["choice"]["enum"] == ["yes", "no"]
+
+
+def test_api_errors_are_plain_backend_errors(fake: FakeAPI) -> None:
+    error = {"error": {"message": "model not found", "type": "invalid_request_error"}}
+    backend = backend_on(fake, json_reply(404, error))
+    with pytest.raises(SglBackendError, match="the API answered 404: model not found"):
+        generate(backend, GenRequest(Prompt((Message("user", "Hi"),))))
+
+
+def test_keys_and_uris(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(SglBackendError, match=r"needs an API key: set \$OPENAI_API_KEY"):
+        get_backend("openai:gpt-test")
+    backend = get_backend("openai:llama@http://127.0.0.1:8000/v1")  # a local server: no key
+    assert backend.name == "openai:llama@http://127.0.0.1:8000/v1"
+    assert backend.capabilities.constraints == {"json", "choices"}
+    with pytest.raises(SglBackendError, match="needs a model"):
+        get_backend("openai:@http://127.0.0.1:8000/v1")

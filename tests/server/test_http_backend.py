@@ -1,0 +1,143 @@
+"""The `http://` backend against an in-process `sgl serve` on the real SmolLM2: the same results
+as the `local` backend on the same engine, streaming, constraints, scoring, prefix hints,
+concurrency with a shared prefix, errors, and example programs run end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sgl_lang.backends import (
+    Choices,
+    GenRequest,
+    JsonSchema,
+    Message,
+    Prompt,
+    Regex,
+    Text,
+    get_backend,
+)
+from sgl_lang.backends.base import Image
+from sgl_lang.backends.http import HttpBackend, prompt_from_json, prompt_to_json
+from sgl_lang.errors import SglBackendError
+from sgl_lang.runtime.serving import ServedModel
+
+pytestmark = pytest.mark.model
+
+QUESTION = Prompt((Message("user", "What is the capital of France?"),), "assistant")
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+@pytest.fixture
+def backend(transport: httpx.ASGITransport) -> Iterator[HttpBackend]:
+    yield HttpBackend("http://sgl", transport=transport)
+
+
+def test_prompts_round_trip_through_the_wire_format() -> None:
+    prompt = Prompt(
+        (Text("a"), Message("system", "b"), Image("x.png"), Image(b"\x89PNG")), "assistant"
+    )
+    assert prompt_from_json(json.loads(json.dumps(prompt_to_json(prompt)))) == prompt
+
+
+def test_generate_matches_local_on_the_same_engine(
+    backend: HttpBackend, served: ServedModel
+) -> None:
+    requests = [
+        GenRequest(QUESTION, max_tokens=8),
+        GenRequest(Prompt((Text("The answer is "),)), max_tokens=4),  # healed
+        GenRequest(Prompt((Text("Count: 1, 2,"),)), max_tokens=12, stop=(", 5",)),
+    ]
+    for request in requests:
+        remote = asyncio.run(backend.generate(request))
+        local = asyncio.run(served.backend.generate(request))
+        assert (remote.text, remote.finish_reason) == (local.text, local.finish_reason)
+        assert remote.prompt_tokens == local.prompt_tokens
+
+
+def test_generate_streams_pieces_that_add_up(backend: HttpBackend) -> None:
+    pieces: list[str] = []
+    result = asyncio.run(backend.generate(GenRequest(QUESTION, max_tokens=8), pieces.append))
+    assert len(pieces) > 1 and "".join(pieces) == result.text
+    assert "Paris" in result.text
+
+
+def test_constraints_are_enforced(backend: HttpBackend) -> None:
+    def gen(constraint: Any) -> str:
+        return asyncio.run(backend.generate(GenRequest(QUESTION, 24, constraint=constraint))).text
+
+    assert gen(Regex("[A-Z][a-z]+")).isalpha()
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    assert isinstance(json.loads(gen(JsonSchema(schema)))["city"], str)
+    assert gen(Choices(("Paris", "Lyon"))) in ("Paris", "Lyon")
+
+
+def test_score_and_cache_prefix(backend: HttpBackend) -> None:
+    prompt = Prompt((Text("The capital of France is "),))
+    scores = asyncio.run(backend.score(prompt, ["Paris", "Berlin"], "normalized"))
+    assert scores[0] > scores[1]
+    asyncio.run(backend.cache_prefix(prompt))
+    cached = asyncio.run(backend.generate(GenRequest(prompt, max_tokens=1, heal=False)))
+    assert cached.cached_tokens >= cached.prompt_tokens - 1
+
+
+def test_concurrent_clients_with_a_shared_prefix_share_the_cache(
+    live_server: Any, served: ServedModel
+) -> None:
+    backend = get_backend(live_server.url)
+    prefix = "Answer with one word. " * 8
+    cities = ["France", "Italy", "Spain", "Germany", "Japan", "Egypt", "Peru", "Chile"] * 4
+
+    async def ask_all() -> list[Any]:
+        await backend.cache_prefix(Prompt((Text(prefix),)))
+        requests = [
+            GenRequest(Prompt((Text(f"{prefix}The capital of {c} is"),)), max_tokens=3, heal=False)
+            for c in cities
+        ]
+        results = await asyncio.gather(*(backend.generate(r) for r in requests))
+        await backend.close()
+        return results
+
+    before = served.engine.stats()
+    results = asyncio.run(ask_all())
+    after = served.engine.stats()
+    assert "Paris" in results[0].text and "Rome" in results[1].text
+    assert [r.text for r in results[:8]] == [r.text for r in results[8:16]]  # same answers
+    assert all(r.cached_tokens >= len(prefix.split()) for r in results)
+    num_prompt = after.num_prompt_tokens - before.num_prompt_tokens
+    num_cached = after.num_cached_tokens - before.num_cached_tokens
+    assert num_cached / num_prompt > 0.7
+
+
+def test_server_errors_become_backend_errors(backend: HttpBackend) -> None:
+    with pytest.raises(SglBackendError, match=r"answered 400: .*context"):
+        asyncio.run(backend.generate(GenRequest(Prompt((Text("word " * 9000),)), max_tokens=2)))
+    with pytest.raises(SglBackendError, match=r"answered 400: .*method"):
+        asyncio.run(backend.score(QUESTION, ["a"], "best"))
+
+
+def test_an_unreachable_server_is_a_plain_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sgl_lang.backends.http.NUM_CONNECT_RETRIES", 0)
+    backend = get_backend("http://127.0.0.1:9")
+    with pytest.raises(
+        SglBackendError, match=r"cannot reach the sgl server at http://127\.0\.0\.1:9"
+    ):
+        asyncio.run(backend.generate(GenRequest(QUESTION, max_tokens=2)))
+
+
+@pytest.mark.parametrize("example", ["classify.sgl", "json_extract.sgl"])
+def test_example_programs_run_on_the_server(live_server: Any, example: str) -> None:
+    from click.testing import CliRunner
+
+    from sgl_lang.cli import main
+
+    args = ["run", str(EXAMPLES / example), "--backend", live_server.url]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "name: Paris" in result.output or "label: negative" in result.output

@@ -1,0 +1,129 @@
+"""`sgl serve`'s OpenAI-compatible endpoints through the official `openai` client, and the
+`openai:MODEL@URL` backend running a program against them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from sgl_lang.backends import Choices, GenRequest, JsonSchema, Message, Prompt, Text, get_backend
+
+pytestmark = pytest.mark.model
+
+USER = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture
+def client(live_server: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="none", max_retries=0)
+
+
+def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["smollm"]
+
+
+def test_chat_completion_and_usage(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smollm",
+        messages=USER,
+        max_tokens=10,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.prompt_tokens > 10
+
+
+def test_chat_completion_streams(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="smollm",
+        messages=USER,  # type: ignore[arg-type]
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_and_json_schema_response_format(client: openai.OpenAI) -> None:
+    done = client.completions.create(
+        model="smollm", prompt="The capital of France is", max_tokens=3, temperature=0
+    )
+    assert done.choices[0].text.startswith(" Paris")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    reply = client.chat.completions.create(
+        model="smollm",
+        messages=USER,  # type: ignore[arg-type]
+        max_tokens=24,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content or "")["city"], str)
+
+
+def test_openai_errors_are_400s(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="`n` must be 1"):
+        client.chat.completions.create(model="smollm", messages=USER, n=2)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError, match="role `tool`"):
+        client.chat.completions.create(
+            model="smollm", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]
+        )
+
+
+def test_the_openai_backend_on_our_server(live_server: Any) -> None:
+    backend = get_backend(f"openai:smollm@{live_server.url}/v1")
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+    async def calls() -> list[Any]:
+        pieces: list[str] = []
+        chat = await backend.generate(GenRequest(Prompt(tuple(
+            Message(**m) for m in USER), "assistant"), max_tokens=10), pieces.append)  # fmt: skip
+        text = await backend.generate(GenRequest(Prompt((Text("The capital of France is"),)), 3))
+        choice = await backend.generate(
+            GenRequest(Prompt((Message("user", "Capital of France?"),)), 24,
+                       constraint=Choices(("Paris", "Rome"))), pieces.append)  # fmt: skip
+        js = await backend.generate(
+            GenRequest(Prompt((Message("user", "Capital of France?"),)), 24,
+                       constraint=JsonSchema(schema)))  # fmt: skip
+        prefill = await backend.generate(
+            GenRequest(Prompt((*[Message(**m) for m in USER], Message("assistant", "It is")),
+                              "assistant"), max_tokens=4))  # fmt: skip
+        await backend.close()
+        return [chat, "".join(pieces), text, choice, js, prefill]
+
+    chat, pieces, text, choice, js, prefill = asyncio.run(calls())
+    assert "Paris" in chat.text and pieces == chat.text + choice.text
+    assert chat.prompt_tokens > 10 and chat.finish_reason in ("eos", "length")
+    assert text.text.startswith(" Paris")
+    assert choice.text in ("Paris", "Rome")
+    assert isinstance(json.loads(js.text)["city"], str)
+    assert prefill.text.startswith(" ")  # continues "It is", not a new message
+
+
+def test_a_program_runs_on_openai_against_our_server(live_server: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sgl_lang.cli import main
+
+    program = tmp_path / "capital.sgl"
+    program.write_text(
+        'user "What is the capital of France? Answer in one word."\n'
+        "assistant gen answer(max_tokens=8)\n"
+        'select city from ["Paris", "Rome"]\n'
+        'print("answer:", answer)\n'
+        'print("city:", city)\n'
+    )
+    uri = f"openai:smollm@{live_server.url}/v1"
+    result = CliRunner().invoke(main, ["run", str(program), "--backend", uri])
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.output and "city: " in result.output
