@@ -1,0 +1,62 @@
+"""sgl-lang itself: the local backend on an engine built with the benchmark's config
+(radix cache on or off, scheduling policy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sgl_lang.backends.base import Backend
+from sgl_lang.backends.local import LocalBackend, _SharedEngine
+
+from .base import System, TokenCounts
+
+KV_CACHE_GB = 2.0
+
+
+class _EngineBackend(LocalBackend):
+    """The local backend, on an engine of our own instead of the process-wide shared one."""
+
+    def __init__(self, shared: _SharedEngine) -> None:
+        super().__init__()
+        self._bench_engine = shared
+
+    async def _shared(self) -> _SharedEngine:
+        return self._bench_engine
+
+
+class Ours(System):
+    """Our runtime with `EngineConfig` overrides (`enable_cache`, `policy`)."""
+
+    _loaded: Any = None  # one model load shared by every configuration
+
+    def __init__(self, name: str, description: str, **config: Any) -> None:
+        self.name, self.description, self.config = name, description, config
+        self._shared: _SharedEngine | None = None
+
+    def start(self) -> None:
+        from sgl_lang.runtime.config import EngineConfig
+        from sgl_lang.runtime.engine import Engine
+        from sgl_lang.runtime.model_loader import load_model
+
+        if Ours._loaded is None:
+            Ours._loaded = load_model(None)
+        config = EngineConfig(kv_cache_gb=KV_CACHE_GB, **self.config)
+        self._shared = _SharedEngine(Engine(config, model=Ours._loaded))
+
+    def backend(self) -> Backend:
+        assert self._shared is not None, "start() first"
+        return _EngineBackend(self._shared)
+
+    def reset(self) -> None:
+        if self._shared is not None and self._shared.engine.tree is not None:
+            self._shared.engine.flush_cache()
+
+    def token_counts(self) -> TokenCounts:
+        assert self._shared is not None, "start() first"
+        stats = self._shared.engine.stats()
+        return TokenCounts(stats.num_prompt_tokens, stats.num_cached_tokens)
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.engine.close()
+            self._shared = None
