@@ -1,14 +1,20 @@
 """The benchmark harness runs every workload end to end (`--quick` on the test backend), so
-the programs, the data loaders and the report cannot rot."""
+the programs, the data loaders and the report cannot rot; and no workload heals tokens, which
+only our runtime can do."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from sgl_lang import nodes
+from sgl_lang.loader import Loader
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -53,3 +59,31 @@ def test_quick_run_on_the_test_backend(tmp_path: Path) -> None:
         assert result["num_failed"] == 0, (name, result["first_error"])
         assert result["programs_per_s"] > 0, name
     assert results["chat_long"]["cache_hit_rate"] > 0.5  # turn k + 1 extends turns 1..k
+
+
+def _healable_gens(body: tuple[object, ...], in_message: bool = False) -> Iterator[nodes.Gen]:
+    """The `gen`s under `body` that can follow the program's own text: all but a message's first
+    statement (`assistant gen x`: an empty message, so token healing has nothing to back up)."""
+    for index, node in enumerate(body):
+        if isinstance(node, nodes.Gen):
+            if not (in_message and index == 0):
+                yield node
+        elif isinstance(node, nodes.Node):
+            for field in dataclasses.fields(node):
+                value = getattr(node, field.name)
+                children = value if isinstance(value, tuple) else (value,)
+                yield from _healable_gens(children, isinstance(node, nodes.Role))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "benchmarks" / "workloads").glob("*.sgl")), ids=lambda p: p.stem
+)
+def test_workload_gens_do_not_heal(path: Path) -> None:
+    """The peers cannot heal tokens, so a healed `gen` would give our runtime a different
+    prompt (json_decode once did: `"name": ` without its trailing space token)."""
+    program = Loader().load(path)
+    for gen in _healable_gens(program.body):
+        heal = {k.name: k.value for k in gen.args}.get("heal")
+        assert isinstance(heal, nodes.Const) and heal.value is False, (
+            f"{path.name}:{gen.span.line}: gen {gen.name} needs heal=false"
+        )
