@@ -254,7 +254,7 @@ class Engine:
 
     async def cache_prefix(self, prompt: Prompt) -> GenerationMeta:
         """Compute `prompt`'s KV into the tree without generating (a fork / batch hint)."""
-        return await self._prefill(self.encode(prompt), None)
+        return await self.prefill(self.encode(prompt), None)
 
     async def score(
         self, prefix: Prompt, choices: Sequence[str], method: str = "normalized"
@@ -270,14 +270,17 @@ class Engine:
             raise ValueError("score: choices must be a non-empty list of non-empty strings")
         contexts = [prefix_ids] + ([self._neutral_ids()] if method == "unconditional" else [])
         metas = await asyncio.gather(
-            *(self._prefill(ctx + ids, len(ctx)) for ctx in contexts for ids in choice_ids)
+            *(self.prefill(ctx + ids, len(ctx)) for ctx in contexts for ids in choice_ids)
         )
         scored = [m.prompt_logprobs or () for m in metas]
         num = len(choices)
         unconditional = scored[num:] if method == "unconditional" else None
         return choice_scores(method, choices, choice_ids, scored[:num], unconditional)
 
-    async def _prefill(self, ids: list[int], logprob_start_len: int | None) -> GenerationMeta:
+    async def prefill(self, ids: list[int], logprob_start_len: int | None) -> GenerationMeta:
+        """Compute `ids`' KV into the tree without generating; with `logprob_start_len`, the
+        meta's `prompt_logprobs` are those of `ids[logprob_start_len:]` (each after the tokens
+        before it). A prompt that cannot run raises RequestError."""
         stream = OutputStream(asyncio.get_running_loop())
         self.submit(
             ids, stream=stream, kind=RequestKind.PREFILL, logprob_start_len=logprob_start_len

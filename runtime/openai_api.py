@@ -4,15 +4,19 @@ Requests follow OpenAI's schema; the model name is not checked (the server has o
 `response_format` (`json_schema`, `json_object`) is enforced while decoding, and so are the
 extensions other open servers accept: `regex` (SGLang), `guided_regex`, `guided_choice` and
 `guided_json` (vLLM), `top_k`, `min_p`, `ignore_eos`, and `continue_final_message` (the last
-message is continued instead of answered). Not supported (400): `n` > 1, `logprobs`, images,
-tools. `usage.prompt_tokens_details.cached_tokens` reports the prefix-cache hit.
+message is continued instead of answered). `/v1/completions` with `echo` and `max_tokens: 0`
+returns the prompt itself and, with `logprobs`, each prompt token's log-prob (the first has
+none), as vLLM does: clients score text with it. Not supported (400): `n` > 1, `logprobs` of
+generated tokens, images, tools. `usage.prompt_tokens_details.cached_tokens` reports the
+prefix-cache hit.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -29,6 +33,9 @@ from sgl_lang.backends.base import (
     Regex,
     Text,
 )
+from sgl_lang.backends.local import encode, render_prompt
+from sgl_lang.errors import SglBackendError
+from sgl_lang.runtime.request import RequestError
 from sgl_lang.runtime.serving import ServedModel, sse_stream, stream_generate, unless_disconnected
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -77,6 +84,7 @@ class ChatIn(_CommonIn):
 
 class CompletionIn(_CommonIn):
     prompt: str
+    echo: bool = False
 
 
 def router(model: ServedModel) -> APIRouter:
@@ -95,6 +103,8 @@ def router(model: ServedModel) -> APIRouter:
     @api.post("/completions", response_model=None)
     async def completions(body: CompletionIn, request: Request) -> Response | dict[str, Any]:
         prompt = Prompt((Text(body.prompt),))
+        if body.echo:
+            return await unless_disconnected(request, _echo(model, body, prompt))
         return await _respond(model, body, prompt, request, chat=False)
 
     return api
@@ -126,11 +136,47 @@ def _content_text(content: str | list[dict[str, Any]] | None, index: int) -> str
     return "".join(texts)
 
 
+async def _echo(model: ServedModel, body: CompletionIn, prompt: Prompt) -> dict[str, Any]:
+    """The prompt back as the completion, with its tokens' log-probs when `logprobs` is set."""
+    if body.max_tokens != 0 or body.stream or body.n != 1:
+        raise HTTPException(400, "`echo` needs `max_tokens: 0` (no generation) and no `stream`")
+    engine = model.engine
+    ids = encode(engine, render_prompt(engine.tokenizer, prompt))
+    try:
+        meta = await engine.prefill(ids, 1 if body.logprobs else None)
+    except RequestError as exc:
+        raise SglBackendError(exc.meta.error or "the prompt cannot run") from None
+    logprobs = None
+    if body.logprobs:
+        logprobs = _prompt_logprobs(engine.tokenizer, ids, meta.prompt_logprobs or ())
+    result = GenResult("", "length", meta.prompt_tokens, 0, meta.cached_tokens)
+    return _Shape(model.name, chat=False, include_usage=False).whole(body.prompt, result, logprobs)
+
+
+def _prompt_logprobs(tokenizer: Any, ids: list[int], logprobs: Sequence[float]) -> dict[str, Any]:
+    """OpenAI's completion `logprobs` for prompt tokens: `top_logprobs` holds only the token
+    itself (the runtime does not rank the alternatives)."""
+    tokens = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+    token_logprobs: list[float | None] = [None, *logprobs]
+    offsets = list(itertools.accumulate((len(token) for token in tokens[:-1]), initial=0))
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": [
+            None if lp is None else {token: lp}
+            for token, lp in zip(tokens, token_logprobs, strict=True)
+        ],
+        "text_offset": offsets,
+    }
+
+
 def _gen_request(body: _CommonIn, prompt: Prompt) -> GenRequest:
     if body.n != 1:
         raise HTTPException(400, "`n` must be 1 (one completion per request)")
     if body.logprobs:
-        raise HTTPException(400, "`logprobs` are not supported by this server")
+        raise HTTPException(
+            400, "`logprobs` of generated tokens are not supported (of the prompt: `echo`)"
+        )
     constraints: list[Regex | JsonSchema | Choices] = []
     if regex := body.regex or body.guided_regex:
         constraints.append(Regex(regex))
@@ -227,8 +273,10 @@ class _Shape:
             choice["message"] = {"role": "assistant", "content": text}
         return choice
 
-    def whole(self, text: str, result: GenResult) -> dict[str, Any]:
-        choice = self._choice(text, _finish(result), stream=False)
+    def whole(
+        self, text: str, result: GenResult, logprobs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        choice = {**self._choice(text, _finish(result), stream=False), "logprobs": logprobs}
         return {**self._head(False), "choices": [choice], "usage": _usage(result)}
 
     async def chunks(

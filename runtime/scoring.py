@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 SCORE_METHODS = ("normalized", "greedy", "unconditional")
+GREEDY_TIE_DECIMALS = 4
 
 
 class ChoiceScore(NamedTuple):
@@ -81,9 +82,11 @@ def choice_scores(
 
 def greedy_ranks(logprobs: Sequence[Sequence[float]]) -> list[float]:
     """Minus each choice's rank when choices are compared position by position (0 = the best;
-    equal rows keep their order)."""
+    equal rows keep their order). Log-probs equal to `GREEDY_TIE_DECIMALS` decimals tie: a
+    token shared by two choices, scored in separate requests, differs only by float noise."""
     max_len = max(len(lps) for lps in logprobs)
-    rows = [list(lps) + [sum(lps) / len(lps)] * (max_len - len(lps)) for lps in logprobs]
+    padded = [list(lps) + [sum(lps) / len(lps)] * (max_len - len(lps)) for lps in logprobs]
+    rows = [[round(x, GREEDY_TIE_DECIMALS) for x in row] for row in padded]
     order = sorted(range(len(rows)), key=lambda i: [-x for x in rows[i]])  # stable
     ranks = [0.0] * len(rows)
     for rank, i in enumerate(order):

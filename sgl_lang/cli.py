@@ -8,16 +8,20 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from sgl_lang.errors import SglError, SglWarning
 
+if TYPE_CHECKING:
+    from sgl_lang.stdlib.permissions import Permissions
+
 T = TypeVar("T")
 
 EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_USAGE = 0, 1, 2
 RUN_POLICIES = ("lpm", "dfs-weight", "fcfs")  # sgl_lang.runtime.config.POLICIES (not imported)
+DEFAULT_NUM_RETRIES = 2  # sgl_lang.calls.DEFAULT_NUM_RETRIES (not imported)
 
 
 def _fail(error: BaseException, debug: bool) -> int:
@@ -54,6 +58,83 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return name, raw
 
 
+# Options of `sgl run` that `sgl repl` takes too; `_permissions` and `_runtime_settings` read them.
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying `options` in order (the first is listed first in --help)."""
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+set_option = click.option(
+    "--set", "assignments", multiple=True, metavar="NAME=VALUE", help="Set a param."
+)
+runtime_options = _options(
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Runtime options file (default: sgl.toml next to the program, else the user's).",
+    ),
+    click.option(
+        "--model",
+        type=click.Path(exists=True, path_type=Path),
+        help="Model of the `local` backend (a HF folder or a .gguf).",
+    ),
+    click.option("--kv-cache-gb", type=click.FloatRange(min=0, min_open=True), help="KV budget."),
+    click.option("--policy", type=click.Choice(RUN_POLICIES), help="Scheduling policy."),
+    click.option("--cache/--no-cache", default=None, help="The radix prefix cache (default: on)."),
+    click.option(
+        "--max-running", type=click.IntRange(min=1), help="Max requests decoded together."
+    ),
+    click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens of `gen`."),
+    click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
+)
+permission_options = _options(
+    click.option("--allow-read", is_flag=True, help="Let the program read files."),
+    click.option("--allow-write", is_flag=True, help="Let the program write files."),
+    click.option("--allow-net", is_flag=True, help="Let the program use the network."),
+    click.option("--allow-python", is_flag=True, help="Let the program call Python functions."),
+)
+
+
+def _permissions(
+    allow_read: bool, allow_write: bool, allow_net: bool, allow_python: bool
+) -> Permissions:
+    """The `Permissions` of `permission_options`."""
+    from sgl_lang.stdlib.permissions import Permissions
+
+    return Permissions(read=allow_read, write=allow_write, net=allow_net, python=allow_python)
+
+
+def _runtime_settings(
+    model: Path | None,
+    kv_cache_gb: float | None,
+    policy: str | None,
+    cache: bool | None,
+    max_running: int | None,
+    max_tokens: int | None,
+    threads: int | None,
+) -> dict[str, Any]:
+    """`runtime_options` as `RunConfig` overrides (None: not given); `--config` is separate."""
+    return {
+        "model": model.resolve() if model else None,
+        "kv_cache_gb": kv_cache_gb,
+        "policy": policy,
+        "cache": cache,
+        "max_running_requests": max_running,
+        "max_tokens": max_tokens,
+        "threads": threads,
+    }
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sgl-lang")
 def main() -> None:
@@ -65,7 +146,7 @@ def main() -> None:
 @click.option(
     "--backend", "backend_uri", help="Backend URI (default: the program's, else `local`)."
 )
-@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE", help="Set a param.")
+@set_option
 @click.option(
     "--batch",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -92,26 +173,25 @@ def main() -> None:
     help="Write the trace as JSON to this file.",
 )
 @click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Runtime options file (default: sgl.toml next to the program, else the user's).",
+    "--replay",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Answer repeated backend requests from this JSONL file, recording new answers in it.",
 )
 @click.option(
-    "--model",
-    type=click.Path(exists=True, path_type=Path),
-    help="Model of the `local` backend (a HF folder or a .gguf).",
+    "--allow-unenforced",
+    is_flag=True,
+    help="Run constraints the backend cannot enforce: generate without them, check, retry.",
 )
-@click.option("--kv-cache-gb", type=click.FloatRange(min=0, min_open=True), help="KV budget.")
-@click.option("--policy", type=click.Choice(RUN_POLICIES), help="Scheduling policy.")
-@click.option("--cache/--no-cache", default=None, help="The radix prefix cache (default: on).")
-@click.option("--max-running", type=click.IntRange(min=1), help="Max requests decoded together.")
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens of `gen`.")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch threads.")
-@click.option("--allow-read", is_flag=True, help="Let the program read files.")
-@click.option("--allow-write", is_flag=True, help="Let the program write files.")
-@click.option("--allow-net", is_flag=True, help="Let the program use the network.")
-@click.option("--allow-python", is_flag=True, help="Let the program call Python functions.")
+@click.option(
+    "--retries",
+    "num_retries",
+    type=click.IntRange(min=0),
+    default=DEFAULT_NUM_RETRIES,
+    show_default=True,
+    help="With --allow-unenforced: retries of a gen whose output fails its constraint.",
+)
+@runtime_options
+@permission_options
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 def run(
     file: Path,
@@ -123,6 +203,9 @@ def run(
     stream: bool | None,
     trace: bool,
     trace_json: Path | None,
+    replay: Path | None,
+    allow_unenforced: bool,
+    num_retries: int,
     config_path: Path | None,
     model: Path | None,
     kv_cache_gb: float | None,
@@ -139,29 +222,23 @@ def run(
 ) -> None:
     """Run a program."""
     from sgl_lang import runner
-    from sgl_lang.stdlib.permissions import Permissions
 
     params = dict(parse_assignment(item) for item in assignments)
     if (batch is None) != (out is None):
         raise click.UsageError("--batch and --out go together")
     options = runner.RunOptions(
         backend_uri=backend_uri,
-        permissions=Permissions(
-            read=allow_read, write=allow_write, net=allow_net, python=allow_python
-        ),
+        permissions=_permissions(allow_read, allow_write, allow_net, allow_python),
         stream=_stream_mode(stream),
         trace=trace,
         trace_json=trace_json,
         config_path=config_path,
-        settings={
-            "model": model.resolve() if model else None,
-            "kv_cache_gb": kv_cache_gb,
-            "policy": policy,
-            "cache": cache,
-            "max_running_requests": max_running,
-            "max_tokens": max_tokens,
-            "threads": threads,
-        },
+        settings=_runtime_settings(
+            model, kv_cache_gb, policy, cache, max_running, max_tokens, threads
+        ),
+        replay=replay,
+        allow_unenforced=allow_unenforced,
+        num_retries=num_retries,
     )
     if batch is not None and out is not None:
         code = _guard(
@@ -189,14 +266,22 @@ def _stream_mode(stream: bool | None) -> Any:
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--backend", "backend_uri", help="Also check what this backend can enforce.")
+@click.option(
+    "--backend",
+    "backend_uri",
+    help="Also report, per gen/select with a constraint, whether this backend enforces it.",
+)
 @click.option("--strict", is_flag=True, help="Warnings fail the check too.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 def check(files: tuple[Path, ...], backend_uri: str | None, strict: bool, debug: bool) -> None:
-    """Parse and check programs without running them."""
+    """Parse and check programs without running them. With --backend, print on stdout one
+    line per gen/select with a constraint: whether that backend enforces it."""
     from sgl_lang import runner
 
-    problems = _guard(debug, lambda: runner.check_files(files, backend_uri))
+    report = _guard(debug, lambda: runner.check_report(files, backend_uri))
+    for line in report.site_lines:
+        click.echo(line)
+    problems = report.problems
     for problem in problems:
         click.echo(problem.render(), err=True)
     num_errors = sum(not isinstance(p, SglWarning) for p in problems)
@@ -236,12 +321,45 @@ def serve(
 
 @main.command()
 @click.option("--backend", "backend_uri", default="local", show_default=True, help="Backend URI.")
+@set_option
+@runtime_options
+@permission_options
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
-def repl(backend_uri: str, debug: bool) -> None:
-    """An interactive session on one persistent state (:help inside)."""
+def repl(
+    backend_uri: str,
+    assignments: tuple[str, ...],
+    config_path: Path | None,
+    model: Path | None,
+    kv_cache_gb: float | None,
+    policy: str | None,
+    cache: bool | None,
+    max_running: int | None,
+    max_tokens: int | None,
+    threads: int | None,
+    allow_read: bool,
+    allow_write: bool,
+    allow_net: bool,
+    allow_python: bool,
+    debug: bool,
+) -> None:
+    """An interactive session on one persistent state (:help inside). `--set` gives the
+    values of `param` statements; sgl.toml is looked up in the working folder."""
     from sgl_lang import repl as sgl_repl
 
-    _guard(debug, lambda: sgl_repl.run(backend_uri))
+    params = dict(parse_assignment(item) for item in assignments)
+    granted = _permissions(allow_read, allow_write, allow_net, allow_python)
+    settings = _runtime_settings(
+        model, kv_cache_gb, policy, cache, max_running, max_tokens, threads
+    )
+    _guard(
+        debug,
+        lambda: sgl_repl.run(
+            backend_uri,
+            params=params,
+            granted=granted,
+            config=sgl_repl.session_config(config_path, settings),
+        ),
+    )
 
 
 @main.command()

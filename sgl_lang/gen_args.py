@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any, NamedTuple
 
 from sgl_lang import nodes
 from sgl_lang.backends.base import (
     TYPE_PATTERNS,
     Choices,
-    Constraint,
     GenRequest,
     JsonSchema,
     Prompt,
     Regex,
 )
-from sgl_lang.errors import SglConstraintError, SglTypeError, SglValueError
+from sgl_lang.errors import SglTypeError, SglValueError
 from sgl_lang.objects import Schema
 from sgl_lang.source import Span
 from sgl_lang.values import to_repr, type_name
@@ -146,27 +143,3 @@ def check_select_args(node: nodes.Select, values: dict[str, Any]) -> str:
             spans.get("method"),
         )
     return str(method)
-
-
-def satisfies(constraint: Constraint | None, text: str) -> bool:
-    """Whether `text` is a complete output for `constraint` (always, without one)."""
-    if isinstance(constraint, Regex):
-        return re.fullmatch(constraint.pattern, text.strip()) is not None
-    if isinstance(constraint, Choices):
-        return text in constraint.options
-    if isinstance(constraint, JsonSchema):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError:
-            return False
-    return True
-
-
-def convert_type(text: str, name: str) -> Any:
-    """The value of a `type=` gen's output."""
-    stripped = text.strip()
-    if re.fullmatch(TYPE_PATTERNS[name], stripped) is None:
-        raise SglConstraintError(f"the backend's output {to_repr(text)} is not a valid {name}")
-    if name == "bool":
-        return stripped == "true"
-    return int(stripped) if name == "int" else float(stripped)

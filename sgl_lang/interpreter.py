@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import (
-    Backend,
-    Choices,
-    GenRequest,
-    GenResult,
-    JsonSchema,
-    Regex,
-)
+from sgl_lang.backends.base import Backend, Choices, GenRequest, GenResult
+from sgl_lang.calls import DEFAULT_NUM_RETRIES, CallRecord, Site, constraint_label, generate_checked
 from sgl_lang.errors import (
     Frame,
     SglAssertionError,
-    SglConstraintError,
     SglError,
     SglImportError,
     SglNameError,
@@ -31,7 +22,7 @@ from sgl_lang.errors import (
     SglTypeError,
     SglValueError,
 )
-from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args, convert_type, satisfies
+from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args
 from sgl_lang.objects import (
     Function,
     Record,
@@ -102,18 +93,6 @@ class Context:
     importing: bool = False
 
 
-@dataclass(frozen=True)
-class CallRecord:
-    """One backend call, for `--trace`."""
-
-    kind: str
-    name: str
-    span: Span
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-
-
 class _Break(Exception):
     pass
 
@@ -144,7 +123,9 @@ RUN_BATCH = _ContextBuiltin("run_batch")
 
 
 class Interpreter:
-    """Runs programs against one backend. Keeps every state and backend call for `--trace`."""
+    """Runs programs against one backend. Keeps every state and backend call for `--trace`.
+    A constraint the backend cannot enforce is checked after the fact, and a `gen` whose
+    output fails is retried up to `num_retries` times (see `calls.py`)."""
 
     def __init__(
         self,
@@ -153,6 +134,7 @@ class Interpreter:
         params: dict[str, Any] | None = None,
         default_max_tokens: int = 256,
         max_recursion: int = 200,
+        num_retries: int = DEFAULT_NUM_RETRIES,
         on_chunk: Callable[[str], None] | None = None,
         on_warning: Callable[[str], None] | None = None,
         load_program: ProgramLoader | None = None,
@@ -161,6 +143,7 @@ class Interpreter:
         self.params = dict(params or {})
         self.default_max_tokens = default_max_tokens
         self.max_recursion = max_recursion
+        self.num_retries = num_retries
         self.on_chunk = on_chunk
         self.on_warning = on_warning
         self.load_program = load_program
@@ -265,15 +248,8 @@ class Interpreter:
         self._check_can_generate(ctx, "gen")
         values = {kw.name: await self.eval(kw.value, ctx) for kw in node.args if kw.name}
         args = check_gen_args(node, values, self.builtins, self.default_max_tokens)
-        request = replace(args.request, prompt=ctx.state.prompt())
-        result = await self._generate(request, ctx, node)
-        if result.finish_reason == "length" and not satisfies(request.constraint, result.text):
-            raise SglConstraintError(
-                f"the output was cut at max_tokens={request.max_tokens} before it satisfied "
-                f"the constraint: {to_repr(result.text)}",
-                hint="raise `max_tokens` for this `gen`",
-            )
-        value = self._convert(result.text, args)
+        args = args._replace(request=replace(args.request, prompt=ctx.state.prompt()))
+        result, value = await self._generate(args, Site("gen", node.name, node.span), ctx)
         ctx.state.append(result.text, generated=True)
         self._bind_generated(node.name, value, ctx)
         ctx.state.meta[node.name] = {
@@ -283,46 +259,22 @@ class Interpreter:
             "cached_tokens": result.cached_tokens,
         }
 
-    async def _generate(self, request: GenRequest, ctx: Context, node: nodes.Gen) -> GenResult:
-        on_chunk = self.on_chunk if ctx.streams else None
-        result = await self.backend.generate(request, on_chunk)
-        self.calls.append(
-            CallRecord(
-                "gen",
-                node.name,
-                node.span,
-                result.prompt_tokens,
-                result.completion_tokens,
-                result.cached_tokens,
+    async def _generate(self, args: GenArgs, site: Site, ctx: Context) -> tuple[GenResult, Any]:
+        """The result of `args.request` and the value it binds (`calls.generate_checked`)."""
+        if not self.backend.capabilities.enforces(args.request.constraint):
+            self._warn_once(
+                f"backend `{self.backend.name}` does not enforce `{constraint_label(args)}`: "
+                f"each output is checked, and generated again (up to {self.num_retries} times) "
+                "while it fails"
             )
+        return await generate_checked(
+            self.backend,
+            args,
+            site,
+            calls=self.calls,
+            num_retries=self.num_retries,
+            on_chunk=self.on_chunk if ctx.streams else None,
         )
-        return result
-
-    def _convert(self, text: str, args: GenArgs) -> Any:
-        """The bound value of a `gen`: checked against its constraint and converted."""
-        constraint = args.request.constraint
-        if args.type_name:
-            return convert_type(text, args.type_name)
-        enforced = self.backend.capabilities.constraints
-        if (
-            isinstance(constraint, Regex)
-            and "regex" not in enforced
-            and re.fullmatch(constraint.pattern, text) is None
-        ):
-            raise SglConstraintError(
-                f"the backend's output {to_repr(text)} does not match the pattern "
-                f"{to_repr(constraint.pattern)} (this backend cannot enforce `regex`)"
-            )
-        if isinstance(constraint, Choices) and text not in constraint.options:
-            raise SglConstraintError(
-                f"the backend's output {to_repr(text)} is not one of the choices"
-            )
-        if isinstance(constraint, JsonSchema):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise SglConstraintError(f"the backend returned invalid JSON: {exc}") from None
-        return text
 
     async def _select(self, node: nodes.Select, ctx: Context) -> None:
         self._check_can_generate(ctx, "select")
@@ -335,31 +287,35 @@ class Interpreter:
             ).at(node.choices.span)
         if not all(isinstance(choice, str) for choice in choices):
             raise SglTypeError("`select` choices must all be strings").at(node.choices.span)
-        prompt = ctx.state.prompt()
+        site = Site("select", node.name, node.span)
         if method in self.backend.capabilities.select_methods:
-            scores = await self.backend.score(prompt, choices, method)
-            chosen = choices[max(range(len(choices)), key=scores.__getitem__)]
-            meta: dict[str, Any] = {
-                "method": method,
-                "scores": dict(zip(choices, scores, strict=True)),
-            }
+            chosen, meta = await self._score_choices(choices, method, site, ctx)
         else:
-            self._warn_once(
-                f"backend `{self.backend.name}` cannot score choices; "
-                "`select` falls back to constrained generation (gen … choices=)"
-            )
-            request = GenRequest(prompt, max_tokens=self.default_max_tokens)
-            request = replace(request, constraint=Choices(tuple(choices)))
-            result = await self.backend.generate(request)
-            if result.text not in choices:
-                raise SglConstraintError(
-                    f"the backend answered {to_repr(result.text)}, not a choice"
-                )
-            chosen, meta = result.text, {"method": "generate", "scores": {}}
-        self.calls.append(CallRecord("select", node.name, node.span, 0, 0, 0))
+            chosen, meta = await self._generate_choice(choices, site, ctx)
         ctx.state.append(chosen, generated=True)
         self._bind_generated(node.name, chosen, ctx)
         ctx.state.meta[node.name] = meta
+
+    async def _score_choices(
+        self, choices: list[str], method: str, site: Site, ctx: Context
+    ) -> tuple[str, dict[str, Any]]:
+        scores = await self.backend.score(ctx.state.prompt(), choices, method)
+        self.calls.append(CallRecord(site.kind, site.name, site.span, 0, 0, 0))
+        chosen = choices[max(range(len(choices)), key=scores.__getitem__)]
+        return chosen, {"method": method, "scores": dict(zip(choices, scores, strict=True))}
+
+    async def _generate_choice(
+        self, choices: list[str], site: Site, ctx: Context
+    ) -> tuple[str, dict[str, Any]]:
+        """`select` on a backend that cannot score: `gen … choices=` (not streamed)."""
+        self._warn_once(
+            f"backend `{self.backend.name}` cannot score choices; "
+            "`select` falls back to constrained generation (gen … choices=)"
+        )
+        constraint = Choices(tuple(choices))
+        request = GenRequest(ctx.state.prompt(), self.default_max_tokens, constraint=constraint)
+        result, _ = await self._generate(GenArgs(request, None), site, replace(ctx, streams=False))
+        return result.text, {"method": "generate", "scores": {}}
 
     def _check_can_generate(self, ctx: Context, what: str) -> None:
         if ctx.importing:

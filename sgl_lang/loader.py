@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from sgl_lang import nodes, resolve
-from sgl_lang.backends.base import Capabilities
 from sgl_lang.errors import SglError, SglImportError
 from sgl_lang.grammar import parse
 from sgl_lang.source import Source
@@ -46,16 +45,33 @@ class Loader:
         except SglError as error:
             raise error.at(node.span) from None
 
-    def check(
-        self,
-        program: nodes.Program,
-        params: dict[str, Any] | None = None,
-        capabilities: Capabilities | None = None,
-    ) -> list[SglError]:
+    def check(self, program: nodes.Program, params: dict[str, Any] | None = None) -> list[SglError]:
         """Problems of `program` and of every program it imports, including import cycles."""
-        problems = resolve.check(program, params, capabilities)
+        problems = resolve.check(program, params)
         self._check_imports(program, [Path(program.source.name).resolve()], problems, set())
         return problems
+
+    def imported(self, program: nodes.Program) -> list[nodes.Program]:
+        """Every program `program` imports, directly or not, each once, in the order first
+        met; one that cannot be loaded is left out (`check` reports it)."""
+        found = {Path(program.source.name).resolve(): program}
+        pending = [program]
+        while pending:
+            importer = pending.pop(0)
+            for stmt in importer.body:
+                if not isinstance(stmt, nodes.Import) or stmt.path is None:
+                    continue
+                path = self.import_path(importer, stmt).resolve()
+                if path not in found and (imported := self._try_import(importer, stmt)):
+                    found[path] = imported
+                    pending.append(imported)
+        return list(found.values())[1:]
+
+    def _try_import(self, importer: nodes.Program, node: nodes.Import) -> nodes.Program | None:
+        try:
+            return self.load_import(importer, node)
+        except SglError:
+            return None
 
     def _check_imports(
         self, program: nodes.Program, chain: list[Path], problems: list[SglError], done: set[Path]
@@ -76,5 +92,5 @@ class Loader:
             except SglError as error:
                 problems.append(error)
                 continue
-            problems.extend(resolve.check(imported, None, None))
+            problems.extend(resolve.check(imported))
             self._check_imports(imported, [*chain, path], problems, done)

@@ -1,4 +1,6 @@
-"""Static checks before anything runs: names, structure, `gen` arguments, parameters, capabilities."""
+"""Static checks before anything runs: names, structure, `gen` arguments, parameters.
+
+What a backend enforces is checked separately, in `enforcement.py`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import Capabilities
 from sgl_lang.errors import (
     SglError,
     SglImportError,
@@ -55,7 +56,6 @@ class Checker:
     """Collects every problem of a program (not just the first)."""
 
     params: dict[str, Any] | None = None
-    capabilities: Capabilities | None = None
     problems: list[SglError] = field(default_factory=list)
 
     def check(self, program: nodes.Program) -> list[SglError]:
@@ -220,21 +220,6 @@ class Checker:
             self._report(
                 SglValueError(f"`{conflict[0]}` and `{conflict[1]}` cannot be used together", span)
             )
-        self._check_capability(stmt, names)
-
-    def _check_capability(self, stmt: nodes.Gen, names: list[str]) -> None:
-        if self.capabilities is None:
-            return
-        for name in ("regex", "json", "choices", "type"):
-            needed = "regex" if name == "type" else name
-            if name in names and needed not in self.capabilities.constraints:
-                self._report(
-                    SglWarning(
-                        f"this backend does not enforce `{name}` while decoding; "
-                        "the output is checked afterwards and may fail",
-                        stmt.span,
-                    )
-                )
 
     def _select(self, stmt: nodes.Select, where: _Where) -> None:
         self._bind_in_branch((stmt.name,), stmt.name_span, where)
@@ -243,13 +228,6 @@ class Checker:
             self._expr(kw.value, where)
             if kw.name not in SELECT_ARGUMENTS:
                 self._report(SglTypeError(f"`select` has no argument `{kw.name}`", kw.span))
-        if self.capabilities is not None and not self.capabilities.select_methods:
-            self._report(
-                SglWarning(
-                    "this backend cannot score choices; `select` falls back to constrained generation",
-                    stmt.span,
-                )
-            )
 
     def _fork(self, stmt: nodes.Fork, where: _Where) -> None:
         if where.in_role:
@@ -332,17 +310,12 @@ class Checker:
             self._expr(child, where)
 
 
-def check(
-    program: nodes.Program,
-    params: dict[str, Any] | None = None,
-    capabilities: Capabilities | None = None,
-) -> list[SglError]:
+def check(program: nodes.Program, params: dict[str, Any] | None = None) -> list[SglError]:
     """Every problem in `program`, in source order; warnings are `SglWarning`s.
 
-    `params`, when given, are the values the run will bind (so missing ones are reported);
-    `capabilities`, when given, are checked against each `gen`/`select`.
+    `params`, when given, are the values the run will bind (so missing ones are reported).
     """
-    return Checker(params, capabilities).check(program)
+    return Checker(params).check(program)
 
 
 # ---------------------------------------------------------------- helpers

@@ -11,16 +11,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.progress import Progress
 
 from sgl_lang import nodes
 from sgl_lang.backends import get_backend
-from sgl_lang.backends.base import Backend
+from sgl_lang.backends.base import Backend, Capabilities
 from sgl_lang.backends.local import LocalBackend
+from sgl_lang.backends.replay import ReplayBackend
+from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.config import RunConfig, resolve_config
+from sgl_lang.enforcement import ConstraintSite, constraint_sites
 from sgl_lang.errors import SglError, SglNameError, SglValueError, SglWarning
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader
@@ -46,7 +49,9 @@ class Stream(Enum):
 @dataclass(frozen=True)
 class RunOptions:
     """How `sgl run` was asked to run. `settings` are the CLI's runtime options (None: not
-    given), applied over the config file's (`config_path`, else the `sgl.toml` found)."""
+    given), applied over the config file's (`config_path`, else the `sgl.toml` found);
+    `replay` is the replay file of `--replay`; `allow_unenforced` lets constraints the backend
+    cannot enforce be checked and retried (`num_retries` times) instead of refusing the run."""
 
     backend_uri: str | None = None
     permissions: permissions.Permissions = field(default_factory=permissions.Permissions)
@@ -55,6 +60,9 @@ class RunOptions:
     trace_json: Path | None = None
     config_path: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    replay: Path | None = None
+    allow_unenforced: bool = False
+    num_retries: int = DEFAULT_NUM_RETRIES
 
 
 def backend_uri_of(program: nodes.Program, override: str | None) -> str:
@@ -76,6 +84,15 @@ def make_backend(uri: str, config: RunConfig) -> Backend:
     return backend
 
 
+def with_replay(backend: Backend, path: Path | None) -> Backend:
+    """`backend`, answering repeated requests from the replay file at `path` when one is given."""
+    if path is None:
+        return backend
+    return ReplayBackend(
+        backend, path, lambda message: print(f"warning: {message}", file=sys.stderr)
+    )
+
+
 def _declared_params(program: nodes.Program) -> list[str]:
     return [stmt.name for stmt in program.body if isinstance(stmt, nodes.ParamDecl)]
 
@@ -89,19 +106,57 @@ def _report(problems: Sequence[SglError]) -> None:
         print(problem.render(), file=sys.stderr)
 
 
-def check_files(paths: Sequence[Path], backend_uri: str | None = None) -> list[SglError]:
-    """All problems (errors and warnings) of the given files, for `sgl check`."""
+class CheckReport(NamedTuple):
+    """What `sgl check` finds: every problem (errors and warnings), and with a backend one
+    report line per constraint site (`ConstraintSite.report_line`)."""
+
+    problems: list[SglError]
+    site_lines: list[str]
+
+
+def check_report(paths: Sequence[Path], backend_uri: str | None = None) -> CheckReport:
+    """Check the given files; with `backend_uri`, also what that backend enforces (a site it
+    cannot enforce is an error)."""
     loader = Loader()
-    problems: list[SglError] = []
+    backend = get_backend(backend_uri) if backend_uri else None
+    report = CheckReport([], [])
     for path in paths:
         try:
             program = loader.load(path)
         except SglError as error:
-            problems.append(error)
+            report.problems.append(error)
             continue
-        capabilities = get_backend(backend_uri).capabilities if backend_uri else None
-        problems.extend(loader.check(program, None, capabilities))
-    return problems
+        report.problems.extend(loader.check(program))
+        if backend is not None:
+            sites = program_sites(loader, program, backend.capabilities)
+            report.site_lines.extend(site.report_line(backend.name) for site in sites)
+            report.problems.extend(site.error(backend.name) for site in sites if not site.enforced)
+    return report
+
+
+def check_files(paths: Sequence[Path], backend_uri: str | None = None) -> list[SglError]:
+    """All problems (errors and warnings) of the given files."""
+    return check_report(paths, backend_uri).problems
+
+
+def program_sites(
+    loader: Loader, program: nodes.Program, capabilities: Capabilities
+) -> list[ConstraintSite]:
+    """The constraint sites of `program` and of the functions of the programs it imports."""
+    sites = constraint_sites(program, capabilities)
+    for imported in loader.imported(program):
+        sites.extend(constraint_sites(imported, capabilities, imported=True))
+    return sites
+
+
+def _unenforced(
+    loader: Loader, program: nodes.Program, backend: Backend, options: RunOptions
+) -> list[SglError]:
+    """The errors that stop a run: constraints `backend` cannot enforce (none when allowed)."""
+    if options.allow_unenforced:
+        return []
+    sites = program_sites(loader, program, backend.capabilities)
+    return [site.error(backend.name) for site in sites if not site.enforced]
 
 
 # ---------------------------------------------------------------- one run
@@ -120,9 +175,15 @@ async def run_file(path: Path, params: dict[str, Any], options: RunOptions) -> i
         _report(errors)
         return 1
     config = resolve_config(path, options.config_path, options.settings)
-    backend = TracingBackend(make_backend(backend_uri_of(program, options.backend_uri), config))
+    uri = backend_uri_of(program, options.backend_uri)
+    backend = TracingBackend(with_replay(make_backend(uri, config), options.replay))
+    refused = _unenforced(loader, program, backend, options)
+    if refused:
+        _report(refused)
+        await backend.close()
+        return 1
     streamer = _Streamer(options.stream)
-    interpreter = _interpreter(backend, loader, params, config, streamer.chunk)
+    interpreter = _interpreter(backend, loader, params, config, streamer.chunk, options.num_retries)
     if (options.trace or options.trace_json) and isinstance(backend.inner, LocalBackend):
         await backend.inner.engine()  # load the model first, so call times are the calls'
     started = time.perf_counter()
@@ -148,11 +209,13 @@ def _interpreter(
     params: dict[str, Any],
     config: RunConfig,
     on_chunk: Callable[[str], None] | None,
+    num_retries: int,
 ) -> Interpreter:
     return Interpreter(
         backend,
         params=params,
         default_max_tokens=config.max_tokens or 256,
+        num_retries=num_retries,
         on_chunk=on_chunk,
         on_warning=lambda message: print(f"warning: {message}", file=sys.stderr),
         load_program=loader.load_import,
@@ -235,7 +298,13 @@ async def run_batch_file(
     inputs = _read_rows(batch)
     rows = [{**params, **row} for row in inputs]
     config = resolve_config(path, options.config_path, options.settings)
-    backend = make_backend(backend_uri_of(program, options.backend_uri), config)
+    uri = backend_uri_of(program, options.backend_uri)
+    backend = with_replay(make_backend(uri, config), options.replay)
+    refused = _unenforced(loader, program, backend, options)
+    if refused:
+        _report(refused)
+        await backend.close()
+        return 1
     started = time.perf_counter()
     try:
         with Progress(console=Console(stderr=True), transient=True) as progress:
@@ -248,6 +317,7 @@ async def run_batch_file(
                 config,
                 parallel=parallel,
                 permissions_=options.permissions,
+                num_retries=options.num_retries,
                 on_row_done=lambda: progress.advance(task),
             )
         if options.trace or options.trace_json:
@@ -277,6 +347,7 @@ async def run_rows(
     parallel: int = 8,
     prefix_hint: bool = True,
     permissions_: permissions.Permissions | None = None,
+    num_retries: int = DEFAULT_NUM_RETRIES,
     on_row_done: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run `program` once per row of params, at most `parallel` at once; each result is
@@ -292,7 +363,7 @@ async def run_rows(
         async with limit:
             token = permissions.current.set(granted)
             try:
-                return await _run_row(program, loader, backend, row, config)
+                return await _run_row(program, loader, backend, row, config, num_retries)
             finally:
                 permissions.current.reset(token)
                 if on_row_done is not None:
@@ -307,6 +378,7 @@ async def _run_row(
     backend: Backend,
     row: dict[str, Any],
     config: RunConfig,
+    num_retries: int,
 ) -> dict[str, Any]:
     printed = io.StringIO()
     token = builtins.output.set(printed)
@@ -315,7 +387,7 @@ async def _run_row(
         errors = _errors_only(loader.check(program, params))
         if errors:
             raise errors[0]
-        interpreter = _interpreter(backend, loader, params, config, None)
+        interpreter = _interpreter(backend, loader, params, config, None, num_retries)
         state = await interpreter.run_program(program)
         return {"output": _jsonable(state.variables), "printed": printed.getvalue(), "error": None}
     except SglError as error:

@@ -4,7 +4,8 @@
 interpreter's own records (which `gen`/`select` made each call) and, when the backend has a
 `stats()` method (the `local` backend), the engine's totals. A backend with a
 `split_cached(prompt, num_cached_tokens)` method lets the report mark the cached part of each
-prompt as the model read it.
+prompt as the model read it. Calls answered by a replay file (`--replay`) are marked
+"replayed" and left out of the token totals (the backend computed nothing for them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sgl_lang.backends.base import Backend, GenRequest, GenResult, Prompt
+from sgl_lang.backends.replay import Replayed, ReplayedScores
 from sgl_lang.interpreter import Interpreter
 
 CACHED_MARK = "‖"  # ends the cached part of a traced prompt
@@ -29,7 +31,8 @@ CACHED_MARK = "‖"  # ends the cached part of a traced prompt
 @dataclass(frozen=True)
 class TracedCall:
     """One backend call. `kind` is "gen", "score" or "prefix" (a `cache_prefix` hint);
-    `output` is the generated text, or the best choice of a "score"."""
+    `output` is the generated text, or the best choice of a "score"; `replayed` says it was
+    answered from the replay file."""
 
     kind: str
     prompt: Prompt
@@ -39,6 +42,7 @@ class TracedCall:
     completion_tokens: int
     seconds: float
     scores: dict[str, float] | None = None
+    replayed: bool = False
 
 
 class TracingBackend(Backend):
@@ -64,6 +68,7 @@ class TracingBackend(Backend):
                 result.cached_tokens,
                 result.completion_tokens,
                 time.perf_counter() - started,
+                replayed=isinstance(result, Replayed),
             )
         )
         return result
@@ -74,7 +79,10 @@ class TracingBackend(Backend):
         best = choices[max(range(len(choices)), key=scores.__getitem__)] if choices else ""
         elapsed = time.perf_counter() - started
         by_choice = dict(zip(choices, scores, strict=True))
-        self.calls.append(TracedCall("score", prompt, best, None, None, 0, elapsed, by_choice))
+        replayed = isinstance(scores, ReplayedScores)
+        self.calls.append(
+            TracedCall("score", prompt, best, None, None, 0, elapsed, by_choice, replayed)
+        )
         return scores
 
     async def cache_prefix(self, prompt: Prompt) -> None:
@@ -95,7 +103,7 @@ def trace_report(
 ) -> dict[str, Any]:
     """Everything `--trace` shows, as JSON-ready data."""
     records = iter(interpreter.calls)  # one per gen/score call, in the same order
-    split = getattr(backend.inner, "split_cached", None)
+    split = getattr(_innermost(backend), "split_cached", None)
     calls = []
     for call in backend.calls:
         record = next(records, None) if call.kind != "prefix" else None
@@ -107,6 +115,8 @@ def trace_report(
                 "kind": "select" if call.kind == "score" else call.kind,
                 "name": record.name if record else None,
                 "where": record.span.location if record else None,
+                "attempt": record.attempt if record else None,
+                "rejected": record.rejected if record else None,
                 "prompt": {"cached": cached, "computed": computed},
                 "output": call.output,
                 "scores": call.scores,
@@ -114,6 +124,7 @@ def trace_report(
                 "cached_tokens": call.cached_tokens,
                 "completion_tokens": call.completion_tokens,
                 "seconds": round(call.seconds, 4),
+                "replayed": call.replayed,
             }
         )
     states = [
@@ -130,18 +141,19 @@ def trace_report(
 def totals(backend: Backend, wall_seconds: float) -> dict[str, Any]:
     """The run's token counts and rates; `engine` holds the engine's counters when known."""
     calls = backend.calls if isinstance(backend, TracingBackend) else []
-    inner = backend.inner if isinstance(backend, TracingBackend) else backend
-    completion = sum(c.completion_tokens for c in calls)
+    computed = [c for c in calls if not c.replayed]
+    completion = sum(c.completion_tokens for c in computed)
     result: dict[str, Any] = {
         "wall_seconds": round(wall_seconds, 3),
         "num_calls": sum(c.kind != "prefix" for c in calls),
-        "prompt_tokens": sum(c.prompt_tokens or 0 for c in calls),
-        "cached_tokens": sum(c.cached_tokens or 0 for c in calls),
+        "num_replayed": len(calls) - len(computed),
+        "prompt_tokens": sum(c.prompt_tokens or 0 for c in computed),
+        "cached_tokens": sum(c.cached_tokens or 0 for c in computed),
         "completion_tokens": completion,
         "completion_tokens_per_s": round(completion / wall_seconds, 2) if wall_seconds else 0.0,
         "engine": None,
     }
-    stats_of = getattr(inner, "stats", None)
+    stats_of = getattr(_innermost(backend), "stats", None)
     stats = stats_of() if stats_of is not None else None
     if stats is not None:
         result["engine"] = {
@@ -155,6 +167,13 @@ def totals(backend: Backend, wall_seconds: float) -> dict[str, Any]:
             "num_finished": stats.num_finished,
         }
     return result
+
+
+def _innermost(backend: Backend) -> Backend:
+    """The backend under the wrappers (tracing, replay): the one with the engine's hooks."""
+    while isinstance(inner := getattr(backend, "inner", None), Backend):
+        backend = inner
+    return backend
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
@@ -176,9 +195,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             text.append("<image>" if piece["image"] else piece["text"], style=style)
         console.print(text)
     for number, call in enumerate(report["calls"]):
-        label = " ".join(str(x) for x in (call["kind"], call["name"], call["where"]) if x)
-        label = "prefix hint (cache_prefix)" if call["kind"] == "prefix" else label
-        console.rule(f"call {number}: {label}", style="dim")
+        console.rule(f"call {number}: {_call_label(call)}", style="dim")
         text = Text()
         if call["prompt"]["cached"]:
             text.append(call["prompt"]["cached"], style="dim underline")
@@ -189,9 +206,26 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         console.print(text)
         if call["scores"]:
             console.print(Text(f"scores: {call['scores']} -> {call['output']!r}", style="cyan"))
+        if call["rejected"]:
+            console.print(Text(f"rejected: {call['rejected']}", style="bold red"))
     console.print(Text(f"(the prompt text before {CACHED_MARK} came from the prefix cache)"))
     console.print(_calls_table(report["calls"]))
     console.print(_totals_text(report["totals"]))
+
+
+def _call_label(call: dict[str, Any]) -> str:
+    """`gen NAME WHERE`, and whether the call was replayed or a retry."""
+    if call["kind"] == "prefix":
+        label = "prefix hint (cache_prefix)"
+    else:
+        label = " ".join(str(x) for x in (call["kind"], call["name"], call["where"]) if x)
+    return label + _notes(call)
+
+
+def _notes(call: dict[str, Any]) -> str:
+    """What follows a call's kind: whether it was replayed, and the attempt of a retry."""
+    replayed = " (replayed)" if call["replayed"] else ""
+    return replayed + (f" (attempt {call['attempt']})" if (call["attempt"] or 1) > 1 else "")
 
 
 def _calls_table(calls: list[dict[str, Any]]) -> Table:
@@ -200,7 +234,7 @@ def _calls_table(calls: list[dict[str, Any]]) -> Table:
     )
     for call in calls:
         table.add_row(
-            call["kind"],
+            call["kind"] + _notes(call),
             call["name"] or "",
             call["where"] or "",
             _count(call["prompt_tokens"]),
@@ -212,8 +246,10 @@ def _calls_table(calls: list[dict[str, Any]]) -> Table:
 
 
 def _totals_text(totals: dict[str, Any]) -> Text:
+    num_replayed = totals["num_replayed"]
+    replayed = f" ({num_replayed} replayed, tokens not counted)" if num_replayed else ""
     lines = [
-        f"{totals['num_calls']} calls in {totals['wall_seconds']:.2f} s: "
+        f"{totals['num_calls']} calls{replayed} in {totals['wall_seconds']:.2f} s: "
         f"{totals['prompt_tokens']} prompt tokens ({totals['cached_tokens']} cached), "
         f"{totals['completion_tokens']} completion tokens "
         f"({totals['completion_tokens_per_s']:.1f} tokens/s)"

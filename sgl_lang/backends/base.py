@@ -105,6 +105,7 @@ TYPE_PATTERNS: dict[str, str] = {
 }
 
 CONSTRAINT_KINDS = frozenset({"regex", "json", "choices"})
+CONSTRAINT_KIND: dict[type, str] = {Regex: "regex", JsonSchema: "json", Choices: "choices"}
 SELECT_METHODS = frozenset({"normalized", "greedy", "unconditional"})
 
 # ---------------------------------------------------------------- requests and results
@@ -152,6 +153,10 @@ class Capabilities:
     constraints: frozenset[str]
     select_methods: frozenset[str]
     images: bool = False
+
+    def enforces(self, constraint: Constraint | None) -> bool:
+        """Whether every output meets `constraint` (None: there is none to meet)."""
+        return constraint is None or CONSTRAINT_KIND[type(constraint)] in self.constraints
 
 
 # ---------------------------------------------------------------- the backend

@@ -7,7 +7,11 @@
   Prompts without messages go to `/completions` as plain text.
 - Enforced: `json` (`response_format` json_schema) and `choices` (a json_schema whose only
   documents are `{"choice": OPTION}`, unwrapped). `regex` is not enforced (the interpreter
-  checks the output); `select` falls back to `gen choices=` (no scoring).
+  checks the output).
+- `select` falls back to `gen choices=`, unless the URI ends with `?select=logprobs`: then
+  each choice is scored from the log-probs the server gives the prompt's tokens (`echo` with
+  `logprobs` and `max_tokens: 0` on `/completions`: `sgl serve`, vLLM), by the methods of the
+  `local` backend; only prompts without messages can be scored this way.
 - `top_k`, `min_p` and `ignore_eos` are sent only when set, as extensions.
 - The key is `$OPENAI_API_KEY` (required without URL); the SDK retries rate limits and
   transient errors with backoff.
@@ -15,12 +19,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sgl_lang.backends.base import (
+    SELECT_METHODS,
     Backend,
     Capabilities,
     Choices,
@@ -40,15 +46,26 @@ from sgl_lang.backends.chat import (
     unwrap_choice,
 )
 from sgl_lang.errors import SglBackendError
+from sgl_lang.runtime.scoring import greedy_ranks
 
 API_KEY_ENV = "OPENAI_API_KEY"
 MAX_RETRIES = 3
 TIMEOUT_S = 600.0
 CAPABILITIES = Capabilities(frozenset({"json", "choices"}), frozenset(), images=True)
+SCORING_CAPABILITIES = Capabilities(CAPABILITIES.constraints, SELECT_METHODS, images=True)
+SCORING_OPTION = "select=logprobs"
+NEUTRAL_CONTEXT = "\n"  # what a choice follows when scored "without the prompt"
 
 
 def create(target: str) -> OpenAIBackend:
-    """`MODEL` (OpenAI's API, needs $OPENAI_API_KEY) or `MODEL@URL` (any compatible server)."""
+    """`MODEL` (OpenAI's API, needs $OPENAI_API_KEY) or `MODEL@URL` (any compatible server),
+    optionally followed by `?select=logprobs`."""
+    target, _, option = target.partition("?")
+    if option not in ("", SCORING_OPTION):
+        raise SglBackendError(
+            f"backend `openai:{target}?{option}`: unknown option `{option}` "
+            f"(the one option is `?{SCORING_OPTION}`)"
+        )
     model, _, url = target.partition("@")
     if not model:
         raise SglBackendError(f"backend `openai:{target}` needs a model: write `openai:MODEL`")
@@ -59,17 +76,26 @@ def create(target: str) -> OpenAIBackend:
     key = os.environ.get(API_KEY_ENV)
     if not key and not url:
         raise SglBackendError(f"`openai:{model}` needs an API key: set ${API_KEY_ENV}")
-    return OpenAIBackend(model, url or None, key or "no-key")
+    return OpenAIBackend(model, url or None, key or "no-key", scores=bool(option))
 
 
 class OpenAIBackend(Backend):
-    """Chat and completion requests through `openai.AsyncOpenAI` (opened on first use).
-    `client_options` go to the client (tests pass `http_client`)."""
+    """Chat and completion requests through `openai.AsyncOpenAI` (opened on first use); with
+    `scores`, `select` is scored from prompt log-probs. `client_options` go to the client
+    (tests pass `http_client`)."""
 
-    def __init__(self, model: str, url: str | None, api_key: str, **client_options: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        url: str | None,
+        api_key: str,
+        *,
+        scores: bool = False,
+        **client_options: Any,
+    ) -> None:
         self.name = f"openai:{model}" + (f"@{url}" if url else "")
         self.model, self.url = model, url
-        self.capabilities = CAPABILITIES
+        self.capabilities = SCORING_CAPABILITIES if scores else CAPABILITIES
         self._options = {"api_key": api_key, "base_url": url, **client_options}
         self._client: Any = None
 
@@ -104,7 +130,25 @@ class OpenAIBackend(Backend):
         return _result(text, finish, usage, request)
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
-        raise SglBackendError(f"`{self.name}` cannot score choices")
+        """As the `local` backend scores: spaces ending the prompt move into the choices, and
+        `unconditional` subtracts each choice's mean log-prob after `NEUTRAL_CONTEXT`."""
+        if method not in self.capabilities.select_methods:
+            raise SglBackendError(f"`{self.name}` cannot score choices")
+        if prompt.is_chat or prompt.open_role is not None:
+            raise SglBackendError(
+                f"`{self.name}` scores `select` only after prompts without messages (sent to "
+                f"/completions); drop `?{SCORING_OPTION}` to select by constrained generation"
+            )
+        text = prompt.plain_text()
+        context = text.rstrip(" ")
+        continuations = [text[len(context) :] + choice for choice in choices]
+        contexts = [context or NEUTRAL_CONTEXT]
+        if method == "unconditional":
+            contexts.append(NEUTRAL_CONTEXT)
+        logprobs = await asyncio.gather(
+            *(self._logprobs(ctx, cont) for ctx in contexts for cont in continuations)
+        )
+        return _scores(method, logprobs[: len(choices)], logprobs[len(choices) :])
 
     async def close(self) -> None:
         if self._client is not None:
@@ -118,6 +162,32 @@ class OpenAIBackend(Backend):
             options = {"max_retries": MAX_RETRIES, "timeout": TIMEOUT_S, **self._options}
             self._client = openai.AsyncOpenAI(**options)
         return self._client
+
+    async def _logprobs(self, context: str, continuation: str) -> list[float]:
+        """The log-probs of the tokens of `continuation` after `context`, from the server's
+        echo of the whole text."""
+        try:
+            reply = await self._sdk().completions.create(
+                model=self.model,
+                prompt=context + continuation,
+                max_tokens=0,
+                echo=True,
+                logprobs=1,
+                temperature=0,
+            )
+        except Exception as exc:
+            raise sdk_error(self.name, exc) from None
+        echoed = reply.choices[0].logprobs if reply.choices else None
+        tokens = getattr(echoed, "tokens", None) or []
+        token_logprobs = getattr(echoed, "token_logprobs", None) or []
+        picked = token_logprobs[_covering_start(tokens, len(continuation)) :]
+        if not tokens or len(token_logprobs) != len(tokens) or None in picked:
+            raise SglBackendError(
+                f"{self.name}: the server gave no log-probs of the prompt's tokens (`echo` with "
+                f"`logprobs` on /completions); drop `?{SCORING_OPTION}` to select by "
+                "constrained generation"
+            )
+        return [float(logprob) for logprob in picked]
 
     def _common(self, request: GenRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -200,6 +270,29 @@ def _result(text: str, finish: str | None, usage: Any, request: GenRequest) -> G
     details = getattr(usage, "prompt_tokens_details", None)
     cached_tokens = getattr(details, "cached_tokens", 0) or 0
     return GenResult(text, reason, prompt_tokens, completion_tokens, cached_tokens)
+
+
+def _covering_start(tokens: Sequence[str], num_chars: int) -> int:
+    """Where the last tokens that cover the text's last `num_chars` characters start (a token
+    across the boundary counts: its log-prob is the choice's)."""
+    start, num_covered = len(tokens), 0
+    while start > 0 and num_covered < num_chars:
+        start -= 1
+        num_covered += len(tokens[start])
+    return start
+
+
+def _scores(
+    method: str, logprobs: Sequence[list[float]], unconditional: Sequence[list[float]]
+) -> list[float]:
+    """`runtime.scoring`'s methods on log-probs from a server: `unconditional` is the mean
+    log-prob minus the mean without the prompt (the two may not split into the same tokens)."""
+    if method == "greedy":
+        return greedy_ranks(logprobs)
+    means = [sum(lps) / len(lps) for lps in logprobs]
+    if method == "unconditional":
+        return [m - sum(u) / len(u) for m, u in zip(means, unconditional, strict=True)]
+    return means
 
 
 def sdk_error(name: str, exc: Exception) -> SglBackendError:

@@ -6,6 +6,7 @@ chunks with usage, errors and missing keys. (`tests/server/test_openai_api.py` r
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from sgl_lang.backends import (
     Text,
     get_backend,
 )
-from sgl_lang.backends.openai import OpenAIBackend
+from sgl_lang.backends.openai import OpenAIBackend, _scores
 from sgl_lang.errors import SglBackendError
 
 
@@ -123,3 +124,62 @@ def test_keys_and_uris(monkeypatch: pytest.MonkeyPatch) -> None:
     assert backend.capabilities.constraints == {"json", "choices"}
     with pytest.raises(SglBackendError, match="needs a model"):
         get_backend("openai:@http://127.0.0.1:8000/v1")
+
+
+def echo_reply(tokens: list[str], logprobs: list[float | None]) -> Reply:
+    """A /completions answer to `echo` with `logprobs` (vLLM's shape)."""
+    echoed = {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None,
+              "text_offset": [sum(map(len, tokens[:i])) for i in range(len(tokens))]}  # fmt: skip
+    choice = {"index": 0, "text": "".join(tokens), "finish_reason": "length", "logprobs": echoed}
+    head = {"id": "c1", "object": "text_completion", "created": 0, "model": "gpt-test"}
+    return json_reply(200, {**head, "choices": [choice]})
+
+
+def scoring_backend_on(api: FakeAPI, *replies: Reply) -> OpenAIBackend:
+    api.replies.extend(replies)
+    return OpenAIBackend("gpt-test", api.url, "sk-test", scores=True, max_retries=0)
+
+
+def test_select_scores_from_echoed_prompt_logprobs(fake: FakeAPI) -> None:
+    backend = scoring_backend_on(
+        fake,
+        echo_reply(["Capital", ":", " Par", "is"], [None, -1.0, -0.5, -0.1]),
+        echo_reply(["Capital", ":", " Rome"], [None, -1.0, -2.0]),
+    )
+    prompt = Prompt((Text("Capital: "),))
+    scores = asyncio.run(backend.score(prompt, ["Paris", "Rome"], "normalized"))
+    assert scores == [-0.3, -2.0]  # the mean over the choice's tokens
+    bodies = sorted((r.body for r in fake.requests), key=lambda body: body["prompt"])
+    assert [body["prompt"] for body in bodies] == ["Capital: Paris", "Capital: Rome"]
+    assert bodies[0]["echo"] is True and bodies[0]["logprobs"] == 1
+    assert bodies[0]["max_tokens"] == 0 and bodies[0]["temperature"] == 0
+
+
+def test_unconditional_subtracts_the_choice_after_a_neutral_context(fake: FakeAPI) -> None:
+    backend = scoring_backend_on(fake, *[echo_reply(["x", " A"], [None, -1.0])] * 4)
+    asyncio.run(backend.score(Prompt((Text("Q: "),)), ["A", "B"], "unconditional"))
+    prompts = sorted(r.body["prompt"] for r in fake.requests)
+    assert prompts == ["\n A", "\n B", "Q: A", "Q: B"]
+    assert _scores("unconditional", [[-1.0, -1.0], [-3.0]], [[-0.5], [-2.0, -4.0]]) == [-0.5, 0.0]
+    assert _scores("greedy", [[-1.0, -1.0], [-0.5]], []) == [-1.0, 0.0]
+
+
+def test_scoring_is_an_option_and_needs_a_text_prompt(fake: FakeAPI) -> None:
+    assert get_backend("openai:m@http://127.0.0.1:8000/v1").capabilities.select_methods == set()
+    backend = get_backend("openai:m@http://127.0.0.1:8000/v1?select=logprobs")
+    assert backend.capabilities.select_methods == {"normalized", "greedy", "unconditional"}
+    assert backend.name == "openai:m@http://127.0.0.1:8000/v1"
+    with pytest.raises(SglBackendError, match="unknown option `logprobs`"):
+        get_backend("openai:m@http://127.0.0.1:8000/v1?logprobs")
+    chat = Prompt((Message("user", "Pick one."),), "assistant")
+    with pytest.raises(SglBackendError, match="only after prompts without messages"):
+        asyncio.run(scoring_backend_on(fake).score(chat, ["a", "b"], "normalized"))
+
+
+def test_a_server_without_prompt_logprobs_is_a_plain_error(fake: FakeAPI) -> None:
+    no_logprobs = echo_reply(["Hi", " a"], [None, -1.0])
+    body = json.loads(no_logprobs.body)
+    body["choices"][0]["logprobs"] = None
+    backend = scoring_backend_on(fake, json_reply(200, body))
+    with pytest.raises(SglBackendError, match="gave no log-probs of the prompt's tokens"):
+        asyncio.run(backend.score(Prompt((Text("Hi "),)), ["a"], "normalized"))

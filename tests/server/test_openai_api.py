@@ -1,5 +1,6 @@
 """`sgl serve`'s OpenAI-compatible endpoints through the official `openai` client, and the
-`openai:MODEL@URL` backend running a program against them."""
+`openai:MODEL@URL` backend running a program against them; `echo` with prompt log-probs, and
+`select` scored from them (`?select=logprobs`) as the `local` backend scores it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import openai
 import pytest
 
 from sgl_lang.backends import Choices, GenRequest, JsonSchema, Message, Prompt, Text, get_backend
+from sgl_lang.runtime.serving import ServedModel
 
 pytestmark = pytest.mark.model
 
@@ -127,3 +129,66 @@ def test_a_program_runs_on_openai_against_our_server(live_server: Any, tmp_path:
     result = CliRunner().invoke(main, ["run", str(program), "--backend", uri])
     assert result.exit_code == 0, result.output
     assert "Paris" in result.output and "city: " in result.output
+
+
+def test_echo_gives_the_prompt_tokens_log_probs(client: openai.OpenAI) -> None:
+    prompt = "The capital of France is Paris"
+    done = client.completions.create(
+        model="smollm", prompt=prompt, max_tokens=0, echo=True, logprobs=1
+    )
+    choice = done.choices[0]
+    assert choice.text == prompt and choice.logprobs is not None
+    tokens, logprobs = choice.logprobs.tokens or [], choice.logprobs.token_logprobs or []
+    assert "".join(tokens) == prompt and tokens[-1] == " Paris"
+    assert logprobs[0] is None and all(lp is not None and lp <= 0 for lp in logprobs[1:])
+    assert logprobs[-1] > -2  # " Paris" is likely here
+    assert choice.logprobs.text_offset == [len("".join(tokens[:i])) for i in range(len(tokens))]
+    assert done.usage is not None and done.usage.prompt_tokens == len(tokens)
+    with pytest.raises(openai.BadRequestError, match="`echo` needs `max_tokens: 0`"):
+        client.completions.create(model="smollm", prompt=prompt, max_tokens=2, echo=True)
+    with pytest.raises(openai.BadRequestError, match="`logprobs` of generated tokens"):
+        client.completions.create(model="smollm", prompt=prompt, max_tokens=2, logprobs=1)
+
+
+@pytest.mark.parametrize("method", ["normalized", "greedy", "unconditional"])
+def test_select_by_logprobs_agrees_with_local(
+    live_server: Any, served: ServedModel, method: str
+) -> None:
+    remote = get_backend(f"openai:smollm@{live_server.url}/v1?select=logprobs")
+    cases = [
+        (Prompt((Text("The capital of France is "),)), ["Paris", "Berlin", "a big city"]),
+        (Prompt((Text("2 + 2 ="),)), [" 4", " 5", " four"]),
+        (Prompt((Text("Q: Is the sky blue?\nA:"),)), [" yes", " no"]),
+    ]
+
+    async def score_all(backend: Any) -> list[list[float]]:
+        scores = [await backend.score(prompt, choices, method) for prompt, choices in cases]
+        if backend is remote:
+            await backend.close()
+        return scores
+
+    remote_scores = asyncio.run(score_all(remote))
+    local_scores = asyncio.run(score_all(served.backend))
+    # the same log-probs; `unconditional` differs by its neutral context ("\n" vs BOS/EOS)
+    tolerance = 1.0 if method == "unconditional" else 0.01
+    for got, want in zip(remote_scores, local_scores, strict=True):
+        assert got == pytest.approx(want, abs=tolerance)
+        if method != "unconditional":
+            assert got.index(max(got)) == want.index(max(want))
+
+
+def test_a_program_selects_by_logprobs_on_our_server(live_server: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sgl_lang.cli import main
+
+    program = tmp_path / "capital.sgl"
+    program.write_text(
+        '"The capital of France is "\n'
+        'select city from ["Paris", "Berlin"]\n'
+        'print(city, meta(city)["method"])\n'
+    )
+    uri = f"openai:smollm@{live_server.url}/v1?select=logprobs"
+    result = CliRunner().invoke(main, ["run", str(program), "--backend", uri])
+    assert result.exit_code == 0, result.output
+    assert result.output == "Paris normalized\n"  # scored: no fallback, no warning

@@ -1,0 +1,106 @@
+"""Which `gen`/`select` constraints a backend enforces: `sgl check --backend`'s report, and the
+errors that stop `sgl run` before anything runs (unless `--allow-unenforced`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sgl_lang import nodes
+from sgl_lang.backends.base import SELECT_METHODS, Capabilities
+from sgl_lang.errors import SglConstraintError
+from sgl_lang.gen_args import CONSTRAINT_ARGUMENTS
+from sgl_lang.source import Span
+
+# `gen` argument -> the capability that enforces it (`type=` is decoded as a regex)
+ARGUMENT_CAPABILITY = {"regex": "regex", "type": "regex", "json": "json", "choices": "choices"}
+UNENFORCED_HINT = (
+    "`sgl run --allow-unenforced` generates without the constraint, checks the output "
+    "and retries it (--retries N)"
+)
+
+
+@dataclass(frozen=True)
+class ConstraintSite:
+    """A `gen` with a constraint, or a `select`, and whether a backend enforces it.
+
+    `constraint` is the `gen`'s constraint argument; for a `select` it is "scored" (the backend
+    scores the choices) or "choices" (it cannot, and `select` becomes `gen … choices=`)."""
+
+    statement: str
+    name: str
+    constraint: str
+    enforced: bool
+    span: Span
+
+    def report_line(self, backend_name: str) -> str:
+        """`FILE:LINE:COL: gen `NAME` regex: enforced by BACKEND` (or `NOT enforced by`)."""
+        verdict = "enforced by" if self.enforced else "NOT enforced by"
+        head = f"{self.span.location}: {self.statement} `{self.name}` {self.constraint}"
+        return f"{head}: {verdict} {backend_name}"
+
+    def error(self, backend_name: str) -> SglConstraintError:
+        """The error for a site the backend cannot enforce."""
+        if self.statement == "select":
+            what = "score the choices of this `select` nor enforce them while decoding"
+            message = f"backend `{backend_name}` can neither {what}"
+        else:
+            message = f"backend `{backend_name}` cannot enforce `{self.constraint}` while decoding"
+        return SglConstraintError(message, self.span, hint=UNENFORCED_HINT)
+
+
+def constraint_sites(
+    program: nodes.Program, capabilities: Capabilities, *, imported: bool = False
+) -> list[ConstraintSite]:
+    """Every constraint site of `program`, in source order. Of an `imported` program only the
+    sites in its functions count: its other top-level statements never run."""
+    body = program.body
+    if imported:
+        body = tuple(stmt for stmt in body if isinstance(stmt, nodes.FuncDef))
+    sites = (_site(node, capabilities) for node in _gens_and_selects(body))
+    return [site for site in sites if site is not None]
+
+
+def _site(node: nodes.Gen | nodes.Select, capabilities: Capabilities) -> ConstraintSite | None:
+    if isinstance(node, nodes.Select):
+        return _select_site(node, capabilities)
+    given = {kw.name for kw in node.args}
+    argument = next((name for name in CONSTRAINT_ARGUMENTS if name in given), None)
+    if argument is None:
+        return None
+    enforced = ARGUMENT_CAPABILITY[argument] in capabilities.constraints
+    return ConstraintSite("gen", node.name, argument, enforced, node.span)
+
+
+def _select_site(node: nodes.Select, capabilities: Capabilities) -> ConstraintSite:
+    """A `select` is scored when the backend scores its method (every method, when the
+    method is not a literal); else it is generated, enforced when `choices` is."""
+    method = _literal_method(node)
+    methods = SELECT_METHODS if method is None else {method}
+    if methods <= capabilities.select_methods:
+        return ConstraintSite("select", node.name, "scored", True, node.span)
+    enforced = "choices" in capabilities.constraints
+    return ConstraintSite("select", node.name, "choices", enforced, node.span)
+
+
+def _literal_method(node: nodes.Select) -> str | None:
+    """The `method=` of a `select` ("normalized" by default); None when it is computed."""
+    value = next((kw.value for kw in node.args if kw.name == "method"), None)
+    if value is None:
+        return "normalized"
+    if isinstance(value, nodes.Str) and value.is_constant:
+        return "".join(str(part) for part in value.parts)
+    return None
+
+
+def _gens_and_selects(value: Any) -> Iterator[nodes.Gen | nodes.Select]:
+    """The `gen` and `select` statements in a node or a tuple of nodes, in source order."""
+    if isinstance(value, (nodes.Gen, nodes.Select)):
+        yield value
+    elif isinstance(value, nodes.Node):
+        for field in fields(value):
+            yield from _gens_and_selects(getattr(value, field.name))
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _gens_and_selects(item)
