@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch (on this project's machines it lies on local disk). Override on GPU hosts.
 TORCH_SPEC ?= torch==2.13.0
 PROGRAM ?= examples/hello.sgl
+VSCODE := editors/vscode
+# `npm ci` of the VS Code extension (its grammar's scope tests); redone when the lock changes.
+NODE_STAMP := $(VSCODE)/node_modules/.installed
 
 .PHONY: setup run test lint clean
 
@@ -27,8 +30,17 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
+# Without npm the scope tests are skipped, except with CI=true, where they must run.
+$(NODE_STAMP): $(VSCODE)/package.json $(VSCODE)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(VSCODE) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+		case "$$CI" in 1|true|yes) echo "CI needs npm for the editor scope tests" >&2; exit 1;; esac; \
+		echo "npm not found: the editor scope tests will be skipped"; \
+	fi
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info $(VSCODE)/node_modules

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sgl_lang import nodes
-from sgl_lang.backends import get_backend
 from sgl_lang.backends.base import Backend
+from sgl_lang.config import RunConfig, resolve_config
 from sgl_lang.errors import SglError, SglNameError, SglWarning
 from sgl_lang.grammar import parse
 from sgl_lang.interpreter import Context, Interpreter
@@ -28,9 +28,10 @@ from sgl_lang.loader import Loader, read_source
 from sgl_lang.lsp.vocabulary import Completion, complete
 from sgl_lang.objects import DICT_METHODS, LIST_METHODS, STR_METHODS, Record, Schema
 from sgl_lang.resolve import check
+from sgl_lang.runner import make_backend
 from sgl_lang.source import Source
 from sgl_lang.state import State
-from sgl_lang.stdlib import BUILTIN_NAMES, builtins
+from sgl_lang.stdlib import BUILTIN_NAMES, builtins, permissions
 from sgl_lang.stdlib.modules import Module
 from sgl_lang.values import to_repr
 
@@ -62,27 +63,42 @@ _BLOCKS = (nodes.If, nodes.For, nodes.While, nodes.FuncDef, nodes.SchemaDecl, no
 class ReplSession:
     """An interactive session: one interpreter, one main state, the inputs that succeeded.
 
+    As in `sgl run`: `params` are the values of `param` statements (`--set`), `granted` the
+    permissions of the stdlib modules (`--allow-*`), `config` the runtime options (`sgl.toml`,
+    `--max-tokens`, ...; engine options apply to every `local` backend the session uses).
     `out` receives everything the session prints (values, streamed text, `print`, errors);
     `color` adds ANSI colours for a terminal.
     """
 
     def __init__(
-        self, backend_uri: str = "local", *, out: TextIO | None = None, color: bool = False
+        self,
+        backend_uri: str = "local",
+        *,
+        params: dict[str, Any] | None = None,
+        granted: permissions.Permissions | None = None,
+        config: RunConfig | None = None,
+        out: TextIO | None = None,
+        color: bool = False,
     ):
         self.out: TextIO = out or sys.stdout
         self.color = color
         self.backend_uri = backend_uri
+        self.params = dict(params or {})
+        self.granted = granted or permissions.Permissions()
+        self.config = config or RunConfig()
         self.done = False
         self.log: list[str] = []  # inputs that ran without error, for `:save`
         self._runner = asyncio.Runner()
         self._loader = Loader()
         self._streamed = False
         self._streamed_newline = True
-        self.interpreter, self.state = self._fresh(get_backend(backend_uri))
+        self.interpreter, self.state = self._fresh(make_backend(backend_uri, self.config))
 
     def _fresh(self, backend: Backend) -> tuple[Interpreter, State]:
         interpreter = Interpreter(
             backend,
+            params=self.params,
+            default_max_tokens=self.config.max_tokens or 256,
             on_chunk=self._on_chunk,
             on_warning=lambda message: self._write(f"warning: {message}\n"),
             load_program=self._loader.load_import,
@@ -182,7 +198,7 @@ class ReplSession:
         known = set(self.interpreter.scope.vars)
         echoed = {stmt.span.start for stmt in program.body if isinstance(stmt, nodes.ExprStmt)}
         problems = []
-        for problem in check(program):
+        for problem in check(program, self.params):
             span = problem.span
             if isinstance(problem, SglNameError) and span is not None and span.text in known:
                 continue
@@ -208,7 +224,9 @@ class ReplSession:
         return False
 
     async def _statements(self, program: nodes.Program) -> None:
-        builtins.output.set(self.out)  # in the runner's own context: `print` writes to `out`
+        # In the runner's own context: `print` writes to `out`, the stdlib sees the permissions.
+        builtins.output.set(self.out)
+        permissions.current.set(self.granted)
         ctx = Context(self.state, self.interpreter.scope)
         for stmt in program.body:
             num_pieces = len(self.state.pieces)
@@ -293,7 +311,7 @@ class ReplSession:
     async def _use_backend(self, uri: str) -> None:
         """Generate with the backend at `uri` from now on; the state and variables stay."""
         try:
-            backend = get_backend(uri)
+            backend = make_backend(uri, self.config)
         except SglError as error:
             self._error(error)
             return
@@ -397,12 +415,26 @@ def history_path() -> Path:
     return Path(platformdirs.user_data_dir("sgl-lang", appauthor=False)) / "repl_history"
 
 
-def run(backend_uri: str = "local") -> None:
+def session_config(config_path: Path | None, settings: dict[str, Any]) -> RunConfig:
+    """The session's runtime options: `config_path` (`--config`), else an `sgl.toml` in the
+    working folder, else the user's; the flags' `settings` (None: not given) on top."""
+    return resolve_config(Path.cwd() / REPL_NAME, config_path, settings)
+
+
+def run(
+    backend_uri: str = "local",
+    *,
+    params: dict[str, Any] | None = None,
+    granted: permissions.Permissions | None = None,
+    config: RunConfig | None = None,
+) -> None:
     """The interactive REPL on the terminal, until `:quit` or Ctrl-D."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
 
-    session = ReplSession(backend_uri, color=sys.stdout.isatty())
+    session = ReplSession(
+        backend_uri, params=params, granted=granted, config=config, color=sys.stdout.isatty()
+    )
     path = history_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     prompt: PromptSession[str] = PromptSession(

@@ -11,10 +11,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from sgl_lang import repl as sgl_repl
 from sgl_lang.backends.base import GenRequest, GenResult
+from sgl_lang.backends.local import LocalBackend
 from sgl_lang.backends.test import TestBackend
+from sgl_lang.cli import main
+from sgl_lang.config import RunConfig
+from sgl_lang.errors import SglValueError
 from sgl_lang.repl import ReplSession
+from sgl_lang.stdlib.permissions import Permissions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,6 +143,110 @@ def test_completion_offers_session_names_gen_arguments_and_members(session: Repl
     assert words("fo") == ["for", "fork"]
 
 
+def test_set_values_are_taken_by_param_statements_typed_or_loaded(tmp_path: Path) -> None:
+    program = tmp_path / "ask.sgl"
+    program.write_text('param topic = "tea"\nprint("about", topic)\n')
+    session = ReplSession("test", params={"topic": "rivers", "n": 2})
+    try:
+        assert session.feed('param n = 5\nparam other = "default"') == ""
+        assert session.feed("[n, other]") == '[2, "default"]\n'
+        assert session.feed(f":load {program}") == "about rivers\n"
+        assert session.feed("param needed") == (
+            "<repl>:1:1: value error: param `needed` has no default and no value was given\n"
+            "    param needed\n"
+            "    ^^^^^^^^^^^^\n"
+            "hint: pass one with --set needed=VALUE\n"
+        )
+        session.feed(":reset")
+        assert session.feed("param topic\ntopic") == '"rivers"\n'  # the values outlive :reset
+    finally:
+        session.close()
+
+
+def test_the_stdlib_needs_the_permissions_granted_to_the_session(tmp_path: Path) -> None:
+    note = tmp_path / "note.txt"
+    note.write_text("hello")
+    read_note = f'import files\nfiles.read("{note}")'
+    denied = ReplSession("test")
+    allowed = ReplSession("test", granted=Permissions(read=True))
+    try:
+        assert "permission error: reading files needs --allow-read" in denied.feed(read_note)
+        assert allowed.feed(read_note) == '"hello"\n'
+        assert "needs --allow-write" in allowed.feed(f'files.write("{note}", "x")')
+        assert allowed.feed(":backend test\n") == "backend: test\n"
+        assert allowed.feed(f'files.read("{note}")') == '"hello"\n'  # kept across backends
+    finally:
+        denied.close()
+        allowed.close()
+
+
+def test_runtime_options_set_max_tokens_and_every_local_backend(session: ReplSession) -> None:
+    configured = ReplSession("test", config=RunConfig(max_tokens=3, kv_cache_gb=0.25, threads=1))
+    try:
+        configured.feed("gen a")
+        configured.feed("gen b(max_tokens=5)")
+        backend = configured.interpreter.backend
+        assert isinstance(backend, TestBackend)
+        assert [r.max_tokens for r in backend.requests] == [3, 5]
+        configured.feed(":backend local")  # the engine is built lazily: nothing loads here
+        local = configured.interpreter.backend
+        assert isinstance(local, LocalBackend)
+        assert (local.options.kv_cache_gb, local.options.num_threads) == (0.25, 1)
+    finally:
+        configured.close()
+    session.feed("gen c")
+    assert isinstance(session.interpreter.backend, TestBackend)
+    assert session.interpreter.backend.requests[-1].max_tokens == 256  # `gen`'s default
+
+
+def test_session_config_reads_sgl_toml_in_the_working_folder_under_the_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)
+    assert sgl_repl.session_config(None, {}) == RunConfig()
+    (tmp_path / "sgl.toml").write_text("max_tokens = 7\npolicy = 'fcfs'\n")
+    assert sgl_repl.session_config(None, {"max_tokens": None}).max_tokens == 7
+    assert sgl_repl.session_config(None, {"max_tokens": 2}) == RunConfig(
+        max_tokens=2, policy="fcfs"
+    )
+    other = tmp_path / "other.toml"
+    other.write_text("max_tokens = 9\n")
+    assert sgl_repl.session_config(other, {}) == RunConfig(max_tokens=9)
+    (tmp_path / "sgl.toml").write_text("max_token = 7\n")
+    with pytest.raises(SglValueError, match="unknown config key `max_token`"):
+        sgl_repl.session_config(None, {})
+
+
+def test_sgl_repl_takes_the_options_of_sgl_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    received: dict[str, object] = {}
+
+    def fake_run(backend_uri: str, **options: object) -> None:
+        received.update(options, backend_uri=backend_uri)
+
+    monkeypatch.setattr(sgl_repl, "run", fake_run)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sgl.toml").write_text("max_tokens = 7\nthreads = 3\n")
+    args = ["repl", "--backend", "test", "--set", "n=2", "--set", "who=Ada", "--max-tokens", "4"]
+    result = CliRunner().invoke(main, [*args, "--allow-read", "--allow-python"])
+    assert result.exit_code == 0, result.output
+    assert received == {
+        "backend_uri": "test",
+        "params": {"n": 2, "who": "Ada"},
+        "granted": Permissions(read=True, python=True),
+        "config": RunConfig(max_tokens=4, threads=3),
+    }
+    bad = CliRunner().invoke(main, ["repl", "--set", "1x=2"])
+    assert bad.exit_code == 2 and "expected NAME=VALUE" in bad.output
+    (tmp_path / "sgl.toml").write_text("threads = 0\n")
+    broken = CliRunner().invoke(main, ["repl"])
+    assert broken.exit_code == 1
+    assert "sgl.toml:1:1: value error: `threads` must be a positive integer" in broken.output
+
+
 class _InterruptingBackend(TestBackend):
     """Streams a little, then 'the user presses Ctrl-C' and the reply never ends."""
 
@@ -180,20 +291,21 @@ LAUNCH = (
 )
 
 
-@pytest.fixture
-def terminal(tmp_path: Path) -> Iterator[object]:
+def spawn_repl(tmp_path: Path, *args: str) -> object:
+    """`sgl repl ARGS` on a pseudo-terminal in `tmp_path`, at its first prompt."""
     pexpect = pytest.importorskip("pexpect")
     (tmp_path / "slow_backend.py").write_text(SLOW_BACKEND)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
         "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "TERM": "xterm",
         "PROMPT_TOOLKIT_NO_CPR": "1",
     }
     child = pexpect.spawn(
         sys.executable,
-        ["-c", LAUNCH, "repl", "--backend", "slow:forever"],
+        ["-c", LAUNCH, "repl", *args],
         env=env,
         cwd=str(tmp_path),
         encoding="utf-8",
@@ -201,9 +313,15 @@ def terminal(tmp_path: Path) -> Iterator[object]:
         dimensions=(40, 200),
     )
     child.expect_exact(">>>")
+    return child
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[object]:
+    child = spawn_repl(tmp_path, "--backend", "slow:forever")
     yield child
-    child.terminate(force=True)
-    child.close()
+    child.terminate(force=True)  # type: ignore[attr-defined]
+    child.close()  # type: ignore[attr-defined]
 
 
 def test_a_terminal_session(terminal: object, tmp_path: Path) -> None:
@@ -245,3 +363,26 @@ def pexpect_eof() -> object:
     import pexpect
 
     return pexpect.EOF
+
+
+def test_a_terminal_session_with_params_permissions_and_config(tmp_path: Path) -> None:
+    (tmp_path / "note.txt").write_text("from a file")
+    (tmp_path / "sgl.toml").write_text("max_tokens = 2\n")
+    child = spawn_repl(tmp_path, "--backend", "test", "--set", "who=Ada", "--allow-read")
+    try:
+        child.sendline('param who = "nobody"')  # type: ignore[attr-defined]
+        child.expect_exact(">>>")  # type: ignore[attr-defined]
+        child.sendline('print("hi", who)')  # type: ignore[attr-defined]
+        child.expect_exact("hi Ada")  # type: ignore[attr-defined]
+        child.sendline("import files")  # type: ignore[attr-defined]
+        child.expect_exact(">>>")  # type: ignore[attr-defined]
+        child.sendline('print(files.read("note.txt"))')  # type: ignore[attr-defined]
+        child.expect_exact("from a file")  # type: ignore[attr-defined]
+        child.sendline("gen x")  # type: ignore[attr-defined]
+        child.expect_exact(">>>")  # type: ignore[attr-defined]
+        child.sendline('print(meta(x)["completion_tokens"], meta(x)["finish_reason"])')  # type: ignore[attr-defined]
+        child.expect_exact("2 length")  # type: ignore[attr-defined]
+        child.sendline(":quit")  # type: ignore[attr-defined]
+        child.expect(pexpect_eof())  # type: ignore[attr-defined]
+    finally:
+        child.terminate(force=True)  # type: ignore[attr-defined]
