@@ -147,6 +147,8 @@ def filtered_probs(logits: Tensor, top_k: int, top_p: float, min_p: float) -> Te
     """Softmax of `logits` [V] restricted to the top-k tokens, the smallest set whose mass
     reaches top-p, and the tokens with at least min_p times the top probability."""
     probs = torch.softmax(logits, dim=-1)
+    if not top_k and top_p >= 1 and min_p <= 0:  # no filter: skip the sort (~4 ms at 49k)
+        return probs / probs.sum()  # the very floats the filtered path yields with all kept
     sorted_probs, order = probs.sort(descending=True)
     keep = torch.ones_like(sorted_probs, dtype=torch.bool)
     if top_k:

@@ -158,3 +158,30 @@ def test_the_engine_applies_a_logits_mask_per_request(make_engine: Any) -> None:
     out = completions[0].meta.output_ids
     assert all(t in allowed_ids[i % 3 :].tolist() for i, t in enumerate(out))
     assert not set(completions[1].meta.output_ids) <= set(allowed_ids.tolist())
+
+
+# Temperature only: no sort over the vocabulary, yet the very floats of the filtered path, so
+# a seeded request draws the same tokens as before.
+
+
+def sorted_path(logits: torch.Tensor) -> torch.Tensor:
+    """The filtered path of `filtered_probs` with every token kept (the reference)."""
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(descending=True)
+    filtered = torch.zeros_like(probs)
+    filtered[order] = sorted_probs
+    return filtered / filtered.sum()
+
+
+def test_unfiltered_probs_are_bit_identical_to_the_sorted_path() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for row in range(20):
+        logits = torch.randn(49152, generator=gen) * (1 + row % 5) / (0.1 + row % 4)
+        logits[: row * 10] = logits[0]  # ties
+        probs = filtered_probs(logits, top_k=0, top_p=1.0, min_p=0.0)
+        assert torch.equal(probs, sorted_path(logits))
+        draws = [
+            int(torch.multinomial(p, 1, generator=torch.Generator().manual_seed(row)))
+            for p in (probs, sorted_path(logits))
+        ]
+        assert draws[0] == draws[1]
