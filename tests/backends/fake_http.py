@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
 
@@ -36,10 +37,13 @@ def json_reply(status: int, data: Any) -> Reply:
 
 
 class FakeAPI:
-    """`with FakeAPI(reply, ...) as api:` serves on `api.url`; `api.requests` are recorded."""
+    """`with FakeAPI(reply, ...) as api:` serves on `api.url`; `api.requests` are recorded.
+    Replies go out in the order requests arrive, or, with `reply_for` set, by request body (for
+    requests sent concurrently)."""
 
     def __init__(self, *replies: Reply) -> None:
         self.replies = list(replies)
+        self.reply_for: Callable[[Any], Reply] | None = None
         self.requests: list[Recorded] = []
         fake = self
 
@@ -53,7 +57,7 @@ class FakeAPI:
                         "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
                     )
                 )
-                reply = fake.replies.pop(0) if fake.replies else json_reply(500, {"error": "none"})
+                reply = fake.next_reply(body)
                 self.send_response(reply.status)
                 self.send_header("content-type", reply.content_type)
                 self.send_header("content-length", str(len(reply.body)))
@@ -66,6 +70,11 @@ class FakeAPI:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def next_reply(self, body: Any) -> Reply:
+        if self.reply_for is not None:
+            return self.reply_for(body)
+        return self.replies.pop(0) if self.replies else json_reply(500, {"error": "none"})
 
     def __enter__(self) -> FakeAPI:
         self.thread.start()

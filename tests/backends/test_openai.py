@@ -141,11 +141,12 @@ def scoring_backend_on(api: FakeAPI, *replies: Reply) -> OpenAIBackend:
 
 
 def test_select_scores_from_echoed_prompt_logprobs(fake: FakeAPI) -> None:
-    backend = scoring_backend_on(
-        fake,
-        echo_reply(["Capital", ":", " Par", "is"], [None, -1.0, -0.5, -0.1]),
-        echo_reply(["Capital", ":", " Rome"], [None, -1.0, -2.0]),
-    )
+    replies = {  # by prompt: the two choices are scored concurrently
+        "Capital: Paris": echo_reply(["Capital", ":", " Par", "is"], [None, -1.0, -0.5, -0.1]),
+        "Capital: Rome": echo_reply(["Capital", ":", " Rome"], [None, -1.0, -2.0]),
+    }
+    backend = scoring_backend_on(fake)
+    fake.reply_for = lambda body: replies[body["prompt"]]
     prompt = Prompt((Text("Capital: "),))
     scores = asyncio.run(backend.score(prompt, ["Paris", "Rome"], "normalized"))
     assert scores == [-0.3, -2.0]  # the mean over the choice's tokens
