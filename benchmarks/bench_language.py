@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sgl_lang.backends import get_backend
-from sgl_lang.backends.base import GenRequest, Prompt, Text
 from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter
+from sgl_lang.protocol import GenRequest, Prompt, Text
 from sgl_lang.resolve import check
 
 BLOCK = """\

@@ -30,11 +30,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sgl_lang.backends.base import Backend, GenRequest, GenResult, Prompt
 from sgl_lang.backends.local import EngineOptions, LocalBackend, close_engines
 from sgl_lang.config import RunConfig
 from sgl_lang.grammar import parse_text
 from sgl_lang.loader import Loader
+from sgl_lang.protocol import Backend, GenRequest, GenResult, Prompt
 from sgl_lang.runner import run_rows
 from sgl_lang.runtime.stats import EngineStats
 

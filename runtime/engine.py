@@ -3,7 +3,7 @@
     engine = Engine.from_model(None, EngineConfig(kv_cache_gb=0.5))  # None = embedded SmolLM2
     async for chunk in engine.generate("Hi", SamplingParams(max_new_tokens=16)):
         print(chunk.text, end="")       # the last chunk carries chunk.meta (GenerationMeta)
-    scores = await engine.score("Q: 2+2=? A:", [" 4", " 5"], method="normalized")
+    choices = await engine.score("Q: 2+2=? A:", [" 4", " 5"])  # log-probs of each choice
     engine.close()
 
 A background thread runs `step()` while there is work:
@@ -20,7 +20,7 @@ computes only the tokens no earlier request computed.
 Public API (all thread-safe):
   Engine(config=None, *, model=None, threaded=True, **config_fields), Engine.from_model(path, config)
   async generate(prompt, params, *, rid=None) -> AsyncIterator[Chunk]   (raises RequestError)
-  async score(prefix, choices, method="normalized") -> list[ChoiceScore]
+  async score(prefix, choices, *, unconditional=False) -> list[ChoiceLogprobs]
   async cache_prefix(prompt) -> GenerationMeta                          (a fork/batch hint)
   cancel(rid), flush_cache() -> int, stats() -> EngineStats, close()
   generate_many(prompts, params) -> list[Completion]                    (blocking, no raise)
@@ -51,6 +51,7 @@ from sgl_lang.runtime.model_loader import LoadedModel, load_model
 from sgl_lang.runtime.model_runner import ModelRunner
 from sgl_lang.runtime.radix_cache import IntegrityError, RadixCache
 from sgl_lang.runtime.request import (
+    ChoiceLogprobs,
     Chunk,
     Completion,
     FinishReason,
@@ -63,7 +64,6 @@ from sgl_lang.runtime.request import (
 )
 from sgl_lang.runtime.sampling import Sampler, SamplingParams
 from sgl_lang.runtime.scheduler import BatchKind, Scheduler
-from sgl_lang.runtime.scoring import ChoiceScore, check_method, choice_scores
 from sgl_lang.runtime.stats import EngineStats
 
 Messages = Sequence[Mapping[str, str]]
@@ -257,25 +257,26 @@ class Engine:
         return await self.prefill(self.encode(prompt), None)
 
     async def score(
-        self, prefix: Prompt, choices: Sequence[str], method: str = "normalized"
-    ) -> list[ChoiceScore]:
-        """Score each choice as a continuation of `prefix` by `method` (see scoring.py):
-        `normalized`, `greedy` or `unconditional` (which also scores each choice after only a
-        neutral prefix, the BOS token). The prefix is computed once and shared via the tree.
-        Choices are tokenized on their own: put a separating space in the choice, not the prefix."""
-        check_method(method)
+        self, prefix: Prompt, choices: Sequence[str], *, unconditional: bool = False
+    ) -> list[ChoiceLogprobs]:
+        """The log-probs of each choice's tokens as a continuation of `prefix`, and with
+        `unconditional` also after only a neutral prefix (the BOS token). The prefix is
+        computed once and shared via the tree. Choices are tokenized on their own: put a
+        separating space in the choice, not the prefix."""
         prefix_ids = self.encode(prefix) or self._neutral_ids()
         choice_ids = [self.tokenizer.encode(c, add_special_tokens=False) for c in choices]
         if not choice_ids or not all(choice_ids):
             raise ValueError("score: choices must be a non-empty list of non-empty strings")
-        contexts = [prefix_ids] + ([self._neutral_ids()] if method == "unconditional" else [])
+        contexts = [prefix_ids] + ([self._neutral_ids()] if unconditional else [])
         metas = await asyncio.gather(
             *(self.prefill(ctx + ids, len(ctx)) for ctx in contexts for ids in choice_ids)
         )
-        scored = [m.prompt_logprobs or () for m in metas]
+        scored = [tuple(m.prompt_logprobs or ()) for m in metas]
         num = len(choices)
-        unconditional = scored[num:] if method == "unconditional" else None
-        return choice_scores(method, choices, choice_ids, scored[:num], unconditional)
+        return [
+            ChoiceLogprobs(text, tuple(ids), scored[i], scored[num + i] if unconditional else None)
+            for i, (text, ids) in enumerate(zip(choices, choice_ids, strict=True))
+        ]
 
     async def prefill(self, ids: list[int], logprob_start_len: int | None) -> GenerationMeta:
         """Compute `ids`' KV into the tree without generating; with `logprob_start_len`, the

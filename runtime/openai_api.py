@@ -23,7 +23,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgl_lang.backends.base import (
+from sgl_lang.backends.local import encode, render_prompt
+from sgl_lang.protocol import (
+    BackendError,
     Choices,
     GenRequest,
     GenResult,
@@ -33,8 +35,6 @@ from sgl_lang.backends.base import (
     Regex,
     Text,
 )
-from sgl_lang.backends.local import encode, render_prompt
-from sgl_lang.errors import SglBackendError
 from sgl_lang.runtime.request import RequestError
 from sgl_lang.runtime.serving import ServedModel, sse_stream, stream_generate, unless_disconnected
 
@@ -145,7 +145,7 @@ async def _echo(model: ServedModel, body: CompletionIn, prompt: Prompt) -> dict[
     try:
         meta = await engine.prefill(ids, 1 if body.logprobs else None)
     except RequestError as exc:
-        raise SglBackendError(exc.meta.error or "the prompt cannot run") from None
+        raise BackendError(exc.meta.error or "the prompt cannot run") from None
     logprobs = None
     if body.logprobs:
         logprobs = _prompt_logprobs(engine.tokenizer, ids, meta.prompt_logprobs or ())

@@ -65,6 +65,17 @@ class Completion(NamedTuple):
     meta: GenerationMeta
 
 
+class ChoiceLogprobs(NamedTuple):
+    """One choice scored as a continuation of a prefix: its tokens, their log-probs after the
+    prefix, and (when asked) after only a neutral prefix. Turning these into `select` scores
+    is the caller's business."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    token_logprobs: tuple[float, ...]
+    unconditional_logprobs: tuple[float, ...] | None = None
+
+
 class RequestError(RuntimeError):
     """A request finished with FinishReason.ERROR (too long for the context or the KV pool)."""
 

@@ -32,10 +32,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from sgl_lang.backends.base import Choices, GenRequest, GenResult, JsonSchema, Prompt, Regex, Text
 from sgl_lang.backends.http import prompt_from_json
 from sgl_lang.backends.local import sampling_params
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import (
+    BackendError,
+    Choices,
+    GenRequest,
+    GenResult,
+    JsonSchema,
+    Prompt,
+    Regex,
+    Text,
+)
 from sgl_lang.runtime import openai_api
 from sgl_lang.runtime.request import RequestError
 from sgl_lang.runtime.serving import (
@@ -133,8 +141,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(error_body(str(exc.detail), exc.status_code), exc.status_code)
 
-    @app.exception_handler(SglBackendError)
-    async def backend_error(_: Request, exc: SglBackendError) -> JSONResponse:
+    @app.exception_handler(BackendError)
+    async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, 400), status_code=400)
 
     @app.exception_handler(ClientGone)
@@ -290,9 +298,9 @@ async def _ids_generation(
                 text += chunk.text
                 yield chunk.text
     except (RequestError, ValueError, RuntimeError) as exc:
-        raise SglBackendError(_plain(exc)) from None
+        raise BackendError(_plain(exc)) from None
     if meta is None:
-        raise SglBackendError("the engine ended a request without a result")
+        raise BackendError("the engine ended a request without a result")
     reason = meta.finish_reason.value
     last_id = meta.output_ids[-1] if meta.output_ids else None
     if reason == "stop" and not request.ignore_eos and last_id in engine.model_config.eos_token_ids:
@@ -316,7 +324,7 @@ async def _last(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
 def _plain(exc: Exception) -> str:
     if isinstance(exc, RequestError):
         return str(exc.meta.error)
-    if isinstance(exc, SglBackendError):
+    if isinstance(exc, BackendError):
         return exc.message
     if isinstance(exc, HTTPException):
         return str(exc.detail)

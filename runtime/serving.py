@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from sgl_lang.backends.base import GenRequest, GenResult
 from sgl_lang.backends.local import LocalBackend, _SharedEngine, shared_engine
+from sgl_lang.protocol import GenRequest, GenResult
 from sgl_lang.runtime.engine import Engine
 
 T = TypeVar("T")

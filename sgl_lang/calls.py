@@ -9,14 +9,15 @@ call is recorded, for `--trace`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from sgl_lang.backends.base import CONSTRAINT_KIND, Backend, GenRequest, GenResult
-from sgl_lang.errors import SglConstraintError
+from sgl_lang.errors import SglBackendError, SglConstraintError
 from sgl_lang.gen_args import GenArgs
 from sgl_lang.outputs import output_value, satisfies
+from sgl_lang.protocol import CONSTRAINT_KIND, Backend, BackendError, GenRequest, GenResult
 from sgl_lang.source import Span
 from sgl_lang.values import to_repr
 
@@ -46,6 +47,16 @@ class Site(NamedTuple):
     span: Span
 
 
+@contextmanager
+def backend_errors() -> Iterator[None]:
+    """Turn a backend's `BackendError` into the language's `SglBackendError` (the interpreter
+    then gives it the location of the statement that made the call)."""
+    try:
+        yield
+    except BackendError as exc:
+        raise SglBackendError(str(exc)) from None
+
+
 def constraint_label(args: GenArgs) -> str:
     """How a `gen`'s constraint is named to the user: its argument (`type`, `regex`, ...)."""
     return "type" if args.type_name else CONSTRAINT_KIND[type(args.request.constraint)]
@@ -67,7 +78,8 @@ async def generate_checked(
     attempt = 1
     while True:
         request = args.request if enforced else _unconstrained(args.request, attempt)
-        result = await backend.generate(request, on_chunk if enforced else None)
+        with backend_errors():
+            result = await backend.generate(request, on_chunk if enforced else None)
         cut = _cut_error(result, args.request)
         value, error = (None, cut) if cut else _checked_value(result.text, args, enforced)
         calls.append(_record(site, result, attempt, error))

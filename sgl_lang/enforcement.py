@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import SELECT_METHODS, Capabilities
 from sgl_lang.errors import SglConstraintError
 from sgl_lang.gen_args import CONSTRAINT_ARGUMENTS
+from sgl_lang.protocol import SELECT_METHODS, Capabilities
 from sgl_lang.source import Span
 
 # `gen` argument -> the capability that enforces it (`type=` is decoded as a regex)
@@ -77,7 +77,7 @@ def _select_site(node: nodes.Select, capabilities: Capabilities) -> ConstraintSi
     """A `select` is scored when the backend scores its method (every method, when the
     method is not a literal); else it is generated, enforced when `choices` is."""
     method = _literal_method(node)
-    methods = SELECT_METHODS if method is None else {method}
+    methods = set(SELECT_METHODS) if method is None else {method}
     if methods <= capabilities.select_methods:
         return ConstraintSite("select", node.name, "scored", True, node.span)
     enforced = "choices" in capabilities.constraints

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import (
+from sgl_lang.errors import SglTypeError, SglValueError
+from sgl_lang.objects import Schema
+from sgl_lang.protocol import (
+    SELECT_METHODS,
     TYPE_PATTERNS,
     Choices,
     GenRequest,
@@ -13,8 +16,6 @@ from sgl_lang.backends.base import (
     Prompt,
     Regex,
 )
-from sgl_lang.errors import SglTypeError, SglValueError
-from sgl_lang.objects import Schema
 from sgl_lang.source import Span
 from sgl_lang.values import to_repr, type_name
 
@@ -23,7 +24,6 @@ GEN_ARGUMENTS = frozenset(
     "ignore_eos regex json type choices heal".split()
 )
 SELECT_ARGUMENTS = frozenset({"method"})
-SELECT_METHODS = ("normalized", "greedy", "unconditional")
 CONSTRAINT_ARGUMENTS = ("regex", "json", "type", "choices")
 
 

@@ -10,8 +10,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import Backend, Choices, GenRequest, GenResult
-from sgl_lang.calls import DEFAULT_NUM_RETRIES, CallRecord, Site, constraint_label, generate_checked
+from sgl_lang.calls import (
+    DEFAULT_NUM_RETRIES,
+    CallRecord,
+    Site,
+    backend_errors,
+    constraint_label,
+    generate_checked,
+)
 from sgl_lang.errors import (
     Frame,
     SglAssertionError,
@@ -34,6 +40,7 @@ from sgl_lang.objects import (
 )
 from sgl_lang.operators import binary, compare, iterate, unpack
 from sgl_lang.prefix import function_prefix
+from sgl_lang.protocol import Backend, Choices, GenRequest, GenResult
 from sgl_lang.source import Span
 from sgl_lang.state import State
 from sgl_lang.stdlib.builtins import BUILTINS
@@ -299,7 +306,8 @@ class Interpreter:
     async def _score_choices(
         self, choices: list[str], method: str, site: Site, ctx: Context
     ) -> tuple[str, dict[str, Any]]:
-        scores = await self.backend.score(ctx.state.prompt(), choices, method)
+        with backend_errors():
+            scores = await self.backend.score(ctx.state.prompt(), choices, method)
         self.calls.append(CallRecord(site.kind, site.name, site.span, 0, 0, 0))
         chosen = choices[max(range(len(choices)), key=scores.__getitem__)]
         return chosen, {"method": method, "scores": dict(zip(choices, scores, strict=True))}
@@ -488,7 +496,8 @@ class Interpreter:
             raise SglSyntaxError("`fork` cannot be used inside a role message", node.span)
         items = await self._fork_items(node, ctx)
         if len(items) > 1:
-            await self.backend.cache_prefix(ctx.state.prompt())
+            with backend_errors():
+                await self.backend.cache_prefix(ctx.state.prompt())
         tasks = [asyncio.create_task(self._branch(node, item, ctx)) for item in items]
         if not tasks:
             return []
@@ -558,7 +567,8 @@ class Interpreter:
         limit = asyncio.Semaphore(parallel)
         prefix = function_prefix(func.node, self.program)
         if len(rows) > 1 and not prefix.is_empty:
-            await self.backend.cache_prefix(prefix.prompt)
+            with backend_errors():
+                await self.backend.cache_prefix(prefix.prompt)
 
         async def one(row: dict[str, Any]) -> Record:
             async with limit:

@@ -6,10 +6,10 @@ import json
 import re
 from typing import Any
 
-from sgl_lang.backends.base import TYPE_PATTERNS, Choices, Constraint, JsonSchema, Regex
 from sgl_lang.backends.json_schema import json_problem
 from sgl_lang.errors import SglConstraintError
 from sgl_lang.gen_args import GenArgs
+from sgl_lang.protocol import TYPE_PATTERNS, Choices, Constraint, JsonSchema, Regex
 from sgl_lang.values import to_repr
 
 

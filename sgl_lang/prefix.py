@@ -20,10 +20,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import Prompt
 from sgl_lang.errors import SglError
 from sgl_lang.objects import format_value
 from sgl_lang.operators import binary, compare, iterate
+from sgl_lang.protocol import Prompt
 from sgl_lang.source import Span
 from sgl_lang.state import State
 from sgl_lang.values import to_str

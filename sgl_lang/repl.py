@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import Backend
 from sgl_lang.config import RunConfig, resolve_config
 from sgl_lang.errors import SglError, SglNameError, SglWarning
 from sgl_lang.grammar import parse
@@ -27,6 +26,7 @@ from sgl_lang.interpreter import Context, Interpreter
 from sgl_lang.loader import Loader, read_source
 from sgl_lang.lsp.vocabulary import Completion, complete
 from sgl_lang.objects import DICT_METHODS, LIST_METHODS, STR_METHODS, Record, Schema
+from sgl_lang.protocol import Backend
 from sgl_lang.resolve import check
 from sgl_lang.runner import make_backend
 from sgl_lang.source import Source

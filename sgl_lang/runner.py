@@ -18,16 +18,16 @@ from rich.progress import Progress
 
 from sgl_lang import nodes
 from sgl_lang.backends import get_backend
-from sgl_lang.backends.base import Backend, Capabilities
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.backends.replay import ReplayBackend
-from sgl_lang.calls import DEFAULT_NUM_RETRIES
+from sgl_lang.calls import DEFAULT_NUM_RETRIES, backend_errors
 from sgl_lang.config import RunConfig, resolve_config
 from sgl_lang.enforcement import ConstraintSite, constraint_sites
 from sgl_lang.errors import SglError, SglNameError, SglValueError, SglWarning
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader
 from sgl_lang.prefix import program_prefix
+from sgl_lang.protocol import Backend, Capabilities
 from sgl_lang.state import State
 from sgl_lang.stdlib import builtins, permissions
 from sgl_lang.trace import TracingBackend, print_report, totals, trace_report, write_json
@@ -78,7 +78,8 @@ def backend_uri_of(program: nodes.Program, override: str | None) -> str:
 def make_backend(uri: str, config: RunConfig) -> Backend:
     """The backend of `uri`; a `local` one gets the config's engine options (and its model,
     unless the URI names one)."""
-    backend = get_backend(uri)
+    with backend_errors():
+        backend = get_backend(uri)
     if isinstance(backend, LocalBackend):
         backend = backend.configured(config.engine_options, backend.model_path or config.model)
     return backend
@@ -118,7 +119,8 @@ def check_report(paths: Sequence[Path], backend_uri: str | None = None) -> Check
     """Check the given files; with `backend_uri`, also what that backend enforces (a site it
     cannot enforce is an error)."""
     loader = Loader()
-    backend = get_backend(backend_uri) if backend_uri else None
+    with backend_errors():
+        backend = get_backend(backend_uri) if backend_uri else None
     report = CheckReport([], [])
     for path in paths:
         try:
@@ -355,7 +357,8 @@ async def run_rows(
     prompt (`prefix.program_prefix`) is sent to the backend once before the rows."""
     prefix = program_prefix(program)
     if prefix_hint and len(rows) > 1 and not prefix.is_empty:
-        await backend.cache_prefix(prefix.prompt)
+        with backend_errors():
+            await backend.cache_prefix(prefix.prompt)
     limit = asyncio.Semaphore(parallel)
     granted = permissions_ or permissions.Permissions()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgl_lang.backends.base import Image, Message, Prompt, Segment, Text
+from sgl_lang.protocol import Image, Message, Prompt, Segment, Text
 
 
 @dataclass(frozen=True)

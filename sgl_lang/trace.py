@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sgl_lang.backends.base import Backend, GenRequest, GenResult, Prompt
 from sgl_lang.backends.replay import Replayed, ReplayedScores
 from sgl_lang.interpreter import Interpreter
+from sgl_lang.protocol import Backend, GenRequest, GenResult, Prompt
 
 CACHED_MARK = "‖"  # ends the cached part of a traced prompt
 

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from sgl_lang import calls, cli, runner
-from sgl_lang.backends.base import Capabilities
 from sgl_lang.backends.test import Reply, TestBackend
 from sgl_lang.enforcement import constraint_sites
 from sgl_lang.errors import SglError
 from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter
+from sgl_lang.protocol import Capabilities
 from sgl_lang.repl import ReplSession
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from sgl_lang.backends.base import Backend, Capabilities, GenRequest, GenResult, Prompt
 from sgl_lang.errors import SglError, SglValueError
 from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter
+from sgl_lang.protocol import Backend, Capabilities, GenRequest, GenResult, Prompt
 
 
 class GateBackend(Backend):

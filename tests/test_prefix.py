@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from sgl_lang import nodes
-from sgl_lang.backends.base import Message, Prompt, Text
 from sgl_lang.backends.test import TestBackend
 from sgl_lang.config import RunConfig
 from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader
 from sgl_lang.prefix import function_prefix, module_constants, program_prefix
+from sgl_lang.protocol import Message, Prompt, Text
 from sgl_lang.runner import run_rows
 
 

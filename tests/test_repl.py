@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from sgl_lang import repl as sgl_repl
-from sgl_lang.backends.base import GenRequest, GenResult
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.backends.test import TestBackend
 from sgl_lang.cli import main
 from sgl_lang.config import RunConfig
 from sgl_lang.errors import SglValueError
+from sgl_lang.protocol import GenRequest, GenResult
 from sgl_lang.repl import ReplSession
 from sgl_lang.stdlib.permissions import Permissions
 

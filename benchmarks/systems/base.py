@@ -7,8 +7,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sgl_lang.backends.base import Backend, Prompt
 from sgl_lang.backends.local import render_prompt
+from sgl_lang.protocol import Backend, Prompt
 
 
 class TokenCounts(NamedTuple):

@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sgl_lang.backends.base import Backend, Capabilities, GenRequest, GenResult, Prompt
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import Backend, BackendError, Capabilities, GenRequest, GenResult, Prompt
 
 from .base import System, TokenCounts, Unavailable, normalized_scores, prompt_ids, score_inputs
 from .peer import gguf_path, peer_python, safetensors_dir
@@ -61,7 +60,7 @@ class LlamaCpp(System):
         self._worker.stdin.flush()
         answer: dict[str, Any] = json.loads(self._worker.stdout.readline())
         if "error" in answer:
-            raise SglBackendError(f"llama.cpp: {answer['error']}")
+            raise BackendError(f"llama.cpp: {answer['error']}")
         self._counts[0] += answer.get("prompt_tokens", 0)
         self._counts[1] += answer.get("cached_tokens", 0)
         return answer
@@ -98,7 +97,7 @@ class LlamaCppBackend(Backend):
         self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
     ) -> GenResult:
         if request.constraint is not None:
-            raise SglBackendError("llama.cpp: regex/JSON constraints are not translated to GBNF")
+            raise BackendError("llama.cpp: regex/JSON constraints are not translated to GBNF")
         answer = await self._call(
             {
                 "op": "generate",
@@ -127,7 +126,7 @@ class LlamaCppBackend(Backend):
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         if method != "normalized":
-            raise SglBackendError(f"select method `{method}` is not measured on llama.cpp")
+            raise BackendError(f"select method `{method}` is not measured on llama.cpp")
         prefix, choice_ids = score_inputs(self.system._tokenizer, prompt, choices)
         answer = await self._call({"op": "score", "prefix": prefix, "choices": choice_ids})
         return normalized_scores(answer["logprobs"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sgl_lang.backends.base import Backend
 from sgl_lang.backends.local import LocalBackend, _SharedEngine
+from sgl_lang.protocol import Backend
 
 from .base import System, TokenCounts
 

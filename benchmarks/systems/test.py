@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sgl_lang.backends import get_backend
-from sgl_lang.backends.base import Backend
+from sgl_lang.protocol import Backend
 
 from .base import System
 

@@ -9,8 +9,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sgl_lang.backends.base import (
+from sgl_lang.protocol import (
     Backend,
+    BackendError,
     Capabilities,
     Choices,
     GenRequest,
@@ -19,7 +20,6 @@ from sgl_lang.backends.base import (
     Prompt,
     Regex,
 )
-from sgl_lang.errors import SglBackendError
 
 from .base import System, TokenCounts, cut_at_stop, normalized_scores, prompt_ids, score_inputs
 
@@ -82,7 +82,7 @@ class TransformersBackend(Backend):
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         if method != "normalized":
-            raise SglBackendError(f"select method `{method}` is not measured on transformers")
+            raise BackendError(f"select method `{method}` is not measured on transformers")
         prefix, choice_ids = score_inputs(self.tokenizer, prompt, choices)
         logprobs = []
         for ids in choice_ids:  # one forward per choice, the prefix computed every time
@@ -151,7 +151,7 @@ class TransformersBackend(Backend):
         elif isinstance(constraint, Choices):
             spec = ConstraintSpec.choices(constraint.options)
         else:
-            raise SglBackendError(f"unknown constraint {constraint!r}")
+            raise BackendError(f"unknown constraint {constraint!r}")
         token_constraint = self.constraints.get(spec).start()
 
         def process(input_ids: Any, scores: Any) -> Any:

@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
-from sgl_lang.backends.base import (
+from sgl_lang.protocol import (
     Backend,
+    BackendError,
     Capabilities,
     Choices,
     GenRequest,
@@ -26,7 +27,6 @@ from sgl_lang.backends.base import (
     Prompt,
     Regex,
 )
-from sgl_lang.errors import SglBackendError
 
 from .base import System, TokenCounts, Unavailable, normalized_scores, prompt_ids, score_inputs
 from .peer import PEERS_DIR, peer_python, safetensors_dir
@@ -138,7 +138,7 @@ class CompletionsBackend(Backend):
     async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._client.post("/v1/completions", json={"model": MODEL_NAME, **body})
         if response.status_code != 200:
-            raise SglBackendError(f"vLLM: {response.status_code} {response.text[:300]}")
+            raise BackendError(f"vLLM: {response.status_code} {response.text[:300]}")
         data: dict[str, Any] = response.json()
         usage = data.get("usage") or {}
         self._counts[0] += usage.get("prompt_tokens", 0)
@@ -178,7 +178,7 @@ class CompletionsBackend(Backend):
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         if method != "normalized":
-            raise SglBackendError(f"select method `{method}` is not measured on vLLM")
+            raise BackendError(f"select method `{method}` is not measured on vLLM")
         prefix, choice_ids = score_inputs(self.tokenizer, prompt, choices)
         answers = await asyncio.gather(
             *(
@@ -205,4 +205,4 @@ def _structured(constraint: Any) -> dict[str, Any]:
         return {"json": constraint.schema}
     if isinstance(constraint, Choices):
         return {"choice": list(constraint.options)}
-    raise SglBackendError(f"unknown constraint {constraint!r}")
+    raise BackendError(f"unknown constraint {constraint!r}")

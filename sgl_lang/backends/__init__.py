@@ -12,46 +12,9 @@ import importlib
 from collections.abc import Callable
 from typing import cast
 
-from sgl_lang.backends.base import (
-    CONSTRAINT_KINDS,
-    SELECT_METHODS,
-    TYPE_PATTERNS,
-    Backend,
-    Capabilities,
-    Choices,
-    Constraint,
-    GenRequest,
-    GenResult,
-    Image,
-    JsonSchema,
-    Message,
-    Prompt,
-    Regex,
-    Segment,
-    Text,
-)
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import Backend, BackendError
 
-__all__ = [
-    "BACKENDS",
-    "CONSTRAINT_KINDS",
-    "SELECT_METHODS",
-    "TYPE_PATTERNS",
-    "Backend",
-    "Capabilities",
-    "Choices",
-    "Constraint",
-    "GenRequest",
-    "GenResult",
-    "Image",
-    "JsonSchema",
-    "Message",
-    "Prompt",
-    "Regex",
-    "Segment",
-    "Text",
-    "get_backend",
-]
+__all__ = ["BACKENDS", "get_backend"]
 
 # scheme -> "module:factory". `test` and `local` take an optional target (`local:PATH`), the
 # others need one; `http`/`https` receive the whole URI as their target.
@@ -74,7 +37,7 @@ _TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL", "vl
 
 
 def get_backend(uri: str) -> Backend:
-    """A new backend for `uri` (LANGUAGE.md §7). Raises `SglBackendError` for an unknown or
+    """A new backend for `uri` (docs/backends.md). Raises `BackendError` for an unknown or
     malformed URI, and for a scheme whose module is not part of this installation."""
     scheme, target = _split(uri)
     return _factory(scheme)(target)
@@ -84,19 +47,19 @@ def _split(uri: str) -> tuple[str, str]:
     scheme, colon, target = uri.strip().partition(":")
     if scheme in ("http", "https"):
         if not target.startswith("//") or len(target) == 2:
-            raise SglBackendError(f"malformed backend URI `{uri}`: expected {scheme}://HOST:PORT")
+            raise BackendError(f"malformed backend URI `{uri}`: expected {scheme}://HOST:PORT")
         return scheme, uri.strip()
     if scheme not in BACKENDS:
         close = difflib.get_close_matches(scheme, BACKENDS, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""
-        raise SglBackendError(f"unknown backend `{uri}`{hint} (known forms: {_FORMS})")
+        raise BackendError(f"unknown backend `{uri}`{hint} (known forms: {_FORMS})")
     if not target and scheme not in _TARGET_OPTIONAL:
-        raise SglBackendError(
+        raise BackendError(
             f"backend `{uri}` needs a {_TARGET_NAMES[scheme].lower()}: "
             f"write `{scheme}:{_TARGET_NAMES[scheme]}`"
         )
     if colon and not target and scheme in _TARGET_OPTIONAL:
-        raise SglBackendError(
+        raise BackendError(
             f"backend `{uri}` has an empty path: write `{scheme}` or `{scheme}:PATH`"
         )
     return scheme, target
@@ -110,7 +73,7 @@ def _factory(scheme: str) -> Callable[[str], Backend]:
         if exc.name != module_name:
             raise  # the backend module exists but something it imports is broken
         form = f"{scheme}://" if scheme in ("http", "https") else f"{scheme}:"
-        raise SglBackendError(
+        raise BackendError(
             f"backend `{form}` is not available in this installation "
             f"(module `{module_name}` is missing)"
         ) from None

@@ -22,16 +22,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sgl_lang.backends.base import (
-    Backend,
-    Capabilities,
-    Choices,
-    GenRequest,
-    GenResult,
-    Image,
-    JsonSchema,
-    Prompt,
-)
 from sgl_lang.backends.chat import (
     Output,
     chat_turns,
@@ -43,7 +33,17 @@ from sgl_lang.backends.chat import (
     unwrap_choice,
 )
 from sgl_lang.backends.openai import sdk_error
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import (
+    Backend,
+    BackendError,
+    Capabilities,
+    Choices,
+    GenRequest,
+    GenResult,
+    Image,
+    JsonSchema,
+    Prompt,
+)
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
 MAX_RETRIES = 3
@@ -56,13 +56,13 @@ STOP_REASONS = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "lengt
 
 def create(target: str) -> AnthropicBackend:
     if importlib.util.find_spec("anthropic") is None:
-        raise SglBackendError(
+        raise BackendError(
             "the `anthropic:` backend needs the `anthropic` package: "
             "pip install 'sgl-lang[anthropic]'"
         )
     key = os.environ.get(API_KEY_ENV)
     if not key:
-        raise SglBackendError(f"`anthropic:{target}` needs an API key: set ${API_KEY_ENV}")
+        raise BackendError(f"`anthropic:{target}` needs an API key: set ${API_KEY_ENV}")
     return AnthropicBackend(target, key)
 
 
@@ -120,7 +120,7 @@ class AnthropicBackend(Backend):
         )
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
-        raise SglBackendError(f"`{self.name}` cannot score choices")
+        raise BackendError(f"`{self.name}` cannot score choices")
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         """Pre-warm the prompt cache for a fork's shared prefix (a hint: failures are ignored)."""

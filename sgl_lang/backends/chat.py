@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sgl_lang.backends.base import Choices, Image, Message, Prompt, Text
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import BackendError, Choices, Image, Message, Prompt, Text
 
 CHOICE_KEY = "choice"
 
@@ -50,7 +49,7 @@ def chat_turns(prompt: Prompt, api: str) -> ChatPrompt:
     prefill = ""
     if prompt.open_role is not None:
         if prompt.open_role != "assistant":
-            raise SglBackendError(
+            raise BackendError(
                 f"{api} can only generate assistant messages, not inside an open "
                 f"`{prompt.open_role}` message"
             )
@@ -99,7 +98,7 @@ def image_data(image: Image) -> tuple[bytes, str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SglBackendError(f"cannot read image `{image.source}`: {exc.strerror}") from None
+        raise BackendError(f"cannot read image `{image.source}`: {exc.strerror}") from None
     return data, mimetypes.guess_type(path.name)[0] or _sniff(data)
 
 

@@ -18,8 +18,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sgl_lang.backends.base import (
+from sgl_lang.backends.chat import Output, chat_turns, image_data, image_mime, is_url, split_system
+from sgl_lang.backends.openai import sdk_error
+from sgl_lang.protocol import (
     Backend,
+    BackendError,
     Capabilities,
     Choices,
     GenRequest,
@@ -28,9 +31,6 @@ from sgl_lang.backends.base import (
     JsonSchema,
     Prompt,
 )
-from sgl_lang.backends.chat import Output, chat_turns, image_data, image_mime, is_url, split_system
-from sgl_lang.backends.openai import sdk_error
-from sgl_lang.errors import SglBackendError
 
 API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 NUM_ATTEMPTS = 4
@@ -41,12 +41,12 @@ FINISH_REASONS = {"STOP": "eos", "MAX_TOKENS": "length"}
 
 def create(target: str) -> GeminiBackend:
     if importlib.util.find_spec("google.genai") is None:
-        raise SglBackendError(
+        raise BackendError(
             "the `gemini:` backend needs the `google-genai` package: pip install 'sgl-lang[gemini]'"
         )
     key = next((k for env in API_KEY_ENVS if (k := os.environ.get(env))), None)
     if not key:
-        raise SglBackendError(f"`gemini:{target}` needs an API key: set ${API_KEY_ENVS[0]}")
+        raise BackendError(f"`gemini:{target}` needs an API key: set ${API_KEY_ENVS[0]}")
     return GeminiBackend(target, key)
 
 
@@ -91,7 +91,7 @@ class GeminiBackend(Backend):
         return GenResult(output.text, reason, prompt_tokens, completion_tokens, cached_tokens)
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
-        raise SglBackendError(f"`{self.name}` cannot score choices")
+        raise BackendError(f"`{self.name}` cannot score choices")
 
     async def close(self) -> None:
         if self._client is not None:

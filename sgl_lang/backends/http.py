@@ -22,10 +22,11 @@ from typing import Any
 
 import httpx
 
-from sgl_lang.backends.base import (
+from sgl_lang.protocol import (
     CONSTRAINT_KINDS,
     SELECT_METHODS,
     Backend,
+    BackendError,
     Capabilities,
     Choices,
     GenRequest,
@@ -38,7 +39,6 @@ from sgl_lang.backends.base import (
     Segment,
     Text,
 )
-from sgl_lang.errors import SglBackendError
 
 API_KEY_ENV = "SGL_API_KEY"
 TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0)
@@ -59,7 +59,7 @@ class HttpBackend(Backend):
     def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.name = url
         self.url = url.rstrip("/")
-        self.capabilities = Capabilities(CONSTRAINT_KINDS, SELECT_METHODS, images=False)
+        self.capabilities = Capabilities(CONSTRAINT_KINDS, frozenset(SELECT_METHODS), images=False)
         self._transport = transport  # tests: an ASGI transport to an in-process server
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -71,7 +71,7 @@ class HttpBackend(Backend):
         text = ""
         async for event in self._events("/generate", body):
             if "error" in event:
-                raise SglBackendError(f"{self.url}: {_message(event['error'])}")
+                raise BackendError(f"{self.url}: {_message(event['error'])}")
             piece = event["text"][len(text) :]
             text = event["text"]
             if piece and on_chunk is not None:
@@ -85,7 +85,7 @@ class HttpBackend(Backend):
                     meta["completion_tokens"],
                     meta.get("cached_tokens", 0),
                 )
-        raise SglBackendError(f"{self.url}: the stream ended without a result")
+        raise BackendError(f"{self.url}: the stream ended without a result")
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         body = {"prompt": prompt_to_json(prompt), "choices": list(choices), "method": method}
@@ -119,7 +119,7 @@ class HttpBackend(Backend):
         try:
             return dict(response.json())
         except ValueError:
-            raise SglBackendError(f"{self.url}{path}: the answer is not JSON") from None
+            raise BackendError(f"{self.url}{path}: the answer is not JSON") from None
 
     async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The server-sent events of a streamed request, as dicts, until `[DONE]`."""
@@ -133,13 +133,13 @@ class HttpBackend(Backend):
                     return
                 yield json.loads(data)
         except httpx.HTTPError as exc:
-            raise SglBackendError(f"{self.url}{path}: the stream broke off ({exc})") from None
+            raise BackendError(f"{self.url}{path}: the stream broke off ({exc})") from None
         finally:
             await response.aclose()
 
     async def _send(self, path: str, body: dict[str, Any], *, stream: bool) -> httpx.Response:
         """POST with retries on connection failures and overload; HTTP errors become
-        `SglBackendError`s naming the status and the server's message."""
+        `BackendError`s naming the status and the server's message."""
         client = self._http()
         for attempt in range(NUM_CONNECT_RETRIES + 1):
             last = attempt == NUM_CONNECT_RETRIES
@@ -148,17 +148,17 @@ class HttpBackend(Backend):
                 response = await client.send(request, stream=stream)
             except httpx.ConnectError as exc:
                 if last:
-                    raise SglBackendError(
+                    raise BackendError(
                         f"cannot reach the sgl server at {self.url}: {exc}"
                     ) from None
             except httpx.HTTPError as exc:
-                raise SglBackendError(f"{self.url}{path}: {type(exc).__name__}: {exc}") from None
+                raise BackendError(f"{self.url}{path}: {type(exc).__name__}: {exc}") from None
             else:
                 if response.status_code < 400:
                     return response
                 if last or response.status_code not in RETRY_STATUSES:
                     await response.aread()
-                    raise SglBackendError(
+                    raise BackendError(
                         f"{self.url}{path} answered {response.status_code}: {_error_text(response)}"
                     )
                 await response.aclose()

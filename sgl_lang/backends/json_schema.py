@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import BackendError
 
 _MAX_REFS = 24  # a chain of $refs longer than this refers to itself
 
@@ -22,18 +22,16 @@ def resolve_ref(schema: dict, root: dict) -> dict:
     while "$ref" in schema:
         ref = schema["$ref"]
         if not isinstance(ref, str) or not ref.startswith("#"):
-            raise SglBackendError(
-                f"only local JSON schema $refs (`#/...`) are supported, not {ref!r}"
-            )
+            raise BackendError(f"only local JSON schema $refs (`#/...`) are supported, not {ref!r}")
         target: Any = root
         for part in filter(None, ref[1:].split("/")):
             part = part.replace("~1", "/").replace("~0", "~")
             if not isinstance(target, dict) or part not in target:
-                raise SglBackendError(f"JSON schema $ref {ref!r} does not resolve")
+                raise BackendError(f"JSON schema $ref {ref!r} does not resolve")
             target = target[part]
         schema, seen = target, seen + 1
         if seen > _MAX_REFS:
-            raise SglBackendError(f"JSON schema $ref {ref!r} refers to itself")
+            raise BackendError(f"JSON schema $ref {ref!r} refers to itself")
     return schema
 
 
@@ -50,7 +48,7 @@ _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
 
 def _type_check(kind: str) -> Callable[[Any], bool]:
     if kind not in _JSON_TYPES:
-        raise SglBackendError(f"unknown JSON schema type {kind!r}")
+        raise BackendError(f"unknown JSON schema type {kind!r}")
     return _JSON_TYPES[kind]
 
 

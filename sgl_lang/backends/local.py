@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sgl_lang.backends.base import (
+from sgl_lang.protocol import (
     SELECT_METHODS,
     Backend,
+    BackendError,
     Capabilities,
     Choices,
     Constraint,
@@ -50,8 +51,8 @@ from sgl_lang.backends.base import (
     Prompt,
     Regex,
     Text,
+    choice_scores,
 )
-from sgl_lang.errors import SglBackendError
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +98,7 @@ def create(target: str) -> LocalBackend:
         return LocalBackend()
     path = Path(target).expanduser()
     if not path.exists():
-        raise SglBackendError(f"local model not found: {target}")
+        raise BackendError(f"local model not found: {target}")
     return LocalBackend(path)
 
 
@@ -114,7 +115,9 @@ class LocalBackend(Backend):
         self, model_path: Path | None = None, options: EngineOptions | None = None
     ) -> None:
         self.name = "local" if model_path is None else f"local:{model_path}"
-        self.capabilities = Capabilities(ENFORCED_CONSTRAINTS, SELECT_METHODS, images=False)
+        self.capabilities = Capabilities(
+            ENFORCED_CONSTRAINTS, frozenset(SELECT_METHODS), images=False
+        )
         self.model_path = model_path
         self.options = options or EngineOptions()
         self._path_key = None if model_path is None else str(model_path.resolve())
@@ -138,7 +141,7 @@ class LocalBackend(Backend):
         engine = shared.engine
         try:
             ids = encode(engine, render_prompt(engine.tokenizer, prompt))
-        except SglBackendError:
+        except BackendError:
             return "", prompt.plain_text()
         flags = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
         cached = engine.tokenizer.decode(ids[:num_cached_tokens], **flags)
@@ -185,14 +188,14 @@ class LocalBackend(Backend):
         if healed_text:  # the output never got past the backed-up text
             pieces.clear()
         if meta is None:
-            raise SglBackendError("the local engine ended a request without a result")
+            raise BackendError("the local engine ended a request without a result")
         reason = meta.finish_reason.value
         if reason == "stop":
             last_id = meta.output_ids[-1] if meta.output_ids else None
             is_eos = last_id in engine.model_config.eos_token_ids and not request.ignore_eos
             reason = "eos" if is_eos else "stop"
         elif reason != "length":
-            raise SglBackendError(f"the local engine ended the request ({reason})")
+            raise BackendError(f"the local engine ended the request ({reason})")
         return GenResult(
             "".join(pieces),
             reason,
@@ -202,8 +205,6 @@ class LocalBackend(Backend):
         )
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
-        if method not in SELECT_METHODS:
-            raise SglBackendError(f"unknown select method `{method}`")
         engine = (await self._shared()).engine
         rendered = render_prompt(engine.tokenizer, prompt)
         if rendered.ends_with_content:  # "Answer: " + "yes" scores as "Answer:" + " yes"
@@ -213,13 +214,18 @@ class LocalBackend(Backend):
         prefix_ids = engine.tokenizer.encode(rendered.text, add_special_tokens=not rendered.is_chat)
         from sgl_lang.runtime.request import RequestError
 
+        unconditional = method == "unconditional"
         try:
-            scores = await engine.score(prefix_ids, list(choices), method)
+            scored = await engine.score(prefix_ids, list(choices), unconditional=unconditional)
+            return choice_scores(
+                method,
+                [s.token_logprobs for s in scored],
+                [s.unconditional_logprobs or () for s in scored] if unconditional else None,
+            )
         except RequestError as exc:
-            raise SglBackendError(f"local model: {exc.meta.error}") from None
+            raise BackendError(f"local model: {exc.meta.error}") from None
         except (ValueError, RuntimeError) as exc:
-            raise SglBackendError(f"local model: {exc}") from None
-        return [s.score for s in scores]
+            raise BackendError(f"local model: {exc}") from None
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         """Compute the prompt's KV now; a hint only, so a prompt that cannot run is left for
@@ -227,7 +233,7 @@ class LocalBackend(Backend):
         engine = (await self._shared()).engine
         from sgl_lang.runtime.request import RequestError
 
-        with contextlib.suppress(SglBackendError, RequestError):
+        with contextlib.suppress(BackendError, RequestError):
             rendered = render_prompt(engine.tokenizer, prompt)
             if rendered.text:
                 await engine.cache_prefix(encode(engine, rendered))
@@ -237,7 +243,7 @@ class LocalBackend(Backend):
 
     async def _shared(self) -> _SharedEngine:
         if self._closed:
-            raise SglBackendError(f"the `{self.name}` backend is closed")
+            raise BackendError(f"the `{self.name}` backend is closed")
         shared = _ENGINES.get((self._path_key, self.options))
         if shared is None:
             shared = await asyncio.to_thread(
@@ -301,7 +307,7 @@ def shared_engine(
                 engine = Engine.from_model(model_path, config)
             except (OSError, RuntimeError, ValueError) as exc:
                 where = "the embedded model" if model_path is None else f"`{model_path}`"
-                raise SglBackendError(f"cannot load {where}: {exc}") from None
+                raise BackendError(f"cannot load {where}: {exc}") from None
             if not _ENGINES:
                 atexit.register(close_engines)
             _ENGINES[key] = _SharedEngine(engine)
@@ -320,7 +326,7 @@ def close_engines() -> None:
 async def _chunks(
     engine: Engine, prompt_ids: list[int], params: SamplingParams
 ) -> AsyncGenerator[Chunk, None]:
-    """The engine's chunks, with its failures turned into `SglBackendError`s."""
+    """The engine's chunks, with its failures turned into `BackendError`s."""
     from sgl_lang.runtime.request import RequestError
 
     try:
@@ -328,11 +334,11 @@ async def _chunks(
             async for chunk in chunks:
                 yield chunk
     except RequestError as exc:
-        raise SglBackendError(f"local model: {exc.meta.error}") from None
+        raise BackendError(f"local model: {exc.meta.error}") from None
     except ValueError as exc:  # parameters the engine refuses
-        raise SglBackendError(f"local model: {exc}") from None
+        raise BackendError(f"local model: {exc}") from None
     except RuntimeError as exc:  # the engine is closed or stopped after an internal error
-        raise SglBackendError(f"local engine: {exc}") from None
+        raise BackendError(f"local engine: {exc}") from None
 
 
 # ---------------------------------------------------------------- prompts
@@ -351,7 +357,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> Rendered:
     """The prompt's text for `tokenizer`'s model (see the module docstring)."""
     segments = list(prompt.segments)
     if any(isinstance(segment, Image) for segment in segments):
-        raise SglBackendError("the local model cannot see images")
+        raise BackendError("the local model cannot see images")
     open_message: Message | None = None
     if prompt.open_role is not None:
         last = segments[-1] if segments else None
@@ -390,7 +396,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> Rendered:
             tokenizer, [*messages, {"role": open_message.role, "content": content}]
         )
         if OPEN_MARK not in full:
-            raise SglBackendError("the local model's chat template drops message content")
+            raise BackendError("the local model's chat template drops message content")
         parts.append(_after(full[: full.rindex(OPEN_MARK)], rendered))
     elif len(messages) > num_rendered:
         parts.append(_after(_apply_template(tokenizer, messages), rendered))
@@ -401,13 +407,13 @@ def _apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     except Exception as exc:  # jinja's TemplateError, or a template's raise_exception()
-        raise SglBackendError(f"the local model's chat template failed: {exc}") from None
+        raise BackendError(f"the local model's chat template failed: {exc}") from None
 
 
 def _after(full: str, rendered: str) -> str:
     """What `full` adds after `rendered` (the rendering of fewer messages)."""
     if not full.startswith(rendered):
-        raise SglBackendError(
+        raise BackendError(
             "the local model's chat template renders earlier messages differently when more "
             "follow, so text cannot be placed between messages"
         )
@@ -452,7 +458,7 @@ def sampling_params(
             **_constraint_fields(request.constraint, heal_prefix),
         )
     except ValueError as exc:
-        raise SglBackendError(f"local model: {exc}") from None
+        raise BackendError(f"local model: {exc}") from None
 
 
 def _constraint_fields(constraint: Constraint | None, prefix: str = "") -> dict[str, Any]:

@@ -25,17 +25,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sgl_lang.backends.base import (
-    SELECT_METHODS,
-    Backend,
-    Capabilities,
-    Choices,
-    GenRequest,
-    GenResult,
-    Image,
-    JsonSchema,
-    Prompt,
-)
 from sgl_lang.backends.chat import (
     Output,
     Turn,
@@ -45,14 +34,27 @@ from sgl_lang.backends.chat import (
     is_url,
     unwrap_choice,
 )
-from sgl_lang.errors import SglBackendError
-from sgl_lang.runtime.scoring import greedy_ranks
+from sgl_lang.protocol import (
+    SELECT_METHODS,
+    Backend,
+    BackendError,
+    Capabilities,
+    Choices,
+    GenRequest,
+    GenResult,
+    Image,
+    JsonSchema,
+    Prompt,
+    choice_scores,
+)
 
 API_KEY_ENV = "OPENAI_API_KEY"
 MAX_RETRIES = 3
 TIMEOUT_S = 600.0
 CAPABILITIES = Capabilities(frozenset({"json", "choices"}), frozenset(), images=True)
-SCORING_CAPABILITIES = Capabilities(CAPABILITIES.constraints, SELECT_METHODS, images=True)
+SCORING_CAPABILITIES = Capabilities(
+    CAPABILITIES.constraints, frozenset(SELECT_METHODS), images=True
+)
 SCORING_OPTION = "select=logprobs"
 NEUTRAL_CONTEXT = "\n"  # what a choice follows when scored "without the prompt"
 
@@ -62,20 +64,20 @@ def create(target: str) -> OpenAIBackend:
     optionally followed by `?select=logprobs`."""
     target, _, option = target.partition("?")
     if option not in ("", SCORING_OPTION):
-        raise SglBackendError(
+        raise BackendError(
             f"backend `openai:{target}?{option}`: unknown option `{option}` "
             f"(the one option is `?{SCORING_OPTION}`)"
         )
     model, _, url = target.partition("@")
     if not model:
-        raise SglBackendError(f"backend `openai:{target}` needs a model: write `openai:MODEL`")
+        raise BackendError(f"backend `openai:{target}` needs a model: write `openai:MODEL`")
     if importlib.util.find_spec("openai") is None:
-        raise SglBackendError(
+        raise BackendError(
             "the `openai:` backend needs the `openai` package: pip install 'sgl-lang[openai]'"
         )
     key = os.environ.get(API_KEY_ENV)
     if not key and not url:
-        raise SglBackendError(f"`openai:{model}` needs an API key: set ${API_KEY_ENV}")
+        raise BackendError(f"`openai:{model}` needs an API key: set ${API_KEY_ENV}")
     return OpenAIBackend(model, url or None, key or "no-key", scores=bool(option))
 
 
@@ -118,7 +120,7 @@ class OpenAIBackend(Backend):
                 for choice in chunk.choices:
                     output.add(choice.delta.content if chat else choice.text)
                     finish = choice.finish_reason or finish
-        except SglBackendError:
+        except BackendError:
             raise
         except Exception as exc:
             raise sdk_error(self.name, exc) from None
@@ -133,9 +135,9 @@ class OpenAIBackend(Backend):
         """As the `local` backend scores: spaces ending the prompt move into the choices, and
         `unconditional` subtracts each choice's mean log-prob after `NEUTRAL_CONTEXT`."""
         if method not in self.capabilities.select_methods:
-            raise SglBackendError(f"`{self.name}` cannot score choices")
+            raise BackendError(f"`{self.name}` cannot score choices")
         if prompt.is_chat or prompt.open_role is not None:
-            raise SglBackendError(
+            raise BackendError(
                 f"`{self.name}` scores `select` only after prompts without messages (sent to "
                 f"/completions); drop `?{SCORING_OPTION}` to select by constrained generation"
             )
@@ -148,7 +150,8 @@ class OpenAIBackend(Backend):
         logprobs = await asyncio.gather(
             *(self._logprobs(ctx, cont) for ctx in contexts for cont in continuations)
         )
-        return _scores(method, logprobs[: len(choices)], logprobs[len(choices) :])
+        unconditional = logprobs[len(choices) :] if method == "unconditional" else None
+        return choice_scores(method, logprobs[: len(choices)], unconditional)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -182,7 +185,7 @@ class OpenAIBackend(Backend):
         token_logprobs = getattr(echoed, "token_logprobs", None) or []
         picked = token_logprobs[_covering_start(tokens, len(continuation)) :]
         if not tokens or len(token_logprobs) != len(tokens) or None in picked:
-            raise SglBackendError(
+            raise BackendError(
                 f"{self.name}: the server gave no log-probs of the prompt's tokens (`echo` with "
                 f"`logprobs` on /completions); drop `?{SCORING_OPTION}` to select by "
                 "constrained generation"
@@ -282,20 +285,7 @@ def _covering_start(tokens: Sequence[str], num_chars: int) -> int:
     return start
 
 
-def _scores(
-    method: str, logprobs: Sequence[list[float]], unconditional: Sequence[list[float]]
-) -> list[float]:
-    """`runtime.scoring`'s methods on log-probs from a server: `unconditional` is the mean
-    log-prob minus the mean without the prompt (the two may not split into the same tokens)."""
-    if method == "greedy":
-        return greedy_ranks(logprobs)
-    means = [sum(lps) / len(lps) for lps in logprobs]
-    if method == "unconditional":
-        return [m - sum(u) / len(u) for m, u in zip(means, unconditional, strict=True)]
-    return means
-
-
-def sdk_error(name: str, exc: Exception) -> SglBackendError:
+def sdk_error(name: str, exc: Exception) -> BackendError:
     """A plain message for an SDK exception: the HTTP status and the server's message."""
     status = getattr(exc, "status_code", None) or getattr(exc, "code", None)
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -304,5 +294,5 @@ def sdk_error(name: str, exc: Exception) -> SglBackendError:
         inner = body.get("error", body)
         message = inner.get("message", message) if isinstance(inner, dict) else message
     if isinstance(status, int):
-        return SglBackendError(f"{name}: the API answered {status}: {message}")
-    return SglBackendError(f"{name}: {message}")
+        return BackendError(f"{name}: the API answered {status}: {message}")
+    return BackendError(f"{name}: {message}")

@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sgl_lang.backends.base import Backend, GenRequest, GenResult, Image, Prompt
 from sgl_lang.backends.chat import is_url
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import Backend, BackendError, GenRequest, GenResult, Image, Prompt
 
 KEY_VERSION = 1  # part of every key: a new key format never replays answers of an old one
 Slot = tuple[str, int]  # (key, occurrence)
@@ -155,7 +154,7 @@ class ReplayFile:
             data = path.read_bytes() if path.exists() else b""
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise SglBackendError(f"replay file {path}: {exc.strerror or exc}") from None
+            raise BackendError(f"replay file {path}: {exc.strerror or exc}") from None
         self._ends_mid_line = bool(data) and not data.endswith(b"\n")
         bad_lines = self._load(data.split(b"\n"))
         if bad_lines and on_warning is not None:
@@ -175,7 +174,7 @@ class ReplayFile:
         try:
             os.write(self._fd, line.encode())
         except OSError as exc:
-            raise SglBackendError(f"replay file {self.path}: {exc.strerror or exc}") from None
+            raise BackendError(f"replay file {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self._fd is not None:

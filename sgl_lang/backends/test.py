@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sgl_lang.backends.base import (
+from sgl_lang.backends.json_schema import json_problem, resolve_ref
+from sgl_lang.protocol import (
     CONSTRAINT_KINDS,
     SELECT_METHODS,
     Backend,
+    BackendError,
     Capabilities,
     Choices,
     Constraint,
@@ -48,8 +50,6 @@ from sgl_lang.backends.base import (
     Prompt,
     Regex,
 )
-from sgl_lang.backends.json_schema import json_problem, resolve_ref
-from sgl_lang.errors import SglBackendError
 
 VOCAB = (
     "the a one this that model answer question fox dog cat river city light time day "
@@ -82,7 +82,7 @@ class TestBackend(Backend):
 
     def __init__(self, replies: list[Reply] | None = None, path: str = "") -> None:
         self.name = f"test:{path}" if path else "test"
-        self.capabilities = Capabilities(CONSTRAINT_KINDS, SELECT_METHODS, images=True)
+        self.capabilities = Capabilities(CONSTRAINT_KINDS, frozenset(SELECT_METHODS), images=True)
         self.replies = replies or []
         self.requests: list[GenRequest] = []
         self.prefix_hints: list[Prompt] = []
@@ -122,7 +122,7 @@ class TestBackend(Backend):
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         if method not in SELECT_METHODS:
-            raise SglBackendError(f"unknown select method `{method}`")
+            raise BackendError(f"unknown select method `{method}`")
         prompt_text = prompt.plain_text()
         self._remember(prompt_text.split())
         reply = self._matching_reply(prompt_text)
@@ -165,12 +165,12 @@ def load_replies(path: Path) -> list[Reply]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise SglBackendError(f"cannot read test replies `{path}`: {exc.strerror}") from None
+        raise BackendError(f"cannot read test replies `{path}`: {exc.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SglBackendError(f"test replies `{path}` are not valid JSON: {exc}") from None
+        raise BackendError(f"test replies `{path}` are not valid JSON: {exc}") from None
     expected = 'a JSON list of strings or of {"match": REGEX, "reply": TEXT} objects'
     if not isinstance(data, list):
-        raise SglBackendError(f"test replies `{path}` must be {expected}")
+        raise BackendError(f"test replies `{path}` must be {expected}")
     if all(isinstance(item, str) for item in data):
         return [Reply(item) for item in data]
     replies = []
@@ -180,13 +180,11 @@ def load_replies(path: Path) -> list[Reply]:
             and set(item) == {"match", "reply"}
             and all(isinstance(value, str) for value in item.values())
         ):
-            raise SglBackendError(f"test replies `{path}`: item {index} is not {expected}")
+            raise BackendError(f"test replies `{path}`: item {index} is not {expected}")
         try:
             replies.append(Reply(item["reply"], re.compile(item["match"])))
         except re.error as exc:
-            raise SglBackendError(
-                f"test replies `{path}`: item {index}: bad regex: {exc}"
-            ) from None
+            raise BackendError(f"test replies `{path}`: item {index}: bad regex: {exc}") from None
     return replies
 
 
@@ -284,16 +282,14 @@ def _constrained(constraint: Constraint, reply: Reply | None, rng: random.Random
     if reply is not None:
         problem = constraint_problem(reply.text, constraint)
         if problem:
-            raise SglBackendError(
-                f"test reply {reply.text!r} does not meet the constraint: {problem}"
-            )
+            raise BackendError(f"test reply {reply.text!r} does not meet the constraint: {problem}")
         return reply.text
     if isinstance(constraint, Regex):
         return sample_regex(constraint.pattern, rng)
     if isinstance(constraint, JsonSchema):
         return json.dumps(sample_json(constraint.schema, rng))
     if not constraint.options:
-        raise SglBackendError("`choices` needs at least one option")
+        raise BackendError("`choices` needs at least one option")
     return rng.choice(constraint.options)
 
 
@@ -331,12 +327,12 @@ def sample_regex(pattern: str, rng: random.Random) -> str:
     try:
         parsed = _PARSER.parse(pattern)
     except re.error as exc:
-        raise SglBackendError(f"invalid regex {pattern!r}: {exc}") from None
+        raise BackendError(f"invalid regex {pattern!r}: {exc}") from None
     for _ in range(_MAX_ATTEMPTS):
         text = _RegexSampler(rng).sequence(parsed)
         if re.fullmatch(pattern, text):
             return text
-    raise SglBackendError(f"test backend could not sample a match for regex {pattern!r}")
+    raise BackendError(f"test backend could not sample a match for regex {pattern!r}")
 
 
 class _RegexSampler:
@@ -370,8 +366,8 @@ class _RegexSampler:
         if op in ("AT", "ASSERT", "ASSERT_NOT"):
             return ""
         if op in ("GROUPREF", "GROUPREF_EXISTS"):
-            raise SglBackendError("test backend cannot sample from regex with backreferences")
-        raise SglBackendError(f"test backend cannot sample regex element {op}")
+            raise BackendError("test backend cannot sample from regex with backreferences")
+        raise BackendError(f"test backend cannot sample regex element {op}")
 
     def in_set(self, items: list[tuple[Any, Any]]) -> str:
         if items and str(items[0][0]) == "NEGATE":
@@ -387,7 +383,7 @@ class _RegexSampler:
         candidates = [char for char in _PRINTABLE if allowed(char)]
         candidates = candidates or [char for char in "\t\n\r\xe9\u03bb\u4e2d" if allowed(char)]
         if not candidates:
-            raise SglBackendError("test backend cannot find a character for a regex class")
+            raise BackendError("test backend cannot find a character for a regex class")
         return self.rng.choice(candidates)
 
 
@@ -424,9 +420,7 @@ class _JsonSampler:
     def value(self, schema: dict, depth: int) -> Any:
         rng = self.rng
         if depth > _MAX_DEPTH:
-            raise SglBackendError(
-                "test backend: the JSON schema nests too deeply (recursive $ref?)"
-            )
+            raise BackendError("test backend: the JSON schema nests too deeply (recursive $ref?)")
         schema = resolve_ref(schema, self.root)
         if "const" in schema:
             return schema["const"]
@@ -454,7 +448,7 @@ class _JsonSampler:
             return rng.random() < 0.5
         if kind == "null":
             return None
-        raise SglBackendError(f"test backend cannot sample JSON schema type {kind!r}")
+        raise BackendError(f"test backend cannot sample JSON schema type {kind!r}")
 
     def object(self, schema: dict, depth: int) -> dict:
         required = set(schema.get("required", ()))
@@ -488,7 +482,7 @@ class _JsonSampler:
                 value = round(self.rng.uniform(low, high), 2)
             if json_problem(value, schema) is None:
                 return value
-        raise SglBackendError(f"test backend cannot sample a {kind} for the schema {schema!r}")
+        raise BackendError(f"test backend cannot sample a {kind} for the schema {schema!r}")
 
 
 def _merge(schema: dict, root: dict) -> dict:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import importlib.util
 
-from sgl_lang.backends.base import Backend
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import Backend, BackendError
 
 
 def create(target: str) -> Backend:
     if importlib.util.find_spec("vllm") is None:
-        raise SglBackendError(
+        raise BackendError(
             f"backend `vllm:{target}` needs vLLM, which is not installed here "
             "(it runs on Linux with a GPU: pip install vllm); on this machine use `local:PATH`, "
             "or `sgl serve --model PATH` with `http://127.0.0.1:30000`"
         )
-    raise SglBackendError(
+    raise BackendError(
         f"backend `vllm:{target}`: the in-process vLLM engine is not implemented yet; run "
         f"`vllm serve {target}` and use `openai:MODEL@http://HOST:PORT/v1`"
     )

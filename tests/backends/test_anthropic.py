@@ -10,7 +10,10 @@ from collections.abc import Iterator
 import pytest
 from fake_http import FakeAPI, Reply, json_reply, sse_reply
 
-from sgl_lang.backends import (
+from sgl_lang.backends import get_backend
+from sgl_lang.backends.anthropic import MIN_CACHED_CHARS, AnthropicBackend
+from sgl_lang.protocol import (
+    BackendError,
     Choices,
     GenRequest,
     GenResult,
@@ -19,10 +22,7 @@ from sgl_lang.backends import (
     Message,
     Prompt,
     Text,
-    get_backend,
 )
-from sgl_lang.backends.anthropic import MIN_CACHED_CHARS, AnthropicBackend
-from sgl_lang.errors import SglBackendError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
@@ -150,13 +150,13 @@ def test_cache_prefix_prewarms_long_prefixes_only(fake: FakeAPI) -> None:
 def test_api_errors_are_plain_backend_errors(fake: FakeAPI) -> None:
     error = {"type": "error", "error": {"type": "invalid_request_error", "message": "bad model"}}
     backend = backend_on(fake, json_reply(400, error))
-    with pytest.raises(SglBackendError, match="claude-test: the API answered 400: bad model"):
+    with pytest.raises(BackendError, match="claude-test: the API answered 400: bad model"):
         generate(backend, GenRequest(Prompt((Message("user", "Hi"),))))
 
 
 def test_a_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    with pytest.raises(SglBackendError, match=r"needs an API key: set \$ANTHROPIC_API_KEY"):
+    with pytest.raises(BackendError, match=r"needs an API key: set \$ANTHROPIC_API_KEY"):
         get_backend("anthropic:claude-test")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
     backend = get_backend("anthropic:claude-test")
@@ -165,5 +165,5 @@ def test_a_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_generating_inside_a_user_message_is_an_error(fake: FakeAPI) -> None:
-    with pytest.raises(SglBackendError, match="only generate assistant messages"):
+    with pytest.raises(BackendError, match="only generate assistant messages"):
         generate(backend_on(fake), GenRequest(Prompt((Message("user", "Q: "),), "user")))

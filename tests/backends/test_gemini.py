@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 from fake_http import FakeAPI, Reply, json_reply, sse_reply
 
-from sgl_lang.backends import (
+from sgl_lang.backends import get_backend
+from sgl_lang.backends.gemini import GeminiBackend
+from sgl_lang.protocol import (
+    BackendError,
     Choices,
     GenRequest,
     GenResult,
@@ -20,10 +23,7 @@ from sgl_lang.backends import (
     JsonSchema,
     Message,
     Prompt,
-    get_backend,
 )
-from sgl_lang.backends.gemini import GeminiBackend
-from sgl_lang.errors import SglBackendError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
@@ -120,7 +120,7 @@ def test_api_errors_are_plain_backend_errors(fake: FakeAPI) -> None:
     error = {"error": {"code": 400, "message": "bad schema", "status": "INVALID_ARGUMENT"}}
     backend = backend_on(fake, json_reply(400, error))
     with pytest.raises(
-        SglBackendError, match=r"gemini:gemini-test: the API answered 400:.*bad schema"
+        BackendError, match=r"gemini:gemini-test: the API answered 400:.*bad schema"
     ):
         generate(backend, GenRequest(Prompt((Message("user", "Hi"),))))
 
@@ -128,7 +128,7 @@ def test_api_errors_are_plain_backend_errors(fake: FakeAPI) -> None:
 def test_a_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    with pytest.raises(SglBackendError, match=r"needs an API key: set \$GEMINI_API_KEY"):
+    with pytest.raises(BackendError, match=r"needs an API key: set \$GEMINI_API_KEY"):
         get_backend("gemini:gemini-test")
     monkeypatch.setenv("GOOGLE_API_KEY", "k")
     assert get_backend("gemini:gemini-test").capabilities.images

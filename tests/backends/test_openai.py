@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from fake_http import FakeAPI, Reply, json_reply, sse_reply
 
-from sgl_lang.backends import (
+from sgl_lang.backends import get_backend
+from sgl_lang.backends.openai import OpenAIBackend
+from sgl_lang.protocol import (
+    BackendError,
     Choices,
     GenRequest,
     GenResult,
@@ -22,10 +25,8 @@ from sgl_lang.backends import (
     Message,
     Prompt,
     Text,
-    get_backend,
+    choice_scores,
 )
-from sgl_lang.backends.openai import OpenAIBackend, _scores
-from sgl_lang.errors import SglBackendError
 
 
 def reply(pieces: list[str], finish: str = "stop", chat: bool = True) -> Reply:
@@ -111,18 +112,18 @@ def test_json_and_choices_through_response_format(fake: FakeAPI) -> None:
 def test_api_errors_are_plain_backend_errors(fake: FakeAPI) -> None:
     error = {"error": {"message": "model not found", "type": "invalid_request_error"}}
     backend = backend_on(fake, json_reply(404, error))
-    with pytest.raises(SglBackendError, match="the API answered 404: model not found"):
+    with pytest.raises(BackendError, match="the API answered 404: model not found"):
         generate(backend, GenRequest(Prompt((Message("user", "Hi"),))))
 
 
 def test_keys_and_uris(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(SglBackendError, match=r"needs an API key: set \$OPENAI_API_KEY"):
+    with pytest.raises(BackendError, match=r"needs an API key: set \$OPENAI_API_KEY"):
         get_backend("openai:gpt-test")
     backend = get_backend("openai:llama@http://127.0.0.1:8000/v1")  # a local server: no key
     assert backend.name == "openai:llama@http://127.0.0.1:8000/v1"
     assert backend.capabilities.constraints == {"json", "choices"}
-    with pytest.raises(SglBackendError, match="needs a model"):
+    with pytest.raises(BackendError, match="needs a model"):
         get_backend("openai:@http://127.0.0.1:8000/v1")
 
 
@@ -161,8 +162,10 @@ def test_unconditional_subtracts_the_choice_after_a_neutral_context(fake: FakeAP
     asyncio.run(backend.score(Prompt((Text("Q: "),)), ["A", "B"], "unconditional"))
     prompts = sorted(r.body["prompt"] for r in fake.requests)
     assert prompts == ["\n A", "\n B", "Q: A", "Q: B"]
-    assert _scores("unconditional", [[-1.0, -1.0], [-3.0]], [[-0.5], [-2.0, -4.0]]) == [-0.5, 0.0]
-    assert _scores("greedy", [[-1.0, -1.0], [-0.5]], []) == [-1.0, 0.0]
+    # the scoring is the protocol's; unconditional log-probs may be tokenized differently
+    uncond = choice_scores("unconditional", [[-1.0, -1.0], [-3.0]], [[-0.5], [-2.0, -4.0]])
+    assert uncond == [-0.5, 0.0]
+    assert choice_scores("greedy", [[-1.0, -1.0], [-0.5]]) == [-1.0, 0.0]
 
 
 def test_scoring_is_an_option_and_needs_a_text_prompt(fake: FakeAPI) -> None:
@@ -170,10 +173,10 @@ def test_scoring_is_an_option_and_needs_a_text_prompt(fake: FakeAPI) -> None:
     backend = get_backend("openai:m@http://127.0.0.1:8000/v1?select=logprobs")
     assert backend.capabilities.select_methods == {"normalized", "greedy", "unconditional"}
     assert backend.name == "openai:m@http://127.0.0.1:8000/v1"
-    with pytest.raises(SglBackendError, match="unknown option `logprobs`"):
+    with pytest.raises(BackendError, match="unknown option `logprobs`"):
         get_backend("openai:m@http://127.0.0.1:8000/v1?logprobs")
     chat = Prompt((Message("user", "Pick one."),), "assistant")
-    with pytest.raises(SglBackendError, match="only after prompts without messages"):
+    with pytest.raises(BackendError, match="only after prompts without messages"):
         asyncio.run(scoring_backend_on(fake).score(chat, ["a", "b"], "normalized"))
 
 
@@ -182,5 +185,5 @@ def test_a_server_without_prompt_logprobs_is_a_plain_error(fake: FakeAPI) -> Non
     body = json.loads(no_logprobs.body)
     body["choices"][0]["logprobs"] = None
     backend = scoring_backend_on(fake, json_reply(200, body))
-    with pytest.raises(SglBackendError, match="gave no log-probs of the prompt's tokens"):
+    with pytest.raises(BackendError, match="gave no log-probs of the prompt's tokens"):
         asyncio.run(backend.score(Prompt((Text("Hi "),)), ["a"], "normalized"))

@@ -13,7 +13,7 @@ import pytest
 import sgl_lang.backends as backends
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.test import TestBackend
-from sgl_lang.errors import SglBackendError
+from sgl_lang.protocol import BackendError
 
 
 def test_test_backend_with_and_without_replies(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_a_missing_backend_module_is_not_available(
 ) -> None:
     scheme = uri.partition(":")[0]
     monkeypatch.setitem(backends.BACKENDS, scheme, "sgl_lang.backends.not_installed_xyz:create")
-    with pytest.raises(SglBackendError) as info:
+    with pytest.raises(BackendError) as info:
         get_backend(uri)
     assert info.value.message == (
         f"backend `{form}` is not available in this installation "
@@ -95,13 +95,13 @@ def test_other_import_errors_are_not_swallowed(
     ],
 )
 def test_bad_uris(uri: str, message: str) -> None:
-    with pytest.raises(SglBackendError) as info:
+    with pytest.raises(BackendError) as info:
         get_backend(uri)
     assert info.value.message.startswith(message)
 
 
 def test_unknown_backend_lists_the_known_forms() -> None:
-    with pytest.raises(SglBackendError) as info:
+    with pytest.raises(BackendError) as info:
         get_backend("llamacpp:x")
     assert "openai:MODEL@http://HOST:PORT/v1" in info.value.message
     assert "did you mean" not in info.value.message

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sgl_lang.backends import (
+from sgl_lang.backends.replay import ReplayBackend, Replayed, ReplayedScores, request_key
+from sgl_lang.protocol import (
     CONSTRAINT_KINDS,
     SELECT_METHODS,
     Backend,
@@ -25,7 +26,6 @@ from sgl_lang.backends import (
     Prompt,
     Text,
 )
-from sgl_lang.backends.replay import ReplayBackend, Replayed, ReplayedScores, request_key
 
 PROMPT = Prompt((Message("user", "Name a colour."),), "assistant")
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgl_lang.backends.base import (
+from sgl_lang.backends.test import TestBackend, create, json_problem, sample_json, sample_regex
+from sgl_lang.protocol import (
     TYPE_PATTERNS,
+    BackendError,
     Choices,
     GenRequest,
     GenResult,
@@ -28,8 +30,6 @@ from sgl_lang.backends.base import (
     Regex,
     Text,
 )
-from sgl_lang.backends.test import TestBackend, create, json_problem, sample_json, sample_regex
-from sgl_lang.errors import SglBackendError
 
 
 def prompt(text: str) -> Prompt:
@@ -86,7 +86,7 @@ def test_same_request_same_text_different_seed_different_text() -> None:
 def test_output_does_not_depend_on_python_hash_seed() -> None:
     code = (
         "import asyncio; from sgl_lang.backends.test import create; "
-        "from sgl_lang.backends.base import GenRequest, Prompt, Text; "
+        "from sgl_lang.protocol import GenRequest, Prompt, Text; "
         "r = GenRequest(Prompt((Text('hash me'),)), max_tokens=30, seed=7); "
         "print(asyncio.run(create('').generate(r)).text)"
     )
@@ -295,11 +295,11 @@ def test_regex_constraint_through_generate_ignores_max_tokens_and_stop() -> None
 
 
 def test_regex_errors() -> None:
-    with pytest.raises(SglBackendError, match="backreferences"):
+    with pytest.raises(BackendError, match="backreferences"):
         sample_regex(r"(a)\1", random.Random(0))
-    with pytest.raises(SglBackendError, match="invalid regex"):
+    with pytest.raises(BackendError, match="invalid regex"):
         sample_regex(r"(a", random.Random(0))
-    with pytest.raises(SglBackendError, match="could not sample"):
+    with pytest.raises(BackendError, match="could not sample"):
         sample_regex(r"a(?=b)", random.Random(0))
 
 
@@ -372,7 +372,7 @@ def test_json_recursive_schema_terminates() -> None:
     }
     for seed in range(10):
         assert json_problem(sample_json(tree, random.Random(seed)), tree) is None
-    with pytest.raises(SglBackendError, match="refers to itself"):
+    with pytest.raises(BackendError, match="refers to itself"):
         sample_json({"$ref": "#"}, random.Random(0))
 
 
@@ -402,7 +402,7 @@ def test_json_validator_edge_cases() -> None:
     assert json_problem("ab", {"anyOf": [{"const": "a"}, {"const": "b"}]}) is not None
     assert json_problem({"k": 1}, {"additionalProperties": {"type": "string"}}) is not None
     assert json_problem("x", {"allOf": [{"type": "string"}, {"minLength": 2}]}) is not None
-    with pytest.raises(SglBackendError, match="does not resolve"):
+    with pytest.raises(BackendError, match="does not resolve"):
         json_problem(1, {"$ref": "#/$defs/Missing"})
 
 
@@ -453,7 +453,7 @@ def test_choices_pick_an_option_deterministically() -> None:
     picks = [gen(create(""), seed=seed, constraint=Choices(options)).text for seed in range(20)]
     assert set(picks) == set(options)
     assert picks == [gen(create(""), seed=s, constraint=Choices(options)).text for s in range(20)]
-    with pytest.raises(SglBackendError, match="at least one option"):
+    with pytest.raises(BackendError, match="at least one option"):
         gen(create(""), constraint=Choices(()))
 
 
@@ -470,7 +470,7 @@ def test_scores_are_deterministic_per_prompt_choice_and_method() -> None:
     assert score("Is it? ", "greedy") != normalized
     assert score("Is it? ", "unconditional") != normalized
     assert score("Is it really? ", "normalized") != normalized
-    with pytest.raises(SglBackendError, match="unknown select method"):
+    with pytest.raises(BackendError, match="unknown select method"):
         score("x", "best")
 
 
@@ -509,9 +509,9 @@ def test_replies_must_satisfy_constraints(tmp_path: Path) -> None:
     assert gen(backend, constraint=Regex(TYPE_PATTERNS["int"])).text == "42"
     assert gen(backend, constraint=JsonSchema({"type": "integer"})).text == "42"
     assert gen(backend, constraint=Choices(("41", "42"))).text == "42"
-    with pytest.raises(SglBackendError, match=r"test reply '42' does not meet .*regex '\[a-z\]\+'"):
+    with pytest.raises(BackendError, match=r"test reply '42' does not meet .*regex '\[a-z\]\+'"):
         gen(backend, constraint=Regex("[a-z]+"))
-    with pytest.raises(SglBackendError, match="is not of type string"):
+    with pytest.raises(BackendError, match="is not of type string"):
         gen(backend, constraint=JsonSchema({"type": "string"}))
 
 
@@ -538,6 +538,6 @@ def test_invalid_reply_files_name_the_path(
     path = tmp_path / "replies.json"
     if content is not None:
         path.write_text(content, encoding="utf-8")
-    with pytest.raises(SglBackendError, match=message) as info:
+    with pytest.raises(BackendError, match=message) as info:
         create(str(path))
     assert str(path) in info.value.message

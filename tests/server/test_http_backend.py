@@ -13,20 +13,20 @@ from typing import Any
 import httpx
 import pytest
 
-from sgl_lang.backends import (
+from sgl_lang.backends import get_backend
+from sgl_lang.backends.http import HttpBackend, prompt_from_json, prompt_to_json
+from sgl_lang.protocol import (
+    BackendError,
     Choices,
     GenRequest,
     GenResult,
+    Image,
     JsonSchema,
     Message,
     Prompt,
     Regex,
     Text,
-    get_backend,
 )
-from sgl_lang.backends.base import Image
-from sgl_lang.backends.http import HttpBackend, prompt_from_json, prompt_to_json
-from sgl_lang.errors import SglBackendError
 from sgl_lang.runtime.serving import ServedModel
 
 pytestmark = pytest.mark.model
@@ -127,18 +127,16 @@ def test_100_concurrent_clients_with_shared_prefixes_share_the_cache(
 
 
 def test_server_errors_become_backend_errors(backend: HttpBackend) -> None:
-    with pytest.raises(SglBackendError, match=r"answered 400: .*context"):
+    with pytest.raises(BackendError, match=r"answered 400: .*context"):
         asyncio.run(backend.generate(GenRequest(Prompt((Text("word " * 9000),)), max_tokens=2)))
-    with pytest.raises(SglBackendError, match=r"answered 400: .*method"):
+    with pytest.raises(BackendError, match=r"answered 400: .*method"):
         asyncio.run(backend.score(QUESTION, ["a"], "best"))
 
 
 def test_an_unreachable_server_is_a_plain_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sgl_lang.backends.http.NUM_CONNECT_RETRIES", 0)
     backend = get_backend("http://127.0.0.1:9")
-    with pytest.raises(
-        SglBackendError, match=r"cannot reach the sgl server at http://127\.0\.0\.1:9"
-    ):
+    with pytest.raises(BackendError, match=r"cannot reach the sgl server at http://127\.0\.0\.1:9"):
         asyncio.run(backend.generate(GenRequest(QUESTION, max_tokens=2)))
 
 

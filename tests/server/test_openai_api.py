@@ -12,7 +12,8 @@ from typing import Any
 import openai
 import pytest
 
-from sgl_lang.backends import Choices, GenRequest, JsonSchema, Message, Prompt, Text, get_backend
+from sgl_lang.backends import get_backend
+from sgl_lang.protocol import Choices, GenRequest, JsonSchema, Message, Prompt, Text
 from sgl_lang.runtime.serving import ServedModel
 
 pytestmark = pytest.mark.model

@@ -1,26 +1,25 @@
-"""The three `select` scoring methods on given log-probs."""
+"""The three `select` scoring methods on given log-probs (the protocol's one definition)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sgl_lang.runtime.scoring import choice_scores, greedy_ranks
+from sgl_lang.protocol import choice_scores
+from sgl_lang.protocol.scoring import greedy_ranks
 
 TEXTS = ["a", "b", "c"]
-IDS = [[1], [2, 3], [4, 5, 6]]
 LOGPROBS = [[-1.0], [-0.5, -3.0], [-0.5, -1.0, -1.0]]
 
 
 def best(method: str, unconditional: list[list[float]] | None = None) -> str:
-    scores = choice_scores(method, TEXTS, IDS, LOGPROBS, unconditional)
-    return max(scores, key=lambda s: s.score).text
+    scores = choice_scores(method, LOGPROBS, unconditional)
+    return TEXTS[max(range(len(TEXTS)), key=scores.__getitem__)]
 
 
 def test_normalized_is_the_mean_logprob() -> None:
-    scores = choice_scores("normalized", TEXTS, IDS, LOGPROBS)
-    assert [s.score for s in scores] == pytest.approx([-1.0, -1.75, -2.5 / 3])
+    scores = choice_scores("normalized", LOGPROBS)
+    assert scores == pytest.approx([-1.0, -1.75, -2.5 / 3])
     assert best("normalized") == "c"
-    assert scores[1].logprob_sum == -3.5 and scores[2].num_tokens == 3
 
 
 def test_greedy_compares_token_by_token_padding_with_the_mean() -> None:
@@ -34,10 +33,13 @@ def test_greedy_compares_token_by_token_padding_with_the_mean() -> None:
 
 def test_unconditional_subtracts_the_prior() -> None:
     prior = [[-0.1], [-0.5, -0.5], [-3.0, -3.0, -3.0]]
-    scores = choice_scores("unconditional", TEXTS, IDS, LOGPROBS, prior)
-    assert [s.score for s in scores] == pytest.approx([-0.9, -1.25, 2.5 - 1 / 3])
-    assert scores[0].unconditional_logprobs == (-0.1,)
+    scores = choice_scores("unconditional", LOGPROBS, prior)
+    assert scores == pytest.approx([-0.9, -1.25, 2.5 - 1 / 3])
+    # the prior may be tokenized differently: the means are subtracted
+    assert choice_scores("unconditional", [[-1.0, -3.0]], [[-1.0]]) == pytest.approx([-1.0])
     with pytest.raises(ValueError, match="unconditional"):
-        choice_scores("unconditional", TEXTS, IDS, LOGPROBS)
+        choice_scores("unconditional", LOGPROBS)
     with pytest.raises(ValueError, match="method"):
-        choice_scores("mean", TEXTS, IDS, LOGPROBS)
+        choice_scores("mean", LOGPROBS)
+    with pytest.raises(ValueError, match="at least one token"):
+        choice_scores("normalized", [[-1.0], []])

@@ -1,0 +1,39 @@
+"""The protocol between the language and the places generation goes: prompts, constraints,
+requests and results, capabilities, the `Backend` contract, `select` scoring. It imports no
+other part of sgl-lang, and neither torch nor lark."""
+
+from sgl_lang.protocol.backend import Backend, BackendError, Capabilities
+from sgl_lang.protocol.constraints import (
+    CONSTRAINT_KIND,
+    CONSTRAINT_KINDS,
+    TYPE_PATTERNS,
+    Choices,
+    Constraint,
+    JsonSchema,
+    Regex,
+)
+from sgl_lang.protocol.prompts import Image, Message, Prompt, Segment, Text
+from sgl_lang.protocol.requests import GenRequest, GenResult
+from sgl_lang.protocol.scoring import SELECT_METHODS, choice_scores
+
+__all__ = [
+    "CONSTRAINT_KIND",
+    "CONSTRAINT_KINDS",
+    "SELECT_METHODS",
+    "TYPE_PATTERNS",
+    "Backend",
+    "BackendError",
+    "Capabilities",
+    "Choices",
+    "Constraint",
+    "GenRequest",
+    "GenResult",
+    "Image",
+    "JsonSchema",
+    "Message",
+    "Prompt",
+    "Regex",
+    "Segment",
+    "Text",
+    "choice_scores",
+]

@@ -1,0 +1,73 @@
+"""The `Backend` contract: what a backend enforces, the calls it answers, the error it raises."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sgl_lang.protocol.constraints import CONSTRAINT_KIND, Constraint
+from sgl_lang.protocol.prompts import Prompt
+from sgl_lang.protocol.requests import GenRequest, GenResult
+
+
+class BackendError(Exception):
+    """A backend could not answer: a plain message, no location. The language adds the
+    location of the `gen`/`select` that made the call (`SglBackendError`)."""
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend enforces. `constraints` ⊆ {"regex", "json", "choices"} are enforced
+    while decoding (others are checked after the fact by the interpreter); `select_methods`
+    ⊆ {"normalized", "greedy", "unconditional"} can be scored (empty: `select` falls back
+    to `gen choices=`); `images` says whether `Image` segments reach the model."""
+
+    constraints: frozenset[str]
+    select_methods: frozenset[str]
+    images: bool = False
+
+    def enforces(self, constraint: Constraint | None) -> bool:
+        """Whether every output meets `constraint` (None: there is none to meet)."""
+        return constraint is None or CONSTRAINT_KIND[type(constraint)] in self.constraints
+
+
+class Backend(ABC):
+    """Where generation goes. Implementations register a URI scheme in `sgl_lang.backends`.
+
+    - Every method is async, and many calls may be in flight at once on one backend (`fork`,
+      `run_batch`): implementations must be safe under concurrent calls and must not block
+      the event loop for long (run blocking work in a thread or another process).
+    - A request cancelled by the caller (`asyncio.CancelledError`) must release what it holds.
+    - Failures are raised as `BackendError`; the interpreter adds the location.
+    - Creating a backend must be cheap (`sgl check` builds one to read its capabilities):
+      load models or open connections lazily, on the first call.
+    """
+
+    name: str
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def generate(
+        self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
+    ) -> GenResult:
+        """Generate a continuation of `request.prompt`. `on_chunk`, when given, receives the
+        text as it is produced, in order; the pieces concatenate to exactly `result.text`
+        (so no piece of a stop string is ever streamed). A `constraint` listed in
+        `capabilities.constraints` must hold for `result.text`."""
+
+    @abstractmethod
+    async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
+        """One score per choice as a continuation of `prompt`, higher = better. `method` is one
+        of `capabilities.select_methods`."""
+
+    async def cache_prefix(self, prompt: Prompt) -> None:  # noqa: B027 (optional hook)
+        """A hint that several requests extending `prompt` follow (fork, batch): a backend
+        with a prefix cache may compute it now. Must not change any result."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release connections, engines and threads. The backend is not used afterwards."""
