@@ -27,7 +27,7 @@ from typing import Any
 
 import platformdirs
 
-from sgl_lang.backends.local import EngineOptions
+from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.errors import SglValueError
 from sgl_lang.runtime.config import POLICIES
 from sgl_lang.source import Source, Span

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sgl_lang import cli
-from sgl_lang.backends.local import KV_CACHE_GB, EngineOptions, LocalBackend
+from sgl_lang.backends.local import LocalBackend
+from sgl_lang.bridge.options import KV_CACHE_GB, EngineOptions
 from sgl_lang.config import RunConfig, find_config, load_config, resolve_config
 from sgl_lang.errors import SglValueError
 from sgl_lang.runner import make_backend

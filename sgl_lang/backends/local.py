@@ -32,10 +32,10 @@ import atexit
 import contextlib
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.protocol import (
     SELECT_METHODS,
     Backend,
@@ -62,34 +62,10 @@ if TYPE_CHECKING:
     from sgl_lang.runtime.sampling import LogitsMask, SamplingParams
     from sgl_lang.runtime.stats import EngineStats
 
-KV_CACHE_GB = 1.0  # ~22k tokens of SmolLM2-135M; far below a 24 GiB machine's memory
 ENFORCED_CONSTRAINTS = frozenset({"regex", "json", "choices"})  # runtime/constrained.py
 MAX_HEALING_MASKS = 256  # cached first-token masks per engine (49 KB each for SmolLM2)
 NUM_CONTEXT_TOKENS = 4  # prompt tokens decoded before the healed one, as the detokenizer does
 OPEN_MARK = "\x00sgl-open-message\x00"  # stands for "the open message continues here"
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The engine knobs a program's run may set (`sgl.toml`, CLI); None keeps the default.
-    Backends with equal options on the same model share one engine."""
-
-    kv_cache_gb: float | None = None  # None: KV_CACHE_GB
-    policy: str | None = None
-    enable_cache: bool = True
-    max_running_requests: int | None = None
-    num_threads: int | None = None
-
-    def engine_fields(self) -> dict[str, Any]:
-        """Keyword arguments of `EngineConfig`."""
-        fields: dict[str, Any] = {
-            "kv_cache_gb": self.kv_cache_gb or KV_CACHE_GB,
-            "enable_cache": self.enable_cache,
-            "policy": self.policy,
-            "max_running_requests": self.max_running_requests,
-            "num_threads": self.num_threads,
-        }
-        return {name: value for name, value in fields.items() if value is not None}
 
 
 def create(target: str) -> LocalBackend:
