@@ -30,8 +30,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sgl_lang.backends.local import LocalBackend, close_engines
+from sgl_lang.backends.local import LocalBackend
 from sgl_lang.bridge.options import EngineOptions
+from sgl_lang.bridge.registry import close_engines
 from sgl_lang.config import RunConfig
 from sgl_lang.grammar import parse_text
 from sgl_lang.loader import Loader

@@ -312,7 +312,7 @@ def serve(
     debug: bool,
 ) -> None:
     """Serve the runtime over HTTP (native and OpenAI-compatible endpoints)."""
-    from sgl_lang.runtime.server import serve as serve_http
+    from sgl_lang.server.app import serve as serve_http
 
     _guard(
         debug, lambda: serve_http(model_path, host, port, api_key=api_key, model_name=model_name)

@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from sgl_lang.backends.local import LocalBackend, close_engines
+from sgl_lang.backends.local import LocalBackend
 from sgl_lang.bridge.options import EngineOptions
+from sgl_lang.bridge.registry import close_engines
 from sgl_lang.config import RunConfig
 from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sgl_lang.backends.local import render_prompt
+from sgl_lang.bridge.render import render_prompt
 from sgl_lang.protocol import Backend, Prompt
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sgl_lang.backends.local import LocalBackend, _SharedEngine
+from sgl_lang.backends.local import LocalBackend
+from sgl_lang.bridge.engine import BridgedEngine
 from sgl_lang.protocol import Backend
 
 from .base import System, TokenCounts
@@ -16,11 +17,11 @@ KV_CACHE_GB = 2.0
 class _EngineBackend(LocalBackend):
     """The local backend, on an engine of our own instead of the process-wide shared one."""
 
-    def __init__(self, shared: _SharedEngine) -> None:
+    def __init__(self, bridged: BridgedEngine) -> None:
         super().__init__()
-        self._bench_engine = shared
+        self._bench_engine = bridged
 
-    async def _shared(self) -> _SharedEngine:
+    async def _bridged(self) -> BridgedEngine:
         return self._bench_engine
 
 
@@ -31,7 +32,7 @@ class Ours(System):
 
     def __init__(self, name: str, description: str, **config: Any) -> None:
         self.name, self.description, self.config = name, description, config
-        self._shared: _SharedEngine | None = None
+        self._shared: BridgedEngine | None = None
 
     def start(self) -> None:
         from sgl_lang.runtime.config import EngineConfig
@@ -41,7 +42,7 @@ class Ours(System):
         if Ours._loaded is None:
             Ours._loaded = load_model(None)
         config = EngineConfig(kv_cache_gb=KV_CACHE_GB, **self.config)
-        self._shared = _SharedEngine(Engine(config, model=Ours._loaded))
+        self._shared = BridgedEngine(Engine(config, model=Ours._loaded))
 
     def backend(self) -> Backend:
         assert self._shared is not None, "start() first"

@@ -1,11 +1,11 @@
 """The `http://HOST:PORT` backend: programs run on a `sgl serve` runtime, with every capability
 of `local` (constraints, scoring for `select`, prefix hints, token healing).
 
-The native API (see `sgl_lang.runtime.server`) speaks SGLang's `/generate` format and extends it
+The native API (see `sgl_lang.server.native`) speaks SGLang's `/generate` format and extends it
 with a structured `prompt` (the program's segments and open role, so the server renders it
 with the model's chat template and heals tokens exactly as `local` does) and with the
-`sampling_params` fields `heal` and `choices`. This module owns that wire format: the client
-writes it with `request_to_json`, the server reads it with `request_from_json`.
+`sampling_params` fields `heal` and `choices`: the wire format of `sgl_lang.protocol.wire`,
+which this client writes and the server reads.
 
 Many `sgl run` processes pointed at one server share its engine and its prefix cache. A key
 set with `SGL_API_KEY` is sent as a bearer token.
@@ -14,7 +14,6 @@ set with `SGL_API_KEY` is sent as a bearer token.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,21 +27,14 @@ from sgl_lang.protocol import (
     Backend,
     BackendError,
     Capabilities,
-    Choices,
     GenRequest,
     GenResult,
-    Image,
-    JsonSchema,
-    Message,
     Prompt,
-    Regex,
-    Segment,
-    Text,
 )
+from sgl_lang.protocol.wire import prompt_to_json, request_to_json, result_from_json
 
 API_KEY_ENV = "SGL_API_KEY"
 TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0)
-ROLES = frozenset({"system", "user", "assistant"})
 NUM_CONNECT_RETRIES = 3  # a server that is still starting: 0.5 s, 1 s, 2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -76,15 +68,11 @@ class HttpBackend(Backend):
             text = event["text"]
             if piece and on_chunk is not None:
                 on_chunk(piece)
-            meta = event.get("meta_info", {})
-            if meta.get("finish_reason") is not None:
-                return GenResult(
-                    text,
-                    meta["finish_reason"].get("kind", meta["finish_reason"]["type"]),
-                    meta["prompt_tokens"],
-                    meta["completion_tokens"],
-                    meta.get("cached_tokens", 0),
-                )
+            if event.get("meta_info", {}).get("finish_reason") is not None:
+                try:
+                    return result_from_json(event)
+                except ValueError as exc:
+                    raise BackendError(f"{self.url}: {exc}") from None
         raise BackendError(f"{self.url}: the stream ended without a result")
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
@@ -180,73 +168,3 @@ def _message(error: Any) -> str:
             if key in error:
                 return _message(error[key])
     return str(error)
-
-
-# ---------------------------------------------------------------- the wire format
-
-
-def prompt_to_json(prompt: Prompt) -> dict[str, Any]:
-    """`{"segments": [...], "open_role": ...}`; a segment is `{"type": "text", "text"}`,
-    `{"type": "message", "role", "content"}` or `{"type": "image", "url" | "data"}` (data:
-    base64 bytes)."""
-    segments: list[dict[str, Any]] = []
-    for segment in prompt.segments:
-        if isinstance(segment, Text):
-            segments.append({"type": "text", "text": segment.text})
-        elif isinstance(segment, Message):
-            segments.append({"type": "message", "role": segment.role, "content": segment.content})
-        elif isinstance(segment.source, bytes):
-            segments.append({"type": "image", "data": base64.b64encode(segment.source).decode()})
-        else:
-            segments.append({"type": "image", "url": segment.source})
-    return {"segments": segments, "open_role": prompt.open_role}
-
-
-def prompt_from_json(data: Any) -> Prompt:
-    """The inverse of `prompt_to_json`; raises ValueError naming what is wrong."""
-    if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
-        raise ValueError("`prompt` must be an object with a list of `segments`")
-    segments: list[Segment] = []
-    for i, item in enumerate(data["segments"]):
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind == "text" and isinstance(item.get("text"), str):
-            segments.append(Text(item["text"]))
-        elif (
-            kind == "message" and item.get("role") in ROLES and isinstance(item.get("content"), str)
-        ):
-            segments.append(Message(item["role"], item["content"]))
-        elif kind == "image" and isinstance(item.get("url"), str):
-            segments.append(Image(item["url"]))
-        elif kind == "image" and isinstance(item.get("data"), str):
-            segments.append(Image(base64.b64decode(item["data"])))
-        else:
-            raise ValueError(f"prompt segment {i} is malformed: {json.dumps(item)[:200]}")
-    open_role = data.get("open_role")
-    if open_role is not None and open_role not in ROLES:
-        raise ValueError(f"`open_role` must be one of {sorted(ROLES)} or null")
-    return Prompt(tuple(segments), open_role)
-
-
-def request_to_json(request: GenRequest) -> dict[str, Any]:
-    """A `/generate` body: the structured prompt and SGLang-style `sampling_params`."""
-    params: dict[str, Any] = {
-        "max_new_tokens": request.max_tokens,
-        "stop": list(request.stop),
-        "temperature": request.temperature,
-        "top_p": request.top_p,
-        "top_k": request.top_k,
-        "min_p": request.min_p,
-        "frequency_penalty": request.frequency_penalty,
-        "presence_penalty": request.presence_penalty,
-        "seed": request.seed,
-        "ignore_eos": request.ignore_eos,
-        "heal": request.heal,
-    }
-    constraint = request.constraint
-    if isinstance(constraint, Regex):
-        params["regex"] = constraint.pattern
-    elif isinstance(constraint, JsonSchema):
-        params["json_schema"] = json.dumps(constraint.schema)
-    elif isinstance(constraint, Choices):
-        params["choices"] = list(constraint.options)
-    return {"prompt": prompt_to_json(request.prompt), "sampling_params": params}

@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 
 from sgl_lang.backends import get_backend
-from sgl_lang.backends.local import (
-    LocalBackend,
-    Rendered,
-    close_engines,
-    encode,
-    render_prompt,
-)
+from sgl_lang.backends.local import LocalBackend
+from sgl_lang.bridge.registry import close_engines
+from sgl_lang.bridge.render import Rendered, encode, render_prompt
 from sgl_lang.protocol import BackendError, GenRequest, Image, Message, Prompt, Text
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path

@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from sgl_lang.runtime.config import EngineConfig
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path
-from sgl_lang.runtime.server import create_app
-from sgl_lang.runtime.serving import ServedModel
+from sgl_lang.server.app import create_app
+from sgl_lang.server.serving import ServedModel
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from sgl_lang.backends import get_backend
-from sgl_lang.backends.http import HttpBackend, prompt_from_json, prompt_to_json
+from sgl_lang.backends.http import HttpBackend
 from sgl_lang.protocol import (
     BackendError,
     Choices,
@@ -27,7 +27,8 @@ from sgl_lang.protocol import (
     Regex,
     Text,
 )
-from sgl_lang.runtime.serving import ServedModel
+from sgl_lang.protocol.wire import prompt_from_json, prompt_to_json
+from sgl_lang.server.serving import ServedModel
 
 pytestmark = pytest.mark.model
 
@@ -57,7 +58,7 @@ def test_generate_matches_local_on_the_same_engine(
     ]
     for request in requests:
         remote = asyncio.run(backend.generate(request))
-        local = asyncio.run(served.backend.generate(request))
+        local = asyncio.run(served.bridged.generate(request))
         assert (remote.text, remote.finish_reason) == (local.text, local.finish_reason)
         assert remote.prompt_tokens == local.prompt_tokens
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from sgl_lang.runtime.server import create_app
-from sgl_lang.runtime.serving import ServedModel
+from sgl_lang.server.app import create_app
+from sgl_lang.server.serving import ServedModel
 
 pytestmark = pytest.mark.model
 

@@ -14,7 +14,7 @@ import pytest
 
 from sgl_lang.backends import get_backend
 from sgl_lang.protocol import Choices, GenRequest, JsonSchema, Message, Prompt, Text
-from sgl_lang.runtime.serving import ServedModel
+from sgl_lang.server.serving import ServedModel
 
 pytestmark = pytest.mark.model
 
@@ -169,7 +169,7 @@ def test_select_by_logprobs_agrees_with_local(
         return scores
 
     remote_scores = asyncio.run(score_all(remote))
-    local_scores = asyncio.run(score_all(served.backend))
+    local_scores = asyncio.run(score_all(served.bridged))
     # the same log-probs; `unconditional` differs by its neutral context ("\n" vs BOS/EOS)
     tolerance = 1.0 if method == "unconditional" else 0.01
     for got, want in zip(remote_scores, local_scores, strict=True):

@@ -13,6 +13,7 @@ prefix-cache hit.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 import uuid
@@ -23,20 +24,14 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgl_lang.backends.local import encode, render_prompt
-from sgl_lang.protocol import (
-    BackendError,
-    Choices,
-    GenRequest,
-    GenResult,
-    JsonSchema,
-    Message,
-    Prompt,
-    Regex,
-    Text,
+from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt, Text
+from sgl_lang.protocol.wire import request_from_json
+from sgl_lang.server.serving import (
+    ServedModel,
+    sse_stream,
+    stream_generate,
+    unless_disconnected,
 )
-from sgl_lang.runtime.request import RequestError
-from sgl_lang.runtime.serving import ServedModel, sse_stream, stream_generate, unless_disconnected
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -140,15 +135,12 @@ async def _echo(model: ServedModel, body: CompletionIn, prompt: Prompt) -> dict[
     """The prompt back as the completion, with its tokens' log-probs when `logprobs` is set."""
     if body.max_tokens != 0 or body.stream or body.n != 1:
         raise HTTPException(400, "`echo` needs `max_tokens: 0` (no generation) and no `stream`")
-    engine = model.engine
-    ids = encode(engine, render_prompt(engine.tokenizer, prompt))
-    try:
-        meta = await engine.prefill(ids, 1 if body.logprobs else None)
-    except RequestError as exc:
-        raise BackendError(exc.meta.error or "the prompt cannot run") from None
+    bridged = model.bridged
+    ids = bridged.prompt_ids(prompt)
+    meta = await bridged.prefill(ids, logprobs=bool(body.logprobs))
     logprobs = None
     if body.logprobs:
-        logprobs = _prompt_logprobs(engine.tokenizer, ids, meta.prompt_logprobs or ())
+        logprobs = _prompt_logprobs(bridged.tokenizer, ids, meta.prompt_logprobs or ())
     result = GenResult("", "length", meta.prompt_tokens, 0, meta.cached_tokens)
     return _Shape(model.name, chat=False, include_usage=False).whole(body.prompt, result, logprobs)
 
@@ -171,56 +163,55 @@ def _prompt_logprobs(tokenizer: Any, ids: list[int], logprobs: Sequence[float]) 
 
 
 def _gen_request(body: _CommonIn, prompt: Prompt) -> GenRequest:
+    """The request of an OpenAI body: its fields in the wire format's names (SGLang's)."""
     if body.n != 1:
         raise HTTPException(400, "`n` must be 1 (one completion per request)")
     if body.logprobs:
         raise HTTPException(
             400, "`logprobs` of generated tokens are not supported (of the prompt: `echo`)"
         )
-    constraints: list[Regex | JsonSchema | Choices] = []
-    if regex := body.regex or body.guided_regex:
-        constraints.append(Regex(regex))
-    if body.guided_choice is not None:
-        constraints.append(Choices(tuple(body.guided_choice)))
-    if body.guided_json is not None:
-        constraints.append(JsonSchema(body.guided_json))
-    fmt = _response_format(body.response_format) if isinstance(body, ChatIn) else None
-    if fmt is not None:
-        constraints.append(fmt)
-    if len(constraints) > 1:
-        raise HTTPException(400, "give at most one output constraint")
+    json_schema = body.guided_json
+    if isinstance(body, ChatIn) and (fmt := _response_format(body.response_format)) is not None:
+        if json_schema is not None:
+            raise HTTPException(400, "give at most one output constraint")
+        json_schema = fmt
     max_tokens = body.max_tokens
     if isinstance(body, ChatIn) and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
-    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    return GenRequest(
-        prompt,
-        max_tokens=max_tokens or 256,
-        stop=stop,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=max(body.top_k, 0),
-        min_p=body.min_p,
-        frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
-        seed=body.seed,
-        ignore_eos=body.ignore_eos,
-        heal=False,  # OpenAI clients expect the prompt taken as it is
-        constraint=constraints[0] if constraints else None,
-    )
+    params = {
+        "max_new_tokens": max_tokens or 256,
+        "stop": body.stop,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "frequency_penalty": body.frequency_penalty,
+        "presence_penalty": body.presence_penalty,
+        "seed": body.seed,
+        "ignore_eos": body.ignore_eos,
+        "heal": False,  # OpenAI clients expect the prompt taken as it is
+        "regex": body.regex or body.guided_regex or None,
+        "choices": body.guided_choice,
+        "json_schema": json_schema,
+    }
+    try:
+        return request_from_json(prompt, params)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
-def _response_format(fmt: dict[str, Any] | None) -> JsonSchema | None:
+def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON Schema `response_format` asks for, if any."""
     kind = None if fmt is None else fmt.get("type")
     if fmt is None or kind == "text":
         return None
     if kind == "json_object":
-        return JsonSchema({"type": "object"})
+        return {"type": "object"}
     if kind == "json_schema":
         schema = (fmt.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise HTTPException(400, "`response_format.json_schema.schema` must be an object")
-        return JsonSchema(schema)
+        return schema
     raise HTTPException(400, f"`response_format.type` `{kind}` is not supported")
 
 
@@ -231,7 +222,7 @@ async def _respond(
     shape = _Shape(
         model.name, chat, include_usage=bool((body.stream_options or {}).get("include_usage"))
     )
-    pieces = stream_generate(model.backend, gen)
+    pieces = stream_generate(functools.partial(model.bridged.generate, gen))
     # the first piece comes after admission: a request that cannot run is still a 400
     first = await unless_disconnected(request, anext(pieces))
     if not body.stream:
@@ -241,13 +232,8 @@ async def _respond(
             result = await unless_disconnected(request, anext(pieces))
         return shape.whole(text, result)
     return StreamingResponse(
-        sse_stream(shape.chunks(first, pieces), _stream_error), media_type="text/event-stream"
+        sse_stream(shape.chunks(first, pieces)), media_type="text/event-stream"
     )
-
-
-def _stream_error(exc: Exception) -> dict[str, Any]:
-    message = getattr(exc, "message", None) or str(exc)
-    return {"error": {"message": message, "type": "invalid_request_error", "code": 400}}
 
 
 class _Shape:

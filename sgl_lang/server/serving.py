@@ -1,8 +1,9 @@
-"""What `sgl serve`'s endpoints share: the served model, streamed generation, disconnects, SSE.
+"""What `sgl serve`'s routes share: the served model, streamed generation, disconnects, SSE,
+error bodies.
 
 The server does not reimplement prompt rendering, token healing or scoring: it drives the
-`local` backend (`sgl_lang.backends.local`) bound to the server's one engine, so a program
-gets the same results from `http://` as from `local`.
+bridge (`sgl_lang.bridge`) on its one engine, as the `local` backend does, so a program gets
+the same results from `http://` as from `local`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fastapi import HTTPException
 from starlette.requests import Request
 
-from sgl_lang.backends.local import LocalBackend, _SharedEngine, shared_engine
-from sgl_lang.protocol import GenRequest, GenResult
+from sgl_lang.bridge.engine import BridgedEngine
+from sgl_lang.bridge.registry import shared_engine
+from sgl_lang.protocol import BackendError, GenResult
 from sgl_lang.runtime.engine import Engine
 
 T = TypeVar("T")
@@ -25,46 +28,33 @@ DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its cli
 
 
 class ServedModel:
-    """The engine behind the server, and a `local` backend bound to it."""
+    """The engine behind the server, and the bridge every route drives it through."""
 
-    def __init__(self, shared: _SharedEngine, name: str) -> None:
+    def __init__(self, bridged: BridgedEngine, name: str) -> None:
         self.name = name
-        self.engine: Engine = shared.engine
-        self.backend = _BoundBackend(shared, name)
+        self.bridged = bridged
+        self.engine: Engine = bridged.engine
 
     @classmethod
     def load(cls, model_path: Path | None, name: str | None = None) -> ServedModel:
         """The process's shared engine for `model_path` (None: the embedded SmolLM2)."""
-        key = None if model_path is None else str(model_path.resolve())
         default = "smollm2-135m-instruct" if model_path is None else model_path.stem
-        return cls(shared_engine(model_path, key), name or default)
+        return cls(shared_engine(model_path), name or default)
 
     @classmethod
     def of_engine(cls, engine: Engine, name: str = "test-model") -> ServedModel:
         """Serve an engine built by the caller (tests); the caller closes it."""
-        return cls(_SharedEngine(engine), name)
-
-
-class _BoundBackend(LocalBackend):
-    """The `local` backend on a given engine instead of the per-model registry's."""
-
-    def __init__(self, shared: _SharedEngine, name: str) -> None:
-        super().__init__()
-        self.name = name
-        self._bound = shared
-
-    async def _shared(self) -> _SharedEngine:
-        return self._bound
+        return cls(BridgedEngine(engine), name)
 
 
 async def stream_generate(
-    backend: LocalBackend, request: GenRequest
+    generate: Callable[[Callable[[str], None]], Awaitable[GenResult]],
 ) -> AsyncIterator[str | GenResult]:
-    """The text pieces of a generation as they come, then its `GenResult`. Errors are raised
-    from the iteration; leaving it early (a client that went away) cancels the request, which
-    frees its KV slots."""
+    """The text pieces of `generate(on_chunk)` as they come, then its `GenResult`. Errors are
+    raised from the iteration; leaving it early (a client that went away) cancels the
+    generation, which frees its KV slots."""
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
-    task = asyncio.create_task(backend.generate(request, pieces.put_nowait))
+    task = asyncio.ensure_future(generate(pieces.put_nowait))
     task.add_done_callback(lambda _: pieces.put_nowait(None))
     try:
         while (piece := await pieces.get()) is not None:
@@ -98,19 +88,31 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
                 await task
 
 
+def error_body(message: str, status: int, kind: str = "invalid_request_error") -> dict[str, Any]:
+    """Every error's JSON body (OpenAI's shape)."""
+    return {"error": {"message": message, "type": kind, "code": status}}
+
+
+def error_message(exc: Exception) -> str:
+    """What a client is told of `exc`."""
+    if isinstance(exc, BackendError):
+        return exc.message
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    return str(exc) or type(exc).__name__
+
+
 def sse(data: Any) -> str:
     """One server-sent event carrying `data` as JSON (or a literal string such as [DONE])."""
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def sse_stream(
-    events: AsyncIterator[Any], on_error: Callable[[Exception], Any]
-) -> AsyncIterator[str]:
-    """SSE lines for `events`, then `[DONE]`; an error mid-stream becomes one event
-    (`on_error(exc)`) before `[DONE]`, since the status line has already been sent."""
+async def sse_stream(events: AsyncIterator[Any]) -> AsyncIterator[str]:
+    """SSE lines for `events`, then `[DONE]`; an error mid-stream becomes one error event
+    (a 400 body) before `[DONE]`, since the status line has already been sent."""
     try:
         async for event in events:
             yield sse(event)
     except Exception as exc:
-        yield sse(on_error(exc))
+        yield sse(error_body(error_message(exc), 400))
     yield sse("[DONE]")

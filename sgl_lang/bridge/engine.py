@@ -1,0 +1,172 @@
+"""`BridgedEngine`: a loaded runtime `Engine` driven in protocol terms — prompts rendered and
+healed, requests turned into sampling parameters, the engine's results and failures into
+`GenResult`s and `BackendError`s. The `local` backend and `sgl serve` both drive one."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sgl_lang.bridge.healing import HealingMasks, Unhealed, plan_healing
+from sgl_lang.bridge.render import encode, render_prompt
+from sgl_lang.bridge.sampling import sampling_params
+from sgl_lang.protocol import BackendError, GenRequest, GenResult, Prompt, choice_scores
+
+if TYPE_CHECKING:
+    from sgl_lang.runtime.engine import Engine
+    from sgl_lang.runtime.request import Chunk, GenerationMeta
+    from sgl_lang.runtime.sampling import SamplingParams
+    from sgl_lang.runtime.stats import EngineStats
+
+OnChunk = Callable[[str], None]
+
+
+class BridgedEngine:
+    """Generation, scoring and prefix caching on `engine`, in protocol terms. Safe under
+    concurrent calls from one event loop (the engine batches them); closing the engine is
+    its owner's business."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        config = engine.model_config
+        self._healing_masks = HealingMasks(
+            engine.tokenizer, config.vocab_size, config.eos_token_ids
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def stats(self) -> EngineStats:
+        """The engine's counters since it started."""
+        return self.engine.stats()
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The token ids the model reads for `prompt` (without healing)."""
+        return encode(self.engine, render_prompt(self.tokenizer, prompt))
+
+    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> tuple[str, str]:
+        """The prompt as the model reads it, split after its first `num_cached_tokens`
+        tokens: (cached text, computed text). For traces: a prompt the model cannot read is
+        all computed, in its plain rendering."""
+        try:
+            ids = self.prompt_ids(prompt)
+        except BackendError:
+            return "", prompt.plain_text()
+        flags = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+        cached = self.tokenizer.decode(ids[:num_cached_tokens], **flags)
+        return cached, self.tokenizer.decode(ids[num_cached_tokens:], **flags)
+
+    async def generate(self, request: GenRequest, on_chunk: OnChunk | None = None) -> GenResult:
+        """`Backend.generate`: the prompt rendered with the chat template, token-healed when
+        `request.heal` (healing.py)."""
+        rendered = render_prompt(self.tokenizer, request.prompt)
+        prompt_ids = encode(self.engine, rendered)
+        heal = plan_healing(self._healing_masks, request, rendered, prompt_ids)
+        if heal is None:
+            return await self._generate(prompt_ids, sampling_params(request), on_chunk)
+        params = sampling_params(request, heal.mask, heal_prefix=heal.text)
+        return await self._generate(prompt_ids[:-1], params, on_chunk, healed_text=heal.text)
+
+    async def generate_ids(
+        self, prompt_ids: Sequence[int], request: GenRequest, on_chunk: OnChunk | None = None
+    ) -> GenResult:
+        """Generation from token ids as they are, with `request`'s sampling fields and
+        constraint (its prompt and `heal` are not used)."""
+        return await self._generate(list(prompt_ids), sampling_params(request), on_chunk)
+
+    async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
+        """`Backend.score`: the engine's log-probs of each choice, scored by `method`."""
+        rendered = render_prompt(self.tokenizer, prompt)
+        if rendered.ends_with_content:  # "Answer: " + "yes" scores as "Answer:" + " yes"
+            text = rendered.text.rstrip(" ")
+            space = rendered.text[len(text) :]
+            rendered, choices = rendered._replace(text=text), [space + c for c in choices]
+        prefix_ids = self.tokenizer.encode(rendered.text, add_special_tokens=not rendered.is_chat)
+        unconditional = method == "unconditional"
+        with engine_errors():
+            scored = await self.engine.score(prefix_ids, list(choices), unconditional=unconditional)
+            return choice_scores(
+                method,
+                [s.token_logprobs for s in scored],
+                [s.unconditional_logprobs or () for s in scored] if unconditional else None,
+            )
+
+    async def cache_prefix(self, prompt: Prompt) -> None:
+        """`Backend.cache_prefix`: compute the prompt's KV now. A hint only, so a prompt that
+        cannot run is left for the request that follows to report."""
+        with contextlib.suppress(BackendError):
+            rendered = render_prompt(self.tokenizer, prompt)
+            if rendered.text:
+                await self.prefill(encode(self.engine, rendered))
+
+    async def prefill(self, prompt_ids: list[int], *, logprobs: bool = False) -> GenerationMeta:
+        """Compute `prompt_ids`' KV into the prefix cache without generating; with `logprobs`,
+        the meta's `prompt_logprobs` are those of every token after the first."""
+        with engine_errors():
+            return await self.engine.prefill(prompt_ids, 1 if logprobs else None)
+
+    async def _generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        on_chunk: OnChunk | None,
+        healed_text: str = "",
+    ) -> GenResult:
+        """Run one generation. With `healed_text` (backed up from the prompt), the output
+        starts with it: it is removed, and its token is not counted."""
+        unhealed = Unhealed(healed_text)
+        pieces: list[str] = []
+        meta = None
+        async with contextlib.aclosing(self._chunks(prompt_ids, params)) as chunks:
+            async for chunk in chunks:
+                meta = chunk.meta
+                if piece := unhealed(chunk.text):
+                    pieces.append(piece)
+                    if on_chunk is not None:
+                        on_chunk(piece)
+        if meta is None:
+            raise BackendError("the local engine ended a request without a result")
+        reason = finish_reason(meta, self.engine.model_config.eos_token_ids, params.ignore_eos)
+        num_completion = meta.completion_tokens - (bool(healed_text) and meta.completion_tokens > 0)
+        return GenResult(
+            "".join(pieces), reason, meta.prompt_tokens, num_completion, meta.cached_tokens
+        )
+
+    async def _chunks(
+        self, prompt_ids: list[int], params: SamplingParams
+    ) -> AsyncGenerator[Chunk, None]:
+        with engine_errors():
+            async with contextlib.aclosing(self.engine.generate(prompt_ids, params)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """The engine's failures as `BackendError`s: a request that cannot run (`RequestError`),
+    parameters it refuses (ValueError), an engine closed or stopped after an internal error
+    (RuntimeError)."""
+    from sgl_lang.runtime.request import RequestError
+
+    try:
+        yield
+    except RequestError as exc:
+        raise BackendError(f"local model: {exc.meta.error}") from None
+    except ValueError as exc:
+        raise BackendError(f"local model: {exc}") from None
+    except RuntimeError as exc:
+        raise BackendError(f"local engine: {exc}") from None
+
+
+def finish_reason(meta: GenerationMeta, eos_token_ids: Sequence[int], ignore_eos: bool) -> str:
+    """`GenResult.finish_reason` of a finished request: "eos" when it stopped at an end of
+    turn, "stop" at a stop string, "length" at its limit; any other end is an error."""
+    reason = meta.finish_reason.value
+    if reason == "stop":
+        last_id = meta.output_ids[-1] if meta.output_ids else None
+        return "eos" if last_id in eos_token_ids and not ignore_eos else "stop"
+    if reason != "length":
+        raise BackendError(f"the local engine ended the request ({reason})")
+    return reason
