@@ -2,7 +2,7 @@
 
 The scoping rules (docs/language.md, "Control flow, functions, scoping" and "`fork`"): the module,
 each `def`, each `fork` branch and each list comprehension is a scope; the blocks of `if`, `for`,
-`while` and role messages are not. A name bound anywhere in a scope is bound in all of it (the
+`while` and role messages are not. A name bound anywhere in a scope belongs to all of it (the
 rule is static, like Python's, not a flow analysis), and a use refers to the innermost enclosing
 scope that binds the name. A `def`'s defaults, a `fork`'s items and a comprehension's iterable
 are evaluated in the enclosing scope.
