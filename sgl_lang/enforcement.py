@@ -3,9 +3,7 @@ errors that stop `sgl run` before anything runs (unless `--allow-unenforced`).""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from sgl_lang import nodes
 from sgl_lang.errors import SglConstraintError
@@ -58,7 +56,8 @@ def constraint_sites(
     body = program.body
     if imported:
         body = tuple(stmt for stmt in body if isinstance(stmt, nodes.FuncDef))
-    sites = (_site(node, capabilities) for node in _gens_and_selects(body))
+    calls = (node for node in nodes.walk(*body) if isinstance(node, (nodes.Gen, nodes.Select)))
+    sites = (_site(node, capabilities) for node in calls)
     return [site for site in sites if site is not None]
 
 
@@ -92,15 +91,3 @@ def _literal_method(node: nodes.Select) -> str | None:
     if isinstance(value, nodes.Str) and value.is_constant:
         return "".join(str(part) for part in value.parts)
     return None
-
-
-def _gens_and_selects(value: Any) -> Iterator[nodes.Gen | nodes.Select]:
-    """The `gen` and `select` statements in a node or a tuple of nodes, in source order."""
-    if isinstance(value, (nodes.Gen, nodes.Select)):
-        yield value
-    elif isinstance(value, nodes.Node):
-        for field in fields(value):
-            yield from _gens_and_selects(getattr(value, field.name))
-    elif isinstance(value, tuple):
-        for item in value:
-            yield from _gens_and_selects(item)

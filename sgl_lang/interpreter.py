@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sgl_lang import nodes
+from sgl_lang.bindings import ScopeKind
 from sgl_lang.calls import (
     DEFAULT_NUM_RETRIES,
     CallRecord,
@@ -52,11 +53,12 @@ ProgramLoader = Callable[[nodes.Program, nodes.Import], nodes.Program]
 
 
 class Scope:
-    """Variables of a module, a function call, a fork branch or a comprehension."""
+    """Variables of a module, a function call, a fork branch or a comprehension: at run time,
+    one of the scopes of `bindings.py`."""
 
     __slots__ = ("kind", "parent", "vars")
 
-    def __init__(self, kind: str, parent: Scope | None = None) -> None:
+    def __init__(self, kind: ScopeKind, parent: Scope | None = None) -> None:
         self.kind = kind
         self.parent = parent
         self.vars: dict[str, Any] = {}

@@ -1,9 +1,10 @@
-"""The AST: frozen dataclasses with spans. Built by `transform`, read by `resolve` and the interpreter."""
+"""The AST: frozen dataclasses with spans, and `children`/`walk` to visit them. Built by `transform`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any, TypeAlias
 
 from sgl_lang.source import Source, Span
 
@@ -347,6 +348,10 @@ class NamedType(Node):
 
     name: str
 
+    @property
+    def is_scalar(self) -> bool:
+        return self.name in ("str", "int", "float", "bool")
+
 
 @dataclass(frozen=True, eq=False)
 class ListType(Node):
@@ -430,3 +435,30 @@ class Program:
 
     source: Source
     body: tuple[Stmt, ...]
+
+
+# ---------------------------------------------------------------- traversal
+
+
+def children(node: Node) -> tuple[Node, ...]:
+    """The nodes `node` holds directly (in its fields, or in tuples in them), in source order
+    (which field order is not always: an `IfExpr` holds its test before its body)."""
+    found = [child for f in fields(node) for child in _nodes_in(getattr(node, f.name))]
+    return tuple(sorted(found, key=lambda child: child.span.start))
+
+
+def walk(*roots: Node) -> Iterator[Node]:
+    """Every node of the trees under `roots`, each before its children, in source order."""
+    pending = list(reversed(roots))
+    while pending:
+        node = pending.pop()
+        yield node
+        pending.extend(reversed(children(node)))
+
+
+def _nodes_in(value: Any) -> Iterator[Node]:
+    if isinstance(value, Node):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _nodes_in(item)

@@ -15,11 +15,12 @@ always safe: the prefix is a hint that never changes a result.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from sgl_lang import nodes
+from sgl_lang.bindings import binding_table
 from sgl_lang.errors import SglError
 from sgl_lang.objects import format_value
 from sgl_lang.operators import binary, compare, iterate
@@ -60,11 +61,17 @@ def function_prefix(func: nodes.FuncDef, program: nodes.Program | None) -> Stati
 
 def module_constants(program: nodes.Program) -> dict[str, Any]:
     """Names bound exactly once in the whole program, by a top-level assignment of a known value,
-    and never mutated (`xs.append(...)`): functions may read them as constants."""
-    num_bindings: dict[str, int] = {}
-    for node in _descendants(program.body):
-        for name in _bound_names(node):
-            num_bindings[name] = num_bindings.get(name, 0) + 1
+    and never mutated (`xs.append(...)`): functions may read them as constants.
+
+    A binding of the name in any scope counts (conservatively), but a comprehension's variable,
+    gone when the comprehension ends."""
+    num_bindings = Counter(
+        binding.name
+        for scope in binding_table(program).scopes
+        if scope.kind != "comp"
+        for binding in scope.bindings
+    )
+    mutated = _mutated_names(program)
     walker = _Walker({})
     constants: dict[str, Any] = {}
     for stmt in program.body:
@@ -72,7 +79,8 @@ def module_constants(program: nodes.Program) -> dict[str, Any]:
             isinstance(stmt, nodes.Assign)
             and len(stmt.targets) == 1
             and isinstance(stmt.targets[0], nodes.Name)
-            and num_bindings.get(stmt.targets[0].id) == 1
+            and num_bindings[stmt.targets[0].id] == 1
+            and stmt.targets[0].id not in mutated
             and not isinstance(stmt.value, nodes.Fork)
         ):
             walker.env = constants
@@ -135,9 +143,10 @@ class _Walker:
             if test is _UNKNOWN:
                 raise _Stop(stmt.span)
             self.block(stmt.body if test else stmt.orelse)
-        elif isinstance(stmt, (nodes.FuncDef, nodes.ParamDecl, nodes.SchemaDecl, nodes.Import)):
-            for name in _bound_names(stmt):
-                self.env.pop(name, None)
+        elif isinstance(stmt, (nodes.FuncDef, nodes.ParamDecl, nodes.SchemaDecl)):
+            self.env.pop(stmt.name, None)
+        elif isinstance(stmt, nodes.Import):
+            self.env.pop(stmt.alias, None)
         elif not isinstance(stmt, (nodes.Pass, nodes.BackendDecl)):
             raise _Stop(stmt.span)  # gen, select, image, calls, fork, loops we cannot follow
 
@@ -161,7 +170,7 @@ class _Walker:
         except SglError:
             items = _UNKNOWN
         if items is _UNKNOWN or any(
-            isinstance(node, (nodes.Break, nodes.Continue)) for node in _descendants(stmt.body)
+            isinstance(node, (nodes.Break, nodes.Continue)) for node in nodes.walk(*stmt.body)
         ):
             raise _Stop(stmt.span)
         for item in items:
@@ -232,46 +241,25 @@ class _Walker:
         return _UNKNOWN
 
 
-# ---------------------------------------------------------------- names and nodes
+# ---------------------------------------------------------------- names
 
 
-def _descendants(body: Sequence[nodes.Node]) -> Iterator[nodes.Node]:
-    """Every node in `body`, statements and expressions, depth first."""
-    stack: list[Any] = list(body)
-    while stack:
-        item = stack.pop()
-        if isinstance(item, tuple):
-            stack.extend(item)
-        elif isinstance(item, nodes.Node):
-            yield item
-            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
-
-
-def _bound_names(node: nodes.Node) -> list[str]:
-    """The names a node binds or mutates (so that none of them is a constant)."""
-    if isinstance(node, nodes.Assign):
-        return [_base_name(target) for target in node.targets]
-    if isinstance(node, nodes.AugAssign):
-        return [_base_name(node.target)]
-    if isinstance(node, nodes.For):
-        return list(node.targets)
-    if isinstance(node, nodes.Fork):
-        return [node.var] if node.var else []
-    if isinstance(
-        node, (nodes.Gen, nodes.Select, nodes.FuncDef, nodes.SchemaDecl, nodes.ParamDecl)
-    ):
-        return [node.name]
-    if isinstance(node, nodes.Param):
-        return [node.name]
-    if isinstance(node, nodes.Import):
-        return [node.alias]
-    if (
-        isinstance(node, nodes.Call)
-        and isinstance(node.func, nodes.Attribute)
-        and node.func.attr in MUTATING_METHODS
-    ):
-        return [_base_name(node.func.value)]
-    return []
+def _mutated_names(program: nodes.Program) -> set[str]:
+    """The names whose values the program changes in place: `x[i] = v`, `x.k = v`, `x += v`,
+    `x.append(v)` and the other mutating methods."""
+    mutated: set[str] = set()
+    for node in nodes.walk(*program.body):
+        if isinstance(node, nodes.Assign):
+            mutated.update(_base_name(t) for t in node.targets if not isinstance(t, nodes.Name))
+        elif isinstance(node, nodes.AugAssign):
+            mutated.add(_base_name(node.target))
+        elif (
+            isinstance(node, nodes.Call)
+            and isinstance(node.func, nodes.Attribute)
+            and node.func.attr in MUTATING_METHODS
+        ):
+            mutated.add(_base_name(node.func.value))
+    return mutated
 
 
 def _base_name(target: nodes.Expr) -> str:

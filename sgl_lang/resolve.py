@@ -1,15 +1,17 @@
 """Static checks before anything runs: names, structure, `gen` arguments, parameters.
 
-What a backend enforces is checked separately, in `enforcement.py`."""
+Names are checked on the program's binding table (`bindings.py`); what a backend enforces is
+checked separately, in `enforcement.py`."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sgl_lang import nodes
+from sgl_lang.bindings import Binding, BindingTable, Scope, binding_table
 from sgl_lang.errors import (
     SglError,
     SglImportError,
@@ -23,32 +25,18 @@ from sgl_lang.gen_args import GEN_ARGUMENTS, SELECT_ARGUMENTS, conflicting_const
 from sgl_lang.stdlib import BUILTIN_NAMES, MODULE_NAMES
 
 
-@dataclass
-class _Scope:
-    kind: str  # "module" | "function" | "branch" | "comp"
-    names: dict[str, int]  # name -> offset of its first binding
-    parent: _Scope | None = None
-    start: int = 0  # where a branch's fork starts
-
-    def visible(self) -> Iterator[str]:
-        scope: _Scope | None = self
-        while scope is not None:
-            yield from scope.names
-            scope = scope.parent
-
-    def defines(self, name: str) -> bool:
-        return any(name == visible for visible in self.visible())
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Where:
     """What encloses the statement being checked."""
 
-    scope: _Scope
     in_function: bool = False
     in_loop: bool = False
     in_role: bool = False
     in_fork: bool = False
+
+    @property
+    def at_top_level(self) -> bool:
+        return not (self.in_function or self.in_fork)
 
 
 @dataclass
@@ -59,8 +47,10 @@ class Checker:
     problems: list[SglError] = field(default_factory=list)
 
     def check(self, program: nodes.Program) -> list[SglError]:
-        module = _Scope("module", _bound_names(program.body))
-        self._block(program.body, _Where(module))
+        self._block(program.body, _Where())
+        table = binding_table(program)
+        self._check_uses(table)
+        self._check_branch_bindings(table)
         if self.params is not None:
             self._check_params(program)
         return sorted(self.problems, key=lambda e: (e.span.start, e.kind) if e.span else (0, ""))
@@ -76,10 +66,7 @@ class Checker:
 
     def _stmt(self, stmt: nodes.Stmt, where: _Where) -> None:
         match stmt:
-            case nodes.Append(value=value) | nodes.ImageStmt(value=value):
-                self._expr(value, where)
-            case nodes.ExprStmt(expr=expr):
-                self._expr(expr, where)
+            case nodes.ExprStmt():
                 self._check_effect(stmt)
             case nodes.Role():
                 if where.in_role:
@@ -89,53 +76,38 @@ class Checker:
                             stmt.span,
                         )
                     )
-                self._block(stmt.body, _replace(where, in_role=True))
+                self._block(stmt.body, replace(where, in_role=True))
             case nodes.Gen():
-                self._gen(stmt, where)
+                self._gen(stmt)
             case nodes.Select():
-                self._select(stmt, where)
-            case nodes.Assign():
-                self._assign(stmt, where)
-            case nodes.AugAssign():
-                self._expr(stmt.target, where)
-                self._expr(stmt.value, where)
+                self._select(stmt)
+            case nodes.Assign(value=nodes.Fork() as fork):
+                self._fork(fork, where)
             case nodes.If():
-                self._expr(stmt.test, where)
                 self._block(stmt.body, where)
                 self._block(stmt.orelse, where)
-            case nodes.For():
-                self._expr(stmt.iter, where)
-                self._bind_in_branch(stmt.targets, stmt.span, where)
-                self._block(stmt.body, _replace(where, in_loop=True))
-            case nodes.While():
-                self._expr(stmt.test, where)
-                self._block(stmt.body, _replace(where, in_loop=True))
+            case nodes.For() | nodes.While():
+                self._block(stmt.body, replace(where, in_loop=True))
             case nodes.Break() | nodes.Continue():
                 if not where.in_loop:
                     word = "break" if isinstance(stmt, nodes.Break) else "continue"
                     self._report(SglSyntaxError(f"`{word}` outside a loop", stmt.span))
             case nodes.Return():
                 self._return(stmt, where)
-            case nodes.Assert():
-                self._expr(stmt.test, where)
-                if stmt.message:
-                    self._expr(stmt.message, where)
             case nodes.Fork():
                 self._fork(stmt, where)
             case nodes.FuncDef():
-                self._funcdef(stmt, where)
+                self._funcdef(stmt)
             case nodes.ParamDecl() | nodes.SchemaDecl() | nodes.Import() | nodes.BackendDecl():
                 self._declaration(stmt, where)
 
     def _declaration(self, stmt: nodes.Stmt, where: _Where) -> None:
-        if where.scope.kind != "module" or where.in_role:
+        if not where.at_top_level or where.in_role:
             self._report(
                 SglSyntaxError("declarations belong at the top level of a file", stmt.span)
             )
-        if isinstance(stmt, nodes.ParamDecl) and stmt.default:
-            self._expr(stmt.default, where)
         if isinstance(stmt, nodes.SchemaDecl):
-            self._schema(stmt, where)
+            self._schema(stmt)
         if isinstance(stmt, nodes.Import) and stmt.module and stmt.module not in MODULE_NAMES:
             self._report(
                 SglImportError(
@@ -145,7 +117,7 @@ class Checker:
                 )
             )
 
-    def _schema(self, stmt: nodes.SchemaDecl, where: _Where) -> None:
+    def _schema(self, stmt: nodes.SchemaDecl) -> None:
         seen: set[str] = set()
         for schema_field in stmt.fields:
             if schema_field.name in seen:
@@ -153,11 +125,6 @@ class Checker:
                     SglNameError(f"duplicate field `{schema_field.name}`", schema_field.span)
                 )
             seen.add(schema_field.name)
-            for named in _named_types(schema_field.type):
-                if named.name not in ("str", "int", "float", "bool") and not where.scope.defines(
-                    named.name
-                ):
-                    self._report(SglNameError(f"unknown type `{named.name}`", named.span))
 
     def _return(self, stmt: nodes.Return, where: _Where) -> None:
         if not where.in_function:
@@ -170,39 +137,9 @@ class Checker:
                     hint="bind a variable in the branch and read it from the branch list",
                 )
             )
-        if stmt.value:
-            self._expr(stmt.value, where)
 
-    def _assign(self, stmt: nodes.Assign, where: _Where) -> None:
-        if isinstance(stmt.value, nodes.Fork):
-            self._fork(stmt.value, where)
-        else:
-            self._expr(stmt.value, where)
-        for target in stmt.targets:
-            if isinstance(target, nodes.Name):
-                self._bind_in_branch((target.id,), target.span, where)
-            else:
-                self._expr(target, where)
-
-    def _bind_in_branch(self, names: tuple[str, ...], span: Any, where: _Where) -> None:
-        """In a fork branch, binding a name of an enclosing scope is an error."""
-        scope = where.scope
-        if scope.kind != "branch":
-            return
-        for name in names:
-            if _bound_outside(scope, name):
-                self._report(
-                    SglNameError(
-                        f"a fork branch cannot rebind `{name}` from the enclosing scope; "
-                        "bind a new name and read it from the branch",
-                        span,
-                    )
-                )
-
-    def _gen(self, stmt: nodes.Gen, where: _Where) -> None:
-        self._bind_in_branch((stmt.name,), stmt.name_span, where)
+    def _gen(self, stmt: nodes.Gen) -> None:
         for kw in stmt.args:
-            self._expr(kw.value, where)
             if kw.name is None:
                 self._report(SglSyntaxError("`gen` arguments must be named", kw.span))
             elif kw.name not in GEN_ARGUMENTS:
@@ -221,29 +158,17 @@ class Checker:
                 SglValueError(f"`{conflict[0]}` and `{conflict[1]}` cannot be used together", span)
             )
 
-    def _select(self, stmt: nodes.Select, where: _Where) -> None:
-        self._bind_in_branch((stmt.name,), stmt.name_span, where)
-        self._expr(stmt.choices, where)
+    def _select(self, stmt: nodes.Select) -> None:
         for kw in stmt.args:
-            self._expr(kw.value, where)
             if kw.name not in SELECT_ARGUMENTS:
                 self._report(SglTypeError(f"`select` has no argument `{kw.name}`", kw.span))
 
     def _fork(self, stmt: nodes.Fork, where: _Where) -> None:
         if where.in_role:
             self._report(SglSyntaxError("`fork` cannot be used inside a role message", stmt.span))
-        if stmt.iter:
-            self._expr(stmt.iter, where)
-        if stmt.count:
-            self._expr(stmt.count, where)
-        names = _bound_names(stmt.body)
-        if stmt.var:
-            names[stmt.var] = stmt.span.start
-        branch = _Scope("branch", names, where.scope, stmt.span.start)
-        inner = _Where(branch, where.in_function, False, False, True)
-        self._block(stmt.body, inner)
+        self._block(stmt.body, _Where(in_function=where.in_function, in_fork=True))
 
-    def _funcdef(self, stmt: nodes.FuncDef, where: _Where) -> None:
+    def _funcdef(self, stmt: nodes.FuncDef) -> None:
         seen: set[str] = set()
         has_default = False
         for param in stmt.params:
@@ -252,7 +177,6 @@ class Checker:
             seen.add(param.name)
             if param.default:
                 has_default = True
-                self._expr(param.default, where)
             elif has_default:
                 self._report(
                     SglSyntaxError(
@@ -260,12 +184,10 @@ class Checker:
                         param.span,
                     )
                 )
-        names = {param.name: param.span.start for param in stmt.params} | _bound_names(stmt.body)
-        local = _Scope("function", names, where.scope)
-        self._block(stmt.body, _Where(local, in_function=True))
+        self._block(stmt.body, _Where(in_function=True))
 
     def _check_effect(self, stmt: nodes.ExprStmt) -> None:
-        if any(isinstance(n, (nodes.Call, nodes.RunExpr)) for n in _walk(stmt.expr)):
+        if any(isinstance(n, (nodes.Call, nodes.RunExpr)) for n in nodes.walk(stmt.expr)):
             return
         hint = (
             f'write "{{{stmt.expr.id}}}" to append it'
@@ -287,27 +209,32 @@ class Checker:
                     )
                 )
 
-    # ------------------------------------------------------------ expressions
+    # ------------------------------------------------------------ names
 
-    def _expr(self, expr: nodes.Node, where: _Where) -> None:
-        if isinstance(expr, nodes.Name):
-            if expr.id not in BUILTIN_NAMES and not where.scope.defines(expr.id):
-                candidates = set(where.scope.visible()) | BUILTIN_NAMES
+    def _check_uses(self, table: BindingTable) -> None:
+        """Every name read must be bound in an enclosing scope or be a built-in; every schema
+        type must name a schema."""
+        for use in table.uses:
+            if use.binding is not None:
+                continue
+            if isinstance(use.node, nodes.NamedType):
+                self._report(SglNameError(f"unknown type `{use.name}`", use.node.span))
+            elif use.name not in BUILTIN_NAMES:
+                hint = _suggest(use.name, use.scope.visible() | BUILTIN_NAMES)
+                self._report(SglNameError(f"`{use.name}` is not defined", use.node.span, hint=hint))
+
+    def _check_branch_bindings(self, table: BindingTable) -> None:
+        for scope in table.scopes:
+            for binding in _rebindings(scope):
+                # a `for` is reported on the statement, the others on the name
+                span = binding.node.span if isinstance(binding.node, nodes.For) else binding.span
                 self._report(
                     SglNameError(
-                        f"`{expr.id}` is not defined", expr.span, hint=_suggest(expr.id, candidates)
+                        f"a fork branch cannot rebind `{binding.name}` from the enclosing scope; "
+                        "bind a new name and read it from the branch",
+                        span,
                     )
                 )
-            return
-        if isinstance(expr, nodes.ListComp):
-            self._expr(expr.iter, where)
-            targets = dict.fromkeys(expr.targets, expr.span.start)
-            comp = _Where(_Scope("comp", targets, where.scope), where.in_function)
-            for part in (expr.elt, *expr.conditions):
-                self._expr(part, comp)
-            return
-        for child in _children(expr):
-            self._expr(child, where)
 
 
 def check(program: nodes.Program, params: dict[str, Any] | None = None) -> list[SglError]:
@@ -321,82 +248,21 @@ def check(program: nodes.Program, params: dict[str, Any] | None = None) -> list[
 # ---------------------------------------------------------------- helpers
 
 
-def _replace(where: _Where, **changes: Any) -> _Where:
-    return _Where(**{**where.__dict__, **changes})
-
-
-def _bound_names(body: tuple[nodes.Stmt, ...]) -> dict[str, int]:
-    """Names a block binds in its own scope (not in nested functions or fork branches), each
-    with the offset of its first binding."""
-    names: dict[str, int] = {}
-    for stmt in body:
-        bound: list[str] = []
-        match stmt:
-            case nodes.Assign(targets=targets):
-                bound = [t.id for t in targets if isinstance(t, nodes.Name)]
-            case nodes.Gen(name=name) | nodes.Select(name=name):
-                bound = [name]
-            case nodes.For(targets=targets):
-                bound = list(targets)
-            case (
-                nodes.FuncDef(name=name) | nodes.ParamDecl(name=name) | nodes.SchemaDecl(name=name)
-            ):
-                bound = [name]
-            case nodes.Import(alias=alias):
-                bound = [alias]
-        for name in bound:
-            names.setdefault(name, stmt.span.start)
-        for attr in ("body", "orelse"):
-            if not isinstance(stmt, (nodes.FuncDef, nodes.Fork)) and hasattr(stmt, attr):
-                for name, start in _bound_names(getattr(stmt, attr)).items():
-                    names.setdefault(name, start)
-    return names
-
-
-def _bound_outside(branch: _Scope, name: str) -> bool:
-    """Whether a branch binding `name` would rebind a name of an enclosing scope. Module
-    names count only when bound before the fork (later ones cannot be meant)."""
-    outer = branch.parent
-    while outer is not None:
-        if name in outer.names and (outer.kind != "module" or outer.names[name] < branch.start):
-            return True
-        outer = outer.parent
-    return False
-
-
-def _children(node: nodes.Node) -> Iterator[nodes.Node]:
-    for f in fields(node):
-        if f.name == "span":
+def _rebindings(scope: Scope) -> Iterator[Binding]:
+    """The bindings of a fork branch that rebind a name of an enclosing scope: by an assignment,
+    a `for`, a `gen` or a `select` (the branch's own variable and its `def`s are not checked).
+    Module names count only when bound before the fork (later ones cannot be meant)."""
+    if not isinstance(scope.node, nodes.Fork) or scope.parent is None:
+        return
+    fork_start = scope.node.span.start
+    for binding in scope.bindings:
+        if not isinstance(binding.node, (nodes.Assign, nodes.For, nodes.Gen, nodes.Select)):
             continue
-        value = getattr(node, f.name)
-        yield from _nodes_in(value)
-
-
-def _nodes_in(value: Any) -> Iterator[nodes.Node]:
-    if isinstance(value, nodes.Interp):
-        yield value.expr
-    elif isinstance(value, nodes.Keyword):
-        yield value.value
-    elif isinstance(value, nodes.Node):
-        yield value
-    elif isinstance(value, tuple):
-        for item in value:
-            yield from _nodes_in(item)
-
-
-def _walk(node: nodes.Node) -> Iterator[nodes.Node]:
-    yield node
-    for child in _children(node):
-        yield from _walk(child)
-
-
-def _named_types(node: nodes.SchemaType) -> Iterator[nodes.NamedType]:
-    if isinstance(node, nodes.NamedType):
-        yield node
-    elif isinstance(node, nodes.ListType):
-        yield from _named_types(node.item)
-    elif isinstance(node, nodes.DictType):
-        yield from _named_types(node.value)
+        for outer in scope.parent.chain():
+            first = outer.names.get(binding.name)
+            if first is not None and (outer.kind != "module" or first.span.start < fork_start):
+                yield binding
+                break
 
 
 def _suggest(name: str, candidates: Any) -> str | None:

@@ -1,19 +1,18 @@
 """What the language server knows about one document: problems, bindings, symbols, hover text.
 
-Pure Python over the AST (no pygls): positions are character offsets into the text;
-`server.py` converts them to and from LSP's line/UTF-16 positions.
+Pure Python over the AST and its binding table (no pygls): positions are character offsets
+into the text; `server.py` converts them to and from LSP's line/UTF-16 positions.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sgl_lang import nodes
+from sgl_lang.bindings import Binding, BindingTable, Scope, binding_table, name_span
 from sgl_lang.errors import SglError
 from sgl_lang.grammar import parse
 from sgl_lang.loader import Loader
@@ -22,19 +21,6 @@ from sgl_lang.source import Source, Span
 
 _RECOVERY_TRIES = 8
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-@dataclass(frozen=True)
-class Binding:
-    """Where a name is bound. `kind`: function, schema, param, import, variable, generated,
-    argument (of a `def`) or loop. `scope` is the function, fork or comprehension whose
-    variable it is; None for module level."""
-
-    name: str
-    kind: str
-    span: Span
-    node: Any
-    scope: Any = None
 
 
 @dataclass(frozen=True)
@@ -50,13 +36,14 @@ class Symbol:
 
 @dataclass
 class Document:
-    """One `.sgl` text, analysed. `path` names it in messages and resolves imports."""
+    """One `.sgl` text, analysed. `path` names it in messages and resolves imports; `table` is
+    the program's binding table (its module-level names alone when the text does not parse)."""
 
     path: Path
     text: str
     program: nodes.Program | None = None
     problems: list[SglError] = field(default_factory=list)
-    bindings: list[Binding] = field(default_factory=list)
+    table: BindingTable = field(default_factory=lambda: _module_only(None))
 
     @classmethod
     def analyse(cls, path: Path, text: str, previous: Document | None = None) -> Document:
@@ -68,12 +55,12 @@ class Document:
             program = parse(Source(str(path), text))
         except SglError as error:
             document.problems = [error]
-            document.bindings = _recovered_bindings(path, text, error, previous)
+            document.table = _recovered_table(path, text, error, previous)
             return document
         loader.programs[path.resolve()] = program
         document.program = program
         document.problems = _own_problems(program, loader.check(program), loader)
-        document.bindings = list(_bindings(program.body, None))
+        document.table = binding_table(program)
         return document
 
     # ------------------------------------------------------------ lookups
@@ -88,20 +75,20 @@ class Document:
         return None
 
     def lookup(self, name: str, offset: int) -> Binding | None:
-        """The binding `name` refers to at `offset`: innermost scope first, earliest binding."""
-        enclosing = sorted(
-            (b.scope for b in self.bindings if b.scope is not None and _contains(b.scope, offset)),
-            key=lambda node: node.span.end - node.span.start,
-        )
-        for scope in [*dict.fromkeys(enclosing), None]:
-            for binding in self.bindings:
-                if binding.name == name and binding.scope is scope:
-                    return binding
-        return None
+        """The binding `name` refers to at `offset`: that of the name used there, else the
+        one the innermost scope there sees."""
+        use = self.table.use_at(offset)
+        if use is not None and use.name == name:
+            return use.binding
+        return self.table.scope_at(offset).lookup(name)
 
     def names_at(self, offset: int) -> list[str]:
         """Names visible at `offset`."""
-        return [b.name for b in self.bindings if b.scope is None or _contains(b.scope, offset)]
+        return sorted(self.table.scope_at(offset).visible())
+
+    def exported(self, name: str) -> Binding | None:
+        """The module-level binding of `name` (what `import "path" as m` makes `m.name`)."""
+        return self.table.module.names.get(name)
 
     def imported(self, binding: Binding) -> Document | None:
         """The document an `import "path" as x` binding names, analysed, or None."""
@@ -117,15 +104,14 @@ class Document:
     def attributes(self, name: str, offset: int) -> list[str]:
         """Attribute names of the value `name` refers to (a module, an imported file, a schema)."""
         binding = self.lookup(name, offset)
-        if binding is None or binding.kind not in ("import", "schema"):
+        if binding is None or not isinstance(binding.node, (nodes.Import, nodes.SchemaDecl)):
             return []
-        if binding.kind == "schema":
+        if isinstance(binding.node, nodes.SchemaDecl):
             return ["json_schema", "name"]
-        node = binding.node
-        if node.module is not None:
-            return sorted(vocabulary.module_exports(node.module))
+        if binding.node.module is not None:
+            return sorted(vocabulary.module_exports(binding.node.module))
         other = self.imported(binding)
-        return [b.name for b in other.bindings if b.scope is None] if other else []
+        return list(other.table.module.names) if other else []
 
     # ------------------------------------------------------------ features
 
@@ -156,14 +142,12 @@ class Document:
         if binding is None:
             return None
         other = self.imported(binding)
-        if other is None:
-            return None
-        target = other.lookup(name, len(other.text))
-        return (other.path, target.span) if target else None
+        target = other.exported(name) if other else None
+        return (other.path, target.span) if other and target else None
 
     def _import_at(self, offset: int) -> tuple[Path, Span | None] | None:
         """On the path or module name of an `import`: the imported file."""
-        for binding in self.bindings:
+        for binding in (b for scope in self.table.scopes for b in scope.bindings):
             node = binding.node
             if not isinstance(node, nodes.Import) or not _contains(node, offset):
                 continue
@@ -198,7 +182,7 @@ class Document:
         return _doc(doc) if doc else None
 
     def _argument_at(self, offset: int) -> str | None:
-        for node in _walk(self.program.body if self.program else ()):
+        for node in nodes.walk(*(self.program.body if self.program else ())):
             if not isinstance(node, (nodes.Gen, nodes.Select)):
                 continue
             for keyword in node.args:
@@ -226,28 +210,24 @@ class Document:
             doc = vocabulary.module_doc(binding.node.module, name)
             return _doc(doc) if doc else None
         other = self.imported(binding)
-        target = other.lookup(name, len(other.text)) if other else None
+        target = other.exported(name) if other else None
         return describe(target) if target else None
 
     def symbols(self) -> list[Symbol]:
         """The outline: defs (with their parameters), schemas (with their fields), params,
         imports and top-level variables, in source order."""
         symbols: list[Symbol] = []
-        seen: set[str] = set()
-        for binding in self.bindings:
-            if binding.scope is not None or binding.name in seen:
-                continue
-            seen.add(binding.name)
+        for binding in self.table.module.names.values():
             node = binding.node
             children: tuple[Symbol, ...] = ()
             if isinstance(node, nodes.FuncDef):
                 children = tuple(
-                    Symbol(p.name, "argument", p.span, _name_span(p.span, p.name))
+                    Symbol(p.name, "argument", p.span, name_span(p.span, p.name))
                     for p in node.params
                 )
             elif isinstance(node, nodes.SchemaDecl):
                 children = tuple(
-                    Symbol(f.name, "field", f.span, _name_span(f.span, f.name)) for f in node.fields
+                    Symbol(f.name, "field", f.span, name_span(f.span, f.name)) for f in node.fields
                 )
             symbols.append(Symbol(binding.name, binding.kind, node.span, binding.span, children))
         return symbols
@@ -290,15 +270,8 @@ def _first_line(span: Span) -> str:
     return span.source.line(span.line).strip()
 
 
-def _contains(node: Any, offset: int) -> bool:
-    return bool(node.span.start <= offset <= node.span.end)
-
-
-def _name_span(span: Span, name: str, after: int = 0) -> Span:
-    """The span of the word `name` inside `span` (after `after` characters)."""
-    found = re.compile(rf"\b{re.escape(name)}\b").search(span.source.text, span.start + after)
-    start = found.start() if found and found.start() < span.end else span.start
-    return span.source.span(start, start + len(name))
+def _contains(node: nodes.Node, offset: int) -> bool:
+    return node.span.start <= offset <= node.span.end
 
 
 def _own_problems(
@@ -331,9 +304,9 @@ def _import_of(program: nodes.Program, path: Path, loader: Loader) -> Span | Non
 # ---------------------------------------------------------------- bindings
 
 
-def _recovered_bindings(
+def _recovered_table(
     path: Path, text: str, error: SglError, previous: Document | None
-) -> list[Binding]:
+) -> BindingTable:
     """Module-level names of a text that does not parse: those of the longest run of lines
     before the syntax error that parses (a few tries), else those of the previous version."""
     if error.span is not None:
@@ -343,102 +316,12 @@ def _recovered_bindings(
                 program = parse(Source(str(path), text[: starts[line]]))
             except SglError:
                 continue
-            return [b for b in _bindings(program.body, None) if b.scope is None]
-    return [b for b in previous.bindings if b.scope is None] if previous else []
+            return _module_only(binding_table(program))
+    return _module_only(previous.table if previous else None)
 
 
-def _bindings(body: tuple[nodes.Stmt, ...], scope: Any) -> Iterator[Binding]:
-    for stmt in body:
-        yield from _stmt_bindings(stmt, scope)
-
-
-def _stmt_bindings(stmt: nodes.Stmt, scope: Any) -> Iterator[Binding]:
-    match stmt:
-        case nodes.FuncDef():
-            yield Binding(stmt.name, "function", stmt.name_span, stmt, scope)
-            for param in stmt.params:
-                yield Binding(
-                    param.name, "argument", _name_span(param.span, param.name), param, stmt
-                )
-            yield from _bindings(stmt.body, stmt)
-            yield from _expr_bindings(stmt, scope)
-            return
-        case nodes.SchemaDecl():
-            yield Binding(stmt.name, "schema", stmt.name_span, stmt, scope)
-            return
-        case nodes.ParamDecl():
-            yield Binding(stmt.name, "param", _name_span(stmt.span, stmt.name, 5), stmt, scope)
-        case nodes.Import():
-            at = len(stmt.span.text) - len(stmt.alias)
-            yield Binding(
-                stmt.alias,
-                "import",
-                stmt.span.source.span(stmt.span.start + at, stmt.span.end),
-                stmt,
-                scope,
-            )
-        case nodes.Gen() | nodes.Select():
-            yield Binding(stmt.name, "generated", stmt.name_span, stmt, scope)
-        case nodes.Assign():
-            for target in stmt.targets:
-                if isinstance(target, nodes.Name):
-                    yield Binding(target.id, "variable", target.span, stmt, scope)
-            if isinstance(stmt.value, nodes.Fork):
-                yield from _stmt_bindings(stmt.value, scope)
-                return
-        case nodes.For():
-            for name in stmt.targets:
-                yield Binding(name, "loop", _name_span(stmt.span, name, 3), stmt, scope)
-        case nodes.Fork():
-            if stmt.var:
-                yield Binding(stmt.var, "loop", _name_span(stmt.span, stmt.var, 4), stmt, stmt)
-            yield from _bindings(stmt.body, stmt)
-            yield from _expr_bindings(stmt, scope)
-            return
-    for child in _children(stmt):
-        if isinstance(child, tuple):
-            yield from _bindings(child, scope)
-    yield from _expr_bindings(stmt, scope)
-
-
-def _expr_bindings(node: Any, scope: Any) -> Iterator[Binding]:
-    """Comprehension variables inside the expressions of `node` (not in its nested blocks)."""
-    for child in _children(node):
-        if not isinstance(child, nodes.Node) or isinstance(child, nodes.Stmt):
-            continue
-        if isinstance(child, nodes.ListComp):
-            for name in child.targets:
-                yield Binding(name, "loop", _name_span(child.span, name), child, child)
-        yield from _expr_bindings(child, scope)
-
-
-def _children(node: Any) -> Iterator[Any]:
-    """The child nodes of a node, and its blocks (non-empty tuples of statements) as tuples."""
-    for f in fields(node):
-        if f.name in ("span", "name_span"):
-            continue
-        value = getattr(node, f.name)
-        if isinstance(value, tuple) and value and all(isinstance(i, nodes.Stmt) for i in value):
-            yield value
-        else:
-            yield from _nodes_in(value)
-
-
-def _nodes_in(value: Any) -> Iterator[nodes.Node]:
-    if isinstance(value, nodes.Interp):
-        yield value.expr
-    elif isinstance(value, nodes.Node):
-        yield value
-    elif isinstance(value, tuple):
-        for item in value:
-            yield from _nodes_in(item)
-
-
-def _walk(body: Any) -> Iterator[Any]:
-    """Every node under a block or a node, depth first."""
-    items = body if isinstance(body, tuple) else (body,)
-    for item in items:
-        if isinstance(item, nodes.Node):
-            yield item
-            for child in _children(item):
-                yield from _walk(child)
+def _module_only(table: BindingTable | None) -> BindingTable:
+    """The module scope of `table` alone (an empty one without a table): the positions of
+    inner scopes and uses are not kept for a text that changed since."""
+    module = table.module if table else Scope("module", None, None)
+    return BindingTable((module,), ())
