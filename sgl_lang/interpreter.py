@@ -760,7 +760,9 @@ class Interpreter:
         result = []
         for item in iterate(await self.eval(node.iter, ctx)):
             self._bind_targets(node.targets, item, scope)
-            for cond in node.conditions:  # in order, stopping at the first false one, as Python does
+            for (
+                cond
+            ) in node.conditions:  # in order, stopping at the first false one, as Python does
                 if not await self.eval(cond, inner):
                     break
             else:
