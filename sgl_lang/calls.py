@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from sgl_lang.errors import SglBackendError, SglConstraintError
 from sgl_lang.gen_args import GenArgs
-from sgl_lang.outputs import output_value, satisfies
+from sgl_lang.outputs import output_value
 from sgl_lang.protocol import CONSTRAINT_KIND, Backend, BackendError, GenRequest, GenResult
 from sgl_lang.source import Span
 from sgl_lang.values import to_repr
@@ -80,8 +80,10 @@ async def generate_checked(
         request = args.request if enforced else _unconstrained(args.request, attempt)
         with backend_errors():
             result = await backend.generate(request, on_chunk if enforced else None)
-        cut = _cut_error(result, args.request)
-        value, error = (None, cut) if cut else _checked_value(result.text, args, enforced)
+        cut = result.finish_reason == "length"  # then checked in full, even if enforced
+        value, error = _checked_value(result.text, args, enforced and not cut)
+        if error and cut:
+            error = _cut_error(result, args.request)
         calls.append(_record(site, result, attempt, error))
         if error is None:
             if not enforced and on_chunk is not None and result.text:
@@ -101,9 +103,7 @@ def _unconstrained(request: GenRequest, attempt: int) -> GenRequest:
     return replace(request, constraint=None, seed=seed)
 
 
-def _cut_error(result: GenResult, request: GenRequest) -> SglConstraintError | None:
-    if result.finish_reason != "length" or satisfies(request.constraint, result.text):
-        return None
+def _cut_error(result: GenResult, request: GenRequest) -> SglConstraintError:
     return SglConstraintError(
         f"the output was cut at max_tokens={request.max_tokens} before it satisfied "
         f"the constraint: {to_repr(result.text)}",

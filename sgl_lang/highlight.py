@@ -33,7 +33,6 @@ DECLARATION_KEYWORDS = ("def", "schema", "param", "backend")
 NAMESPACE_KEYWORDS = ("import", "as")
 WORD_OPERATORS = ("and", "or", "not")
 CONSTANTS = ("true", "false", "none")
-SCHEMA_TYPES = ("str", "int", "float", "bool", "list", "dict")
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _QUOTES = {"tdq": '"""', "tsq": "'''", "dq": '"', "sq": "'"}
@@ -154,11 +153,3 @@ class SglLexer(RegexLexer):
         ],
         **_string_states(),
     }
-
-
-def highlight_ansi(code: str) -> str:
-    """`code` highlighted with ANSI colours for a terminal."""
-    from pygments import highlight
-    from pygments.formatters import TerminalFormatter
-
-    return highlight(code, SglLexer(), TerminalFormatter())

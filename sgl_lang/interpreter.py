@@ -762,7 +762,12 @@ class Interpreter:
         result = []
         for item in iterate(await self.eval(node.iter, ctx)):
             self._bind_targets(node.targets, item, scope)
-            if all([await self.eval(cond, inner) for cond in node.conditions]):
+            for (
+                cond
+            ) in node.conditions:  # in order, stopping at the first false one, as Python does
+                if not await self.eval(cond, inner):
+                    break
+            else:
                 result.append(await self.eval(node.elt, inner))
         return result
 

@@ -6,59 +6,33 @@ import json
 import re
 from typing import Any
 
-from sgl_lang.backends.json_schema import json_problem
 from sgl_lang.errors import SglConstraintError
 from sgl_lang.gen_args import GenArgs
-from sgl_lang.protocol import TYPE_PATTERNS, Choices, Constraint, JsonSchema, Regex
+from sgl_lang.protocol import TYPE_PATTERNS, Choices, Constraint, JsonSchema, constraint_problem
 from sgl_lang.values import to_repr
 
-
-def satisfies(constraint: Constraint | None, text: str) -> bool:
-    """Whether `text` is a complete output for `constraint` (always, without one)."""
-    if isinstance(constraint, Regex):
-        return re.fullmatch(constraint.pattern, text.strip()) is not None
-    if isinstance(constraint, Choices):
-        return text in constraint.options
-    if isinstance(constraint, JsonSchema):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError:
-            return False
-    return True
+_ANY_JSON = JsonSchema({})
 
 
 def output_value(text: str, args: GenArgs, *, enforced: bool) -> Any:
     """The value a `gen` binds for its output `text`. A constraint the backend `enforced` is
-    trusted (the output is only converted); one it did not is checked in full: the regex
-    matches all of `text`, the JSON is valid for the schema. Raises `SglConstraintError`
-    saying why `text` does not comply."""
+    trusted: the output is only converted (JSON parsed, a choice looked up); one it did not is
+    checked in full (`constraint_problem`). Raises `SglConstraintError` saying why `text` does
+    not comply."""
     constraint = args.request.constraint
     if args.type_name:
         return convert_type(text, args.type_name)
-    if isinstance(constraint, Choices) and text not in constraint.options:
-        raise SglConstraintError(f"the output {to_repr(text)} is not one of the choices")
-    if (
-        isinstance(constraint, Regex)
-        and not enforced
-        and not re.fullmatch(constraint.pattern, text)
-    ):
-        pattern = to_repr(constraint.pattern)
-        raise SglConstraintError(f"the output {to_repr(text)} does not match the regex {pattern}")
+    checked = _conversion_check(constraint) if enforced else constraint
+    if problem := constraint_problem(checked, text, to_repr):
+        raise SglConstraintError(problem)
+    return json.loads(text) if isinstance(constraint, JsonSchema) else text
+
+
+def _conversion_check(constraint: Constraint | None) -> Constraint | None:
+    """What is still checked of an enforced constraint: that JSON parses, that a choice is one."""
     if isinstance(constraint, JsonSchema):
-        return _json_value(text, None if enforced else constraint.schema)
-    return text
-
-
-def _json_value(text: str, schema: dict | None) -> Any:
-    """The JSON value of `text`, checked against `schema` when one is given."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SglConstraintError(f"the output {to_repr(text)} is not valid JSON: {exc}") from None
-    problem = None if schema is None else json_problem(value, schema)
-    if problem:
-        raise SglConstraintError(f"the output does not fit the JSON schema: {problem}")
-    return value
+        return _ANY_JSON
+    return constraint if isinstance(constraint, Choices) else None
 
 
 def convert_type(text: str, name: str) -> Any:

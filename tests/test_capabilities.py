@@ -270,6 +270,24 @@ def test_the_cli_default_is_the_interpreter_s() -> None:
     assert cli.DEFAULT_NUM_RETRIES == calls.DEFAULT_NUM_RETRIES
 
 
+def test_an_output_cut_at_max_tokens_is_checked_as_any_other_and_never_retried() -> None:
+    """docs/language.md: "An output cut at `max_tokens` before it satisfies its constraint (by
+    the checks above, whether the backend enforces the constraint or not) is a `constraint
+    error` at once (hint: raise `max_tokens`), never retried." The checks above: "a `regex`
+    matches the whole output" (trailing whitespace included), "`type=` converts (surrounding
+    whitespace allowed)"."""
+    backend = like_an_api("42  ", "42")
+    with pytest.raises(SglError) as caught:
+        run_program('gen n(regex="[0-9]+", max_tokens=2)\n', backend)
+    assert len(backend.requests) == 1
+    assert caught.value.render().startswith(
+        "t.sgl:1:1: constraint error: the output was cut at max_tokens=2 before it satisfied "
+        'the constraint: "42  "\n'
+    )
+    interpreter = run_program("gen n(type=int, max_tokens=2)\n", like_an_api("42  "))
+    assert interpreter.scope.vars["n"] == 42
+
+
 # ---------------------------------------------------------------- the REPL
 
 

@@ -26,14 +26,13 @@ BACKENDS: dict[str, str] = {
     "openai": "sgl_lang.backends.openai:create",
     "anthropic": "sgl_lang.backends.anthropic:create",
     "gemini": "sgl_lang.backends.gemini:create",
-    "vllm": "sgl_lang.backends.vllm:create",
 }
 _TARGET_OPTIONAL = frozenset({"test", "local"})
 _FORMS = (
     "test, test:PATH, local, local:PATH, http://HOST:PORT, openai:MODEL, "
-    "openai:MODEL@http://HOST:PORT/v1, anthropic:MODEL, gemini:MODEL, vllm:PATH"
+    "openai:MODEL@http://HOST:PORT/v1, anthropic:MODEL, gemini:MODEL"
 )
-_TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL", "vllm": "PATH"}
+_TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL"}
 
 
 def get_backend(uri: str) -> Backend:

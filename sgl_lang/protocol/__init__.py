@@ -1,8 +1,9 @@
-"""The protocol between the language and the places generation goes: prompts, constraints,
-requests and results, capabilities, the `Backend` contract, `select` scoring. It imports no
-other part of sgl-lang, and neither torch nor lark."""
+"""The protocol between the language and the places generation goes: prompts, constraints
+and the check of an output against one, requests and results, capabilities, the `Backend`
+contract, `select` scoring. It imports no other part of sgl-lang, and neither torch nor lark."""
 
 from sgl_lang.protocol.backend import Backend, BackendError, Capabilities
+from sgl_lang.protocol.checks import constraint_problem
 from sgl_lang.protocol.constraints import (
     CONSTRAINT_KIND,
     CONSTRAINT_KINDS,
@@ -12,6 +13,7 @@ from sgl_lang.protocol.constraints import (
     JsonSchema,
     Regex,
 )
+from sgl_lang.protocol.json_schema import json_problem, resolve_ref
 from sgl_lang.protocol.prompts import Image, Message, Prompt, Segment, Text
 from sgl_lang.protocol.requests import GenRequest, GenResult
 from sgl_lang.protocol.scoring import SELECT_METHODS, choice_scores
@@ -36,4 +38,7 @@ __all__ = [
     "Segment",
     "Text",
     "choice_scores",
+    "constraint_problem",
+    "json_problem",
+    "resolve_ref",
 ]

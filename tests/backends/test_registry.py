@@ -40,7 +40,6 @@ def test_test_backend_with_and_without_replies(tmp_path: Path) -> None:
         ("openai:llama@http://localhost:8000/v1", "openai", "llama@http://localhost:8000/v1"),
         ("anthropic:claude-sonnet-4-5", "anthropic", "claude-sonnet-4-5"),
         ("gemini:gemini-2.0-flash", "gemini", "gemini-2.0-flash"),
-        ("vllm:/models/llama", "vllm", "/models/llama"),
     ],
 )
 def test_each_uri_form_reaches_its_module(
@@ -90,7 +89,7 @@ def test_other_import_errors_are_not_swallowed(
         ("http:localhost", "malformed backend URI `http:localhost`: expected http://HOST:PORT"),
         ("https://", "malformed backend URI `https://`"),
         ("openai:", "backend `openai:` needs a model: write `openai:MODEL`"),
-        ("vllm", "backend `vllm` needs a path: write `vllm:PATH`"),
+        ("vllm", "unknown backend `vllm` (known forms: "),
         ("test:", "backend `test:` has an empty path"),
     ],
 )
@@ -105,6 +104,15 @@ def test_unknown_backend_lists_the_known_forms() -> None:
         get_backend("llamacpp:x")
     assert "openai:MODEL@http://HOST:PORT/v1" in info.value.message
     assert "did you mean" not in info.value.message
+
+
+def test_vllm_is_an_unknown_backend_whose_message_names_the_served_route() -> None:
+    """There is no in-process vLLM backend: the message lists the known forms, among them the
+    route to `vllm serve` (docs/backends.md, "vLLM")."""
+    with pytest.raises(BackendError) as info:
+        get_backend("vllm:/models/llama")
+    assert info.value.message.startswith("unknown backend `vllm:/models/llama` (known forms: ")
+    assert "openai:MODEL@http://HOST:PORT/v1" in info.value.message
 
 
 def test_importing_backends_imports_no_runtime() -> None:

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgl_lang.backends.test import TestBackend, create, json_problem, sample_json, sample_regex
+from sgl_lang.backends.samplers import sample_json, sample_regex
+from sgl_lang.backends.test import TestBackend, create
 from sgl_lang.protocol import (
     TYPE_PATTERNS,
     BackendError,
@@ -29,6 +30,7 @@ from sgl_lang.protocol import (
     Prompt,
     Regex,
     Text,
+    json_problem,
 )
 
 

@@ -2,7 +2,8 @@
 
 Covers what `schema` declarations produce and what the test backend samples: type (or a list
 of types), enum, const, properties/required/additionalProperties, items/minItems/maxItems,
-string minLength/maxLength/pattern, number bounds, anyOf/oneOf/allOf and local `$ref`s.
+string minLength/maxLength/pattern, number bounds, anyOf/oneOf/allOf and local `$ref`s. A
+schema it cannot read (a `$ref` outside the document, an unknown type) raises `BackendError`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sgl_lang.protocol import BackendError
+from sgl_lang.protocol.backend import BackendError
 
 _MAX_REFS = 24  # a chain of $refs longer than this refers to itself
 
