@@ -185,7 +185,8 @@ def test_fork_branches_and_batch_rows_decode_together(backend: LocalBackend) -> 
 def test_the_trace_marks_cached_prompt_parts_and_reports_engine_totals(
     backend: LocalBackend, tmp_path: Path
 ) -> None:
-    from sgl_lang.runner import RunOptions, run_file
+    from sgl_lang.config import RunOptions
+    from sgl_lang.runner import run_file
 
     trace = tmp_path / "trace.json"
     code = asyncio.run(run_file(ROOT / "examples/tips.sgl", {}, RunOptions(trace_json=trace)))

@@ -40,6 +40,7 @@ from sgl_lang.protocol import (
     SELECT_METHODS,
     Backend,
     BackendError,
+    CachedSplit,
     Capabilities,
     Choices,
     Constraint,
@@ -68,14 +69,17 @@ NUM_CONTEXT_TOKENS = 4  # prompt tokens decoded before the healed one, as the de
 OPEN_MARK = "\x00sgl-open-message\x00"  # stands for "the open message continues here"
 
 
-def create(target: str) -> LocalBackend:
-    """`local` (target "": the embedded SmolLM2) or `local:PATH` (a HF folder or a .gguf)."""
+def create(
+    target: str, *, engine_options: EngineOptions | None = None, model: Path | None = None
+) -> LocalBackend:
+    """`local` (target "": `model`, else the embedded SmolLM2) or `local:PATH` (a HF folder
+    or a .gguf), its engine built with `engine_options`."""
     if not target:
-        return LocalBackend()
+        return LocalBackend(model, engine_options)
     path = Path(target).expanduser()
     if not path.exists():
         raise BackendError(f"local model not found: {target}")
-    return LocalBackend(path)
+    return LocalBackend(path, engine_options)
 
 
 class LocalBackend(Backend):
@@ -99,29 +103,29 @@ class LocalBackend(Backend):
         self._path_key = None if model_path is None else str(model_path.resolve())
         self._closed = False
 
-    def configured(self, options: EngineOptions, model_path: Path | None = None) -> LocalBackend:
-        """A backend on `model_path` (default: this one's model) with engine `options`."""
-        return LocalBackend(model_path or self.model_path, options)
-
     def stats(self) -> EngineStats | None:
         """The shared engine's counters since it started (None before it is loaded)."""
         shared = _ENGINES.get((self._path_key, self.options))
         return shared.engine.stats() if shared is not None else None
 
-    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> tuple[str, str]:
+    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> CachedSplit | None:
         """The prompt as the model reads it, split after its first `num_cached_tokens`
-        tokens: (cached text, computed text). For traces; needs the engine loaded."""
+        tokens (None before the engine is loaded)."""
         shared = _ENGINES.get((self._path_key, self.options))
         if shared is None:
-            return "", prompt.plain_text()
+            return None
         engine = shared.engine
         try:
             ids = encode(engine, render_prompt(engine.tokenizer, prompt))
         except BackendError:
-            return "", prompt.plain_text()
+            return None
         flags = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
         cached = engine.tokenizer.decode(ids[:num_cached_tokens], **flags)
-        return cached, engine.tokenizer.decode(ids[num_cached_tokens:], **flags)
+        return CachedSplit(cached, engine.tokenizer.decode(ids[num_cached_tokens:], **flags))
+
+    async def warm_up(self) -> None:
+        """Load the shared engine now."""
+        await self._shared()
 
     async def engine(self) -> Engine:
         """The shared engine of this backend's model, loaded on first use."""
