@@ -139,7 +139,7 @@ async def run_once(
     hints: bool,
     parallel: int,
 ) -> Result:
-    engine = await backend.engine()
+    engine = (await backend.bridged()).engine
     engine.flush_cache()
     program = parse_text(source, f"{workload}.sgl")
     target: Backend = backend if hints else WithoutHints(backend)

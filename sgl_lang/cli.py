@@ -1,4 +1,5 @@
-"""The command line: `sgl run` and `sgl check`. Thin: dispatch, error printing, exit codes."""
+"""The command line: `sgl run`, `check`, `repl`, `serve`, `lsp`. Thin: dispatch, error printing,
+exit codes."""
 
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglError, SglWarning
+from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
 if TYPE_CHECKING:
-    from sgl_lang.stdlib.permissions import Permissions
+    from sgl_lang.config import RunOptions, Stream
 
 T = TypeVar("T")
 
 EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_USAGE = 0, 1, 2
-RUN_POLICIES = ("lpm", "dfs-weight", "fcfs")  # sgl_lang.runtime.config.POLICIES (not imported)
-DEFAULT_NUM_RETRIES = 2  # sgl_lang.calls.DEFAULT_NUM_RETRIES (not imported)
 
 
 def _fail(error: BaseException, debug: bool) -> int:
@@ -58,7 +59,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return name, raw
 
 
-# Options of `sgl run` that `sgl repl` takes too; `_permissions` and `_runtime_settings` read them.
+# Options of `sgl run` that `sgl repl` takes too; `run_options` reads them.
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -105,16 +106,10 @@ permission_options = _options(
 )
 
 
-def _permissions(
-    allow_read: bool, allow_write: bool, allow_net: bool, allow_python: bool
-) -> Permissions:
-    """The `Permissions` of `permission_options`."""
-    from sgl_lang.stdlib.permissions import Permissions
-
-    return Permissions(read=allow_read, write=allow_write, net=allow_net, python=allow_python)
-
-
-def _runtime_settings(
+def run_options(
+    *,
+    backend_uri: str | None,
+    config_path: Path | None,
     model: Path | None,
     kv_cache_gb: float | None,
     policy: str | None,
@@ -122,17 +117,56 @@ def _runtime_settings(
     max_running: int | None,
     max_tokens: int | None,
     threads: int | None,
-) -> dict[str, Any]:
-    """`runtime_options` as `RunConfig` overrides (None: not given); `--config` is separate."""
-    return {
-        "model": model.resolve() if model else None,
-        "kv_cache_gb": kv_cache_gb,
-        "policy": policy,
-        "cache": cache,
-        "max_running_requests": max_running,
-        "max_tokens": max_tokens,
-        "threads": threads,
-    }
+    allow_read: bool,
+    allow_write: bool,
+    allow_net: bool,
+    allow_python: bool,
+    stream: bool | None = None,
+    trace: bool = False,
+    trace_json: Path | None = None,
+    replay: Path | None = None,
+    allow_unenforced: bool = False,
+    num_retries: int = DEFAULT_NUM_RETRIES,
+) -> RunOptions:
+    """The `RunOptions` of the flags of `sgl run`, or of the part of them `sgl repl` takes.
+    The runtime flags become `RunConfig` overrides (None: not given)."""
+    from sgl_lang.config import RunOptions
+    from sgl_lang.stdlib.permissions import Permissions
+
+    return RunOptions(
+        backend_uri=backend_uri,
+        permissions=Permissions(
+            read=allow_read, write=allow_write, net=allow_net, python=allow_python
+        ),
+        stream=_stream_mode(stream),
+        trace=trace,
+        trace_json=trace_json,
+        config_path=config_path,
+        settings={
+            "model": model.resolve() if model else None,
+            "kv_cache_gb": kv_cache_gb,
+            "policy": policy,
+            "cache": cache,
+            "max_running_requests": max_running,
+            "max_tokens": max_tokens,
+            "threads": threads,
+        },
+        replay=replay,
+        allow_unenforced=allow_unenforced,
+        num_retries=num_retries,
+    )
+
+
+def _stream_mode(stream: bool | None) -> Stream:
+    """`sgl run`'s streaming: rich on a terminal; plain text when stderr is piped and
+    --stream is given; nothing when piped by default; at the end with --no-stream."""
+    from sgl_lang.config import Stream
+
+    if stream is False:
+        return Stream.END
+    if sys.stderr.isatty():
+        return Stream.LIVE
+    return Stream.PLAIN if stream else Stream.OFF
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -195,30 +229,12 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 def run(
     file: Path,
-    backend_uri: str | None,
     assignments: tuple[str, ...],
     batch: Path | None,
     out: Path | None,
     parallel: int,
-    stream: bool | None,
-    trace: bool,
-    trace_json: Path | None,
-    replay: Path | None,
-    allow_unenforced: bool,
-    num_retries: int,
-    config_path: Path | None,
-    model: Path | None,
-    kv_cache_gb: float | None,
-    policy: str | None,
-    cache: bool | None,
-    max_running: int | None,
-    max_tokens: int | None,
-    threads: int | None,
-    allow_read: bool,
-    allow_write: bool,
-    allow_net: bool,
-    allow_python: bool,
     debug: bool,
+    **flags: Any,
 ) -> None:
     """Run a program."""
     from sgl_lang import runner
@@ -226,20 +242,7 @@ def run(
     params = dict(parse_assignment(item) for item in assignments)
     if (batch is None) != (out is None):
         raise click.UsageError("--batch and --out go together")
-    options = runner.RunOptions(
-        backend_uri=backend_uri,
-        permissions=_permissions(allow_read, allow_write, allow_net, allow_python),
-        stream=_stream_mode(stream),
-        trace=trace,
-        trace_json=trace_json,
-        config_path=config_path,
-        settings=_runtime_settings(
-            model, kv_cache_gb, policy, cache, max_running, max_tokens, threads
-        ),
-        replay=replay,
-        allow_unenforced=allow_unenforced,
-        num_retries=num_retries,
-    )
+    options = run_options(**flags)
     if batch is not None and out is not None:
         code = _guard(
             debug,
@@ -248,18 +251,6 @@ def run(
     else:
         code = _guard(debug, lambda: asyncio.run(runner.run_file(file, params, options)))
     sys.exit(code)
-
-
-def _stream_mode(stream: bool | None) -> Any:
-    """`sgl run`'s streaming: rich on a terminal; plain text when stderr is piped and
-    --stream is given; nothing when piped by default; at the end with --no-stream."""
-    from sgl_lang.runner import Stream
-
-    if stream is False:
-        return Stream.END
-    if sys.stderr.isatty():
-        return Stream.LIVE
-    return Stream.PLAIN if stream else Stream.OFF
 
 
 @main.command()
@@ -325,41 +316,19 @@ def serve(
 @runtime_options
 @permission_options
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
-def repl(
-    backend_uri: str,
-    assignments: tuple[str, ...],
-    config_path: Path | None,
-    model: Path | None,
-    kv_cache_gb: float | None,
-    policy: str | None,
-    cache: bool | None,
-    max_running: int | None,
-    max_tokens: int | None,
-    threads: int | None,
-    allow_read: bool,
-    allow_write: bool,
-    allow_net: bool,
-    allow_python: bool,
-    debug: bool,
-) -> None:
+def repl(backend_uri: str, assignments: tuple[str, ...], debug: bool, **flags: Any) -> None:
     """An interactive session on one persistent state (:help inside). `--set` gives the
     values of `param` statements; sgl.toml is looked up in the working folder."""
     from sgl_lang import repl as sgl_repl
 
     params = dict(parse_assignment(item) for item in assignments)
-    granted = _permissions(allow_read, allow_write, allow_net, allow_python)
-    settings = _runtime_settings(
-        model, kv_cache_gb, policy, cache, max_running, max_tokens, threads
-    )
-    _guard(
-        debug,
-        lambda: sgl_repl.run(
-            backend_uri,
-            params=params,
-            granted=granted,
-            config=sgl_repl.session_config(config_path, settings),
-        ),
-    )
+    options = run_options(backend_uri=backend_uri, **flags)
+
+    def start() -> None:
+        config = sgl_repl.session_config(options.config_path, options.settings)
+        sgl_repl.run(backend_uri, params=params, granted=options.permissions, config=config)
+
+    _guard(debug, start)
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""Runtime options of `sgl run`: an `sgl.toml` file and the CLI's flags, merged and validated.
+"""How a run is configured: the options of the command line (`RunOptions`), and the runtime
+options (`RunConfig`) of an `sgl.toml` file under the CLI's flags, merged and validated.
 
 `sgl.toml` is read from the program's folder, else from the user config folder
 (`platformdirs.user_config_dir("sgl")`, `~/.config/sgl` on Linux); only the first found is
@@ -21,18 +22,63 @@ import dataclasses
 import difflib
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
 from sgl_lang.bridge.options import EngineOptions
+from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglValueError
 from sgl_lang.runtime.config import POLICIES
 from sgl_lang.source import Source, Span
+from sgl_lang.stdlib.permissions import Permissions
 
 CONFIG_NAME = "sgl.toml"
+
+
+class Stream(Enum):
+    """How generated text is shown: not at all, as it arrives (rich on a terminal, plain text
+    when stderr is piped), or all at once when the program ends."""
+
+    OFF = "off"
+    LIVE = "live"
+    PLAIN = "plain"
+    END = "end"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a program is to be run, as `sgl run` (`--batch`) or `sgl repl` is asked:
+    `runner.prepare_run` turns it into a backend and interpreters.
+
+    `backend_uri` overrides the program's `backend "URI"`; `config_path` (`--config`) and
+    `settings` (the runtime flags as `RunConfig` fields, None: not given) make the `RunConfig`
+    (`run_config`); `replay` is the replay file of `--replay`; `allow_unenforced` lets
+    constraints the backend cannot enforce be checked and retried (`num_retries` times)
+    instead of refusing the run."""
+
+    backend_uri: str | None = None
+    permissions: Permissions = field(default_factory=Permissions)
+    stream: Stream = Stream.OFF
+    trace: bool = False
+    trace_json: Path | None = None
+    config_path: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    replay: Path | None = None
+    allow_unenforced: bool = False
+    num_retries: int = DEFAULT_NUM_RETRIES
+
+    @property
+    def tracing(self) -> bool:
+        """Whether the run's backend calls are recorded (`--trace`, `--trace-json`)."""
+        return self.trace or self.trace_json is not None
+
+    def run_config(self, program: Path | None) -> RunConfig:
+        """The runtime options of a run of `program` (`resolve_config`)."""
+        return resolve_config(program, self.config_path, self.settings)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sgl_lang.lsp.vocabulary import Completion, complete
 from sgl_lang.objects import DICT_METHODS, LIST_METHODS, STR_METHODS, Record, Schema
 from sgl_lang.protocol import Backend
 from sgl_lang.resolve import check
-from sgl_lang.runner import make_backend
+from sgl_lang.runner import make_backend, new_interpreter
 from sgl_lang.source import Source
 from sgl_lang.state import State
 from sgl_lang.stdlib import BUILTIN_NAMES, builtins, permissions
@@ -95,13 +95,13 @@ class ReplSession:
         self.interpreter, self.state = self._fresh(make_backend(backend_uri, self.config))
 
     def _fresh(self, backend: Backend) -> tuple[Interpreter, State]:
-        interpreter = Interpreter(
+        interpreter = new_interpreter(
             backend,
-            params=self.params,
-            default_max_tokens=self.config.max_tokens or 256,
+            self.config,
+            self._loader,
+            self.params,
             on_chunk=self._on_chunk,
             on_warning=lambda message: self._write(f"warning: {message}\n"),
-            load_program=self._loader.load_import,
         )
         state = State()
         interpreter.states.append(state)

@@ -1,4 +1,8 @@
-"""What `sgl run` and `sgl check` do: load, check, pick a backend, interpret, report."""
+"""What `sgl run` and `sgl check` do: load, check, pick a backend, interpret, report.
+
+A run reads: the command line's `RunOptions` -> `prepare_run` (the program loaded and checked,
+its runtime config resolved, its backend made and wrapped) -> `PreparedRun.interpreter` -> run.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,10 +22,9 @@ from rich.progress import Progress
 
 from sgl_lang import nodes
 from sgl_lang.backends import get_backend
-from sgl_lang.backends.local import LocalBackend
 from sgl_lang.backends.replay import ReplayBackend
 from sgl_lang.calls import DEFAULT_NUM_RETRIES, backend_errors
-from sgl_lang.config import RunConfig, resolve_config
+from sgl_lang.config import RunConfig, RunOptions, Stream
 from sgl_lang.enforcement import ConstraintSite, constraint_sites
 from sgl_lang.errors import SglError, SglNameError, SglValueError, SglWarning
 from sgl_lang.interpreter import Interpreter
@@ -36,35 +39,6 @@ from sgl_lang.values import to_repr
 DEFAULT_BACKEND = "local"
 
 
-class Stream(Enum):
-    """How generated text is shown: not at all, as it arrives (rich on a terminal, plain text
-    when stderr is piped), or all at once when the program ends."""
-
-    OFF = "off"
-    LIVE = "live"
-    PLAIN = "plain"
-    END = "end"
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How `sgl run` was asked to run. `settings` are the CLI's runtime options (None: not
-    given), applied over the config file's (`config_path`, else the `sgl.toml` found);
-    `replay` is the replay file of `--replay`; `allow_unenforced` lets constraints the backend
-    cannot enforce be checked and retried (`num_retries` times) instead of refusing the run."""
-
-    backend_uri: str | None = None
-    permissions: permissions.Permissions = field(default_factory=permissions.Permissions)
-    stream: Stream = Stream.OFF
-    trace: bool = False
-    trace_json: Path | None = None
-    config_path: Path | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-    replay: Path | None = None
-    allow_unenforced: bool = False
-    num_retries: int = DEFAULT_NUM_RETRIES
-
-
 def backend_uri_of(program: nodes.Program, override: str | None) -> str:
     """The CLI's `--backend`, else the program's `backend "URI"`, else the default."""
     if override:
@@ -76,22 +50,44 @@ def backend_uri_of(program: nodes.Program, override: str | None) -> str:
 
 
 def make_backend(uri: str, config: RunConfig) -> Backend:
-    """The backend of `uri`; a `local` one gets the config's engine options (and its model,
-    unless the URI names one)."""
+    """The backend of `uri`; one that runs an engine here gets the config's engine options
+    (and its model, unless the URI names one)."""
     with backend_errors():
-        backend = get_backend(uri)
-    if isinstance(backend, LocalBackend):
-        backend = backend.configured(config.engine_options, backend.model_path or config.model)
-    return backend
+        return get_backend(uri, engine_options=config.engine_options, model=config.model)
 
 
 def with_replay(backend: Backend, path: Path | None) -> Backend:
     """`backend`, answering repeated requests from the replay file at `path` when one is given."""
     if path is None:
         return backend
-    return ReplayBackend(
-        backend, path, lambda message: print(f"warning: {message}", file=sys.stderr)
+    return ReplayBackend(backend, path, _warn)
+
+
+def new_interpreter(
+    backend: Backend,
+    config: RunConfig,
+    loader: Loader,
+    params: dict[str, Any],
+    *,
+    num_retries: int = DEFAULT_NUM_RETRIES,
+    on_chunk: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> Interpreter:
+    """An interpreter on `backend` as runs are set up: `gen`'s default `max_tokens` from
+    `config`, imports loaded by `loader`, warnings to `on_warning` (default: stderr)."""
+    return Interpreter(
+        backend,
+        params=params,
+        default_max_tokens=config.max_tokens or 256,
+        num_retries=num_retries,
+        on_chunk=on_chunk,
+        on_warning=on_warning or _warn,
+        load_program=loader.load_import,
     )
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _declared_params(program: nodes.Program) -> list[str]:
@@ -105,6 +101,9 @@ def _errors_only(problems: list[SglError]) -> list[SglError]:
 def _report(problems: Sequence[SglError]) -> None:
     for problem in problems:
         print(problem.render(), file=sys.stderr)
+
+
+# ---------------------------------------------------------------- check
 
 
 class CheckReport(NamedTuple):
@@ -132,7 +131,7 @@ def check_report(paths: Sequence[Path], backend_uri: str | None = None) -> Check
         if backend is not None:
             sites = program_sites(loader, program, backend.capabilities)
             report.site_lines.extend(site.report_line(backend.name) for site in sites)
-            report.problems.extend(site.error(backend.name) for site in sites if not site.enforced)
+            report.problems.extend(unenforced_errors(sites, backend))
     return report
 
 
@@ -151,14 +150,98 @@ def program_sites(
     return sites
 
 
-def _unenforced(
-    loader: Loader, program: nodes.Program, backend: Backend, options: RunOptions
-) -> list[SglError]:
-    """The errors that stop a run: constraints `backend` cannot enforce (none when allowed)."""
-    if options.allow_unenforced:
-        return []
-    sites = program_sites(loader, program, backend.capabilities)
+def unenforced_errors(sites: Sequence[ConstraintSite], backend: Backend) -> list[SglError]:
+    """One error per constraint site that `backend` cannot enforce."""
     return [site.error(backend.name) for site in sites if not site.enforced]
+
+
+# ---------------------------------------------------------------- preparing a run
+
+
+class Refused(Exception):
+    """The errors that stop a program before it runs: check errors, and constraints its
+    backend cannot enforce."""
+
+    def __init__(self, errors: list[SglError]) -> None:
+        super().__init__(f"{len(errors)} error(s)")
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A program ready to run (`prepare_run`): loaded and checked (`loader` loads its
+    imports), with its runtime config and its backend, around which the replay file and
+    tracing are wrapped as the options ask (`tracer`: the tracing wrapper, when tracing).
+    The caller closes `backend`."""
+
+    program: nodes.Program
+    loader: Loader
+    config: RunConfig
+    backend: Backend
+    options: RunOptions
+    tracer: TracingBackend | None = None
+
+    def interpreter(
+        self, params: dict[str, Any], on_chunk: Callable[[str], None] | None = None
+    ) -> Interpreter:
+        """A new interpreter for the program, with `params` as its `param` values."""
+        return new_interpreter(
+            self.backend,
+            self.config,
+            self.loader,
+            params,
+            num_retries=self.options.num_retries,
+            on_chunk=on_chunk,
+        )
+
+    @contextmanager
+    def permitted(self) -> Iterator[None]:
+        """Within: the stdlib grants what the options permit."""
+        token = permissions.current.set(self.options.permissions)
+        try:
+            yield
+        finally:
+            permissions.current.reset(token)
+
+
+async def prepare_run(
+    path: Path, options: RunOptions, params: dict[str, Any] | None = None
+) -> PreparedRun:
+    """Load and check the program at `path` with `params` (None: a batch's, checked row by
+    row), resolve its runtime config, make its backend (`options.backend_uri`, else the
+    program's) and wrap it. With tracing, the backend is warmed up (the model loaded) so that
+    the calls' times are their own. Raises `Refused`, and the `SglError` of an unknown param,
+    a bad config file or a backend that cannot be made."""
+    loader = Loader()
+    program = loader.load(path)
+    if params is not None:
+        _check_param_names(program, params)
+    errors = _errors_only(loader.check(program, params))
+    if errors:
+        raise Refused(errors)
+    config = options.run_config(path)
+    backend = make_backend(backend_uri_of(program, options.backend_uri), config)
+    try:
+        if not options.allow_unenforced:
+            sites = program_sites(loader, program, backend.capabilities)
+            if refused := unenforced_errors(sites, backend):
+                raise Refused(refused)
+        backend = with_replay(backend, options.replay)
+        tracer = TracingBackend(backend) if options.tracing else None
+        if tracer is not None:
+            with backend_errors():
+                await tracer.warm_up()
+    except BaseException:
+        await backend.close()
+        raise
+    return PreparedRun(program, loader, config, tracer or backend, options, tracer)
+
+
+def _check_param_names(program: nodes.Program, params: dict[str, Any]) -> None:
+    unknown = sorted(set(params) - set(_declared_params(program)))
+    if unknown:
+        declared = ", ".join(_declared_params(program)) or "none"
+        raise SglNameError(f"unknown param `{unknown[0]}` (the program declares: {declared})")
 
 
 # ---------------------------------------------------------------- one run
@@ -166,72 +249,29 @@ def _unenforced(
 
 async def run_file(path: Path, params: dict[str, Any], options: RunOptions) -> int:
     """Run one program; prints errors, returns the exit code."""
-    loader = Loader()
-    program = loader.load(path)
-    unknown = sorted(set(params) - set(_declared_params(program)))
-    if unknown:
-        declared = ", ".join(_declared_params(program)) or "none"
-        raise SglNameError(f"unknown param `{unknown[0]}` (the program declares: {declared})")
-    errors = _errors_only(loader.check(program, params))
-    if errors:
-        _report(errors)
-        return 1
-    config = resolve_config(path, options.config_path, options.settings)
-    uri = backend_uri_of(program, options.backend_uri)
-    backend = TracingBackend(with_replay(make_backend(uri, config), options.replay))
-    refused = _unenforced(loader, program, backend, options)
-    if refused:
-        _report(refused)
-        await backend.close()
+    try:
+        run = await prepare_run(path, options, params)
+    except Refused as refused:
+        _report(refused.errors)
         return 1
     streamer = _Streamer(options.stream)
-    interpreter = _interpreter(backend, loader, params, config, streamer.chunk, options.num_retries)
-    if (options.trace or options.trace_json) and isinstance(backend.inner, LocalBackend):
-        await backend.inner.engine()  # load the model first, so call times are the calls'
+    interpreter = run.interpreter(params, streamer.chunk)
     started = time.perf_counter()
     token = builtins.output.set(streamer.stdout)
     try:
-        await _run_with_permissions(interpreter, program, options)
+        with run.permitted():
+            await interpreter.run_program(run.program)
     finally:
         builtins.output.reset(token)
         streamer.finish(interpreter.states[0] if interpreter.states else None)
-        if options.trace or options.trace_json:
-            report = trace_report(interpreter, backend, time.perf_counter() - started)
+        if run.tracer is not None:
+            report = trace_report(interpreter, run.tracer, time.perf_counter() - started)
             if options.trace:
                 print_report(report, Console(stderr=True))
             if options.trace_json:
                 write_json(report, options.trace_json)
-        await backend.close()
+        await run.backend.close()
     return 0
-
-
-def _interpreter(
-    backend: Backend,
-    loader: Loader,
-    params: dict[str, Any],
-    config: RunConfig,
-    on_chunk: Callable[[str], None] | None,
-    num_retries: int,
-) -> Interpreter:
-    return Interpreter(
-        backend,
-        params=params,
-        default_max_tokens=config.max_tokens or 256,
-        num_retries=num_retries,
-        on_chunk=on_chunk,
-        on_warning=lambda message: print(f"warning: {message}", file=sys.stderr),
-        load_program=loader.load_import,
-    )
-
-
-async def _run_with_permissions(
-    interpreter: Interpreter, program: nodes.Program, options: RunOptions
-) -> State:
-    token = permissions.current.set(options.permissions)
-    try:
-        return await interpreter.run_program(program)
-    finally:
-        permissions.current.reset(token)
 
 
 class _Streamer:
@@ -291,45 +331,35 @@ async def run_batch_file(
     path: Path, batch: Path, out: Path, params: dict[str, Any], parallel: int, options: RunOptions
 ) -> int:
     """Run a program once per JSONL row; failing rows are written with their error."""
-    loader = Loader()
-    program = loader.load(path)
-    errors = _errors_only(loader.check(program))
-    if errors:
-        _report(errors)
-        return 1
-    inputs = _read_rows(batch)
-    rows = [{**params, **row} for row in inputs]
-    config = resolve_config(path, options.config_path, options.settings)
-    uri = backend_uri_of(program, options.backend_uri)
-    backend = with_replay(make_backend(uri, config), options.replay)
-    refused = _unenforced(loader, program, backend, options)
-    if refused:
-        _report(refused)
-        await backend.close()
+    try:
+        run = await prepare_run(path, options)
+    except Refused as refused:
+        _report(refused.errors)
         return 1
     started = time.perf_counter()
     try:
+        inputs = _read_rows(batch)
+        rows = [{**params, **row} for row in inputs]
         with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task("running", total=len(rows))
             results = await run_rows(
-                program,
-                loader,
-                backend,
+                run.program,
+                run.loader,
+                run.backend,
                 rows,
-                config,
+                run.config,
+                options=options,
                 parallel=parallel,
-                permissions_=options.permissions,
-                num_retries=options.num_retries,
                 on_row_done=lambda: progress.advance(task),
             )
-        if options.trace or options.trace_json:
-            run_totals = {"totals": totals(backend, time.perf_counter() - started)}
+        if run.tracer is not None:
+            run_totals = {"totals": totals(run.tracer, time.perf_counter() - started)}
             if options.trace:
                 Console(stderr=True).print_json(data=run_totals)
             if options.trace_json:
                 write_json(run_totals, options.trace_json)
     finally:
-        await backend.close()
+        await run.backend.close()
     with out.open("w", encoding="utf-8") as file:
         for index, (row, result) in enumerate(zip(inputs, results, strict=True)):
             file.write(json.dumps({"index": index, "input": row, **result}, ensure_ascii=False))
@@ -346,52 +376,44 @@ async def run_rows(
     rows: Sequence[dict[str, Any]],
     config: RunConfig,
     *,
+    options: RunOptions | None = None,
     parallel: int = 8,
     prefix_hint: bool = True,
-    permissions_: permissions.Permissions | None = None,
-    num_retries: int = DEFAULT_NUM_RETRIES,
     on_row_done: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run `program` once per row of params, at most `parallel` at once; each result is
-    `{"output", "printed", "error"}`. With `prefix_hint`, the program's constant leading
-    prompt (`prefix.program_prefix`) is sent to the backend once before the rows."""
+    """Run `program` once per row of params, at most `parallel` at once, with the permissions
+    and retries of `options`; each result is `{"output", "printed", "error"}`. With
+    `prefix_hint`, the program's constant leading prompt (`prefix.program_prefix`) is sent to
+    the backend once before the rows."""
+    options = options or RunOptions()
     prefix = program_prefix(program)
     if prefix_hint and len(rows) > 1 and not prefix.is_empty:
         with backend_errors():
             await backend.cache_prefix(prefix.prompt)
     limit = asyncio.Semaphore(parallel)
-    granted = permissions_ or permissions.Permissions()
+    run = PreparedRun(program, loader, config, backend, options)
 
     async def one(row: dict[str, Any]) -> dict[str, Any]:
         async with limit:
-            token = permissions.current.set(granted)
             try:
-                return await _run_row(program, loader, backend, row, config, num_retries)
+                with run.permitted():
+                    return await _run_row(run, row)
             finally:
-                permissions.current.reset(token)
                 if on_row_done is not None:
                     on_row_done()
 
     return list(await asyncio.gather(*(one(row) for row in rows)))
 
 
-async def _run_row(
-    program: nodes.Program,
-    loader: Loader,
-    backend: Backend,
-    row: dict[str, Any],
-    config: RunConfig,
-    num_retries: int,
-) -> dict[str, Any]:
+async def _run_row(run: PreparedRun, row: dict[str, Any]) -> dict[str, Any]:
     printed = io.StringIO()
     token = builtins.output.set(printed)
-    params = {name: row[name] for name in _declared_params(program) if name in row}
+    params = {name: row[name] for name in _declared_params(run.program) if name in row}
     try:
-        errors = _errors_only(loader.check(program, params))
+        errors = _errors_only(run.loader.check(run.program, params))
         if errors:
             raise errors[0]
-        interpreter = _interpreter(backend, loader, params, config, None, num_retries)
-        state = await interpreter.run_program(program)
+        state = await run.interpreter(params).run_program(run.program)
         return {"output": _jsonable(state.variables), "printed": printed.getvalue(), "error": None}
     except SglError as error:
         return {"output": None, "printed": printed.getvalue(), "error": error.render()}

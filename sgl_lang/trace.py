@@ -1,11 +1,10 @@
 """`sgl run --trace` / `--trace-json`: every backend call with its prompt, output, tokens and time.
 
 `TracingBackend` wraps the run's backend and records each call. The report joins them with the
-interpreter's own records (which `gen`/`select` made each call) and, when the backend has a
-`stats()` method (the `local` backend), the engine's totals. A backend with a
-`split_cached(prompt, num_cached_tokens)` method lets the report mark the cached part of each
-prompt as the model read it. Calls answered by a replay file (`--replay`) are marked
-"replayed" and left out of the token totals (the backend computed nothing for them).
+interpreter's own records (which `gen`/`select` made each call) and with what the backend's
+optional hooks tell (`Backend.stats`: the engine's totals; `Backend.split_cached`: the cached
+part of each prompt as the model read it). Calls answered by a replay file (`--replay`) are
+marked "replayed" and left out of the token totals (the backend computed nothing for them).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from rich.text import Text
 
 from sgl_lang.backends.replay import Replayed, ReplayedScores
 from sgl_lang.interpreter import Interpreter
-from sgl_lang.protocol import Backend, GenRequest, GenResult, Prompt
+from sgl_lang.protocol import Backend, CachedSplit, EngineTotals, GenRequest, GenResult, Prompt
 
 CACHED_MARK = "‖"  # ends the cached part of a traced prompt
 
@@ -91,6 +90,15 @@ class TracingBackend(Backend):
         elapsed = time.perf_counter() - started
         self.calls.append(TracedCall("prefix", prompt, "", None, None, 0, elapsed))
 
+    async def warm_up(self) -> None:
+        await self.inner.warm_up()
+
+    def stats(self) -> EngineTotals | None:
+        return self.inner.stats()
+
+    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> CachedSplit | None:
+        return self.inner.split_cached(prompt, num_cached_tokens)
+
     async def close(self) -> None:
         await self.inner.close()
 
@@ -103,13 +111,13 @@ def trace_report(
 ) -> dict[str, Any]:
     """Everything `--trace` shows, as JSON-ready data."""
     records = iter(interpreter.calls)  # one per gen/score call, in the same order
-    split = getattr(_innermost(backend), "split_cached", None)
     calls = []
     for call in backend.calls:
         record = next(records, None) if call.kind != "prefix" else None
-        cached, computed = "", call.prompt.plain_text()
-        if split is not None and call.kind != "score":
-            cached, computed = split(call.prompt, call.cached_tokens or 0)
+        split = None
+        if call.kind != "score":
+            split = backend.split_cached(call.prompt, call.cached_tokens or 0)
+        cached, computed = split or ("", call.prompt.plain_text())
         calls.append(
             {
                 "kind": "select" if call.kind == "score" else call.kind,
@@ -138,9 +146,9 @@ def trace_report(
     return {"states": states, "calls": calls, "totals": totals(backend, wall_seconds)}
 
 
-def totals(backend: Backend, wall_seconds: float) -> dict[str, Any]:
+def totals(backend: TracingBackend, wall_seconds: float) -> dict[str, Any]:
     """The run's token counts and rates; `engine` holds the engine's counters when known."""
-    calls = backend.calls if isinstance(backend, TracingBackend) else []
+    calls = backend.calls
     computed = [c for c in calls if not c.replayed]
     completion = sum(c.completion_tokens for c in computed)
     result: dict[str, Any] = {
@@ -153,8 +161,7 @@ def totals(backend: Backend, wall_seconds: float) -> dict[str, Any]:
         "completion_tokens_per_s": round(completion / wall_seconds, 2) if wall_seconds else 0.0,
         "engine": None,
     }
-    stats_of = getattr(_innermost(backend), "stats", None)
-    stats = stats_of() if stats_of is not None else None
+    stats = backend.stats()
     if stats is not None:
         result["engine"] = {
             "num_prompt_tokens": stats.num_prompt_tokens,
@@ -167,13 +174,6 @@ def totals(backend: Backend, wall_seconds: float) -> dict[str, Any]:
             "num_finished": stats.num_finished,
         }
     return result
-
-
-def _innermost(backend: Backend) -> Backend:
-    """The backend under the wrappers (tracing, replay): the one with the engine's hooks."""
-    while isinstance(inner := getattr(backend, "inner", None), Backend):
-        backend = inner
-    return backend
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

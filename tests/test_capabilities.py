@@ -164,7 +164,7 @@ def run_cli(
     monkeypatch: pytest.MonkeyPatch, backend: TestBackend, *args: str
 ) -> tuple[int, str, str]:
     """`sgl run ARGS` in this process, with every backend URI meaning `backend`."""
-    monkeypatch.setattr(runner, "get_backend", lambda uri: backend)
+    monkeypatch.setattr(runner, "get_backend", lambda uri, **options: backend)
     result = CliRunner().invoke(cli.main, ["run", *args])
     return result.exit_code, result.stdout, result.stderr
 

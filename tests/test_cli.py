@@ -87,6 +87,26 @@ def test_usage_errors_exit_2() -> None:
     assert sgl("run", "examples/hello.sgl", "--set", "nonsense").returncode == 2
 
 
+def test_help_and_check_start_without_the_engine() -> None:
+    code = (
+        "import sys\n"
+        "from sgl_lang.cli import main\n"
+        "for args in (['--help'], ['run', '--help'], ['check', '--backend', 'local', "
+        "'examples/hello.sgl']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, args\n"
+        "heavy = ('torch', 'numpy', 'transformers', 'safetensors', 'llguidance')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_trace_and_stream_write_to_stderr_only() -> None:
     result = sgl("run", "examples/hello.sgl", "--backend", "test", "--trace", "--stream")
     assert result.returncode == 0

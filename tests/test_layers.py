@@ -43,7 +43,11 @@ def test_the_contracts_hold(package_copy: Path) -> None:
     [
         ("runtime/kv_pool.py", "import sgl_lang.protocol", "runtime/ imports only itself"),
         ("interpreter.py", "import torch", "the language never imports torch, the runtime"),
-        ("backends/openai.py", "import sgl_lang.runtime.engine", "API backends never touch the runtime"),
+        (
+            "backends/openai.py",
+            "import sgl_lang.runtime.engine",
+            "API backends never touch the runtime",
+        ),
         ("protocol/prompts.py", "import sgl_lang.errors", "the protocol imports nothing"),
     ],
 )

@@ -68,7 +68,7 @@ def run(backend: LocalBackend, path: Path) -> Run:
 
 
 def stats(backend: LocalBackend) -> EngineStats:
-    asyncio.run(backend.engine())
+    asyncio.run(backend.warm_up())
     result = backend.stats()
     assert result is not None
     return result
@@ -128,8 +128,7 @@ def test_the_batch_example_shares_its_constant_prefix(backend: LocalBackend) -> 
     program = Loader().load(ROOT / "examples" / "batch_qa.sgl")
     lines = (ROOT / "examples/data/questions.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
-    asyncio.run(backend.engine())
-    asyncio.run(backend.engine()).flush_cache()
+    asyncio.run(backend.bridged()).engine.flush_cache()
     before = stats(backend)
     results = asyncio.run(run_rows(program, Loader(), backend, rows, RunConfig()))
     after = stats(backend)
@@ -186,7 +185,8 @@ def test_fork_branches_and_batch_rows_decode_together(backend: LocalBackend) -> 
 def test_the_trace_marks_cached_prompt_parts_and_reports_engine_totals(
     backend: LocalBackend, tmp_path: Path
 ) -> None:
-    from sgl_lang.runner import RunOptions, run_file
+    from sgl_lang.config import RunOptions
+    from sgl_lang.runner import run_file
 
     trace = tmp_path / "trace.json"
     code = asyncio.run(run_file(ROOT / "examples/tips.sgl", {}, RunOptions(trace_json=trace)))

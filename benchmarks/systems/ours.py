@@ -14,17 +14,6 @@ from .base import System, TokenCounts
 KV_CACHE_GB = 2.0
 
 
-class _EngineBackend(LocalBackend):
-    """The local backend, on an engine of our own instead of the process-wide shared one."""
-
-    def __init__(self, bridged: BridgedEngine) -> None:
-        super().__init__()
-        self._bench_engine = bridged
-
-    async def _bridged(self) -> BridgedEngine:
-        return self._bench_engine
-
-
 class Ours(System):
     """Our runtime with `EngineConfig` overrides (`enable_cache`, `policy`)."""
 
@@ -46,7 +35,7 @@ class Ours(System):
 
     def backend(self) -> Backend:
         assert self._shared is not None, "start() first"
-        return _EngineBackend(self._shared)
+        return LocalBackend(bridged=self._shared)  # on our engine, not the shared one
 
     def reset(self) -> None:
         if self._shared is not None and self._shared.engine.tree is not None:

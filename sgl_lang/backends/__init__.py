@@ -1,8 +1,9 @@
-"""Backends: where generation goes. `get_backend(uri)` resolves a backend URI lazily.
+"""Backends: where generation goes. `get_backend(uri, ...)` resolves a backend URI lazily.
 
 Each URI scheme names a module of this package and a factory `create(target) -> Backend`; the
 module is imported only when its scheme is used, so the language never imports torch or an
-API client it does not need.
+API client it does not need. A backend that runs an engine in this process (`ENGINE_SCHEMES`)
+is created with `create(target, engine_options=..., model=...)` instead.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable
-from typing import cast
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from sgl_lang.protocol import Backend, BackendError
 
-__all__ = ["BACKENDS", "get_backend"]
+if TYPE_CHECKING:
+    from sgl_lang.bridge.options import EngineOptions
+
+__all__ = ["BACKENDS", "ENGINE_SCHEMES", "get_backend"]
 
 # scheme -> "module:factory". `test` and `local` take an optional target (`local:PATH`), the
 # others need one; `http`/`https` receive the whole URI as their target.
@@ -27,6 +32,7 @@ BACKENDS: dict[str, str] = {
     "anthropic": "sgl_lang.backends.anthropic:create",
     "gemini": "sgl_lang.backends.gemini:create",
 }
+ENGINE_SCHEMES = frozenset({"local"})  # their factories take engine options and a default model
 _TARGET_OPTIONAL = frozenset({"test", "local"})
 _FORMS = (
     "test, test:PATH, local, local:PATH, http://HOST:PORT, openai:MODEL, "
@@ -35,11 +41,19 @@ _FORMS = (
 _TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL"}
 
 
-def get_backend(uri: str) -> Backend:
-    """A new backend for `uri` (docs/backends.md). Raises `BackendError` for an unknown or
-    malformed URI, and for a scheme whose module is not part of this installation."""
+def get_backend(
+    uri: str, *, engine_options: EngineOptions | None = None, model: Path | None = None
+) -> Backend:
+    """A new backend for `uri` (docs/backends.md). `engine_options` (how its engine is built)
+    and `model` (the model of a URI that names none, as plain `local` does) go to the
+    backends of `ENGINE_SCHEMES`; the others ignore them, so one config file serves every
+    backend. Raises `BackendError` for an unknown or malformed URI, and for a scheme whose
+    module is not part of this installation."""
     scheme, target = _split(uri)
-    return _factory(scheme)(target)
+    factory = _factory(scheme)
+    if scheme in ENGINE_SCHEMES:
+        return factory(target, engine_options=engine_options, model=model)
+    return factory(target)
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -64,7 +78,7 @@ def _split(uri: str) -> tuple[str, str]:
     return scheme, target
 
 
-def _factory(scheme: str) -> Callable[[str], Backend]:
+def _factory(scheme: str) -> Callable[..., Backend]:
     module_name, _, factory_name = BACKENDS[scheme].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -76,4 +90,4 @@ def _factory(scheme: str) -> Callable[[str], Backend]:
             f"backend `{form}` is not available in this installation "
             f"(module `{module_name}` is missing)"
         ) from None
-    return cast(Callable[[str], Backend], getattr(module, factory_name))
+    return cast(Callable[..., Backend], getattr(module, factory_name))

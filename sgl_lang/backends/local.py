@@ -20,7 +20,9 @@ from sgl_lang.protocol import (
     SELECT_METHODS,
     Backend,
     BackendError,
+    CachedSplit,
     Capabilities,
+    EngineTotals,
     GenRequest,
     GenResult,
     Prompt,
@@ -28,20 +30,21 @@ from sgl_lang.protocol import (
 
 if TYPE_CHECKING:
     from sgl_lang.bridge.engine import BridgedEngine
-    from sgl_lang.runtime.engine import Engine
-    from sgl_lang.runtime.stats import EngineStats
 
 ENFORCED_CONSTRAINTS = frozenset({"regex", "json", "choices"})  # runtime/constrained.py
 
 
-def create(target: str) -> LocalBackend:
-    """`local` (target "": the embedded SmolLM2) or `local:PATH` (a HF folder or a .gguf)."""
+def create(
+    target: str, *, engine_options: EngineOptions | None = None, model: Path | None = None
+) -> LocalBackend:
+    """`local` (target "": `model`, else the embedded SmolLM2) or `local:PATH` (a HF folder
+    or a .gguf), its engine built with `engine_options`."""
     if not target:
-        return LocalBackend()
+        return LocalBackend(model, engine_options)
     path = Path(target).expanduser()
     if not path.exists():
         raise BackendError(f"local model not found: {target}")
-    return LocalBackend(path)
+    return LocalBackend(path, engine_options)
 
 
 class LocalBackend(Backend):
@@ -54,7 +57,11 @@ class LocalBackend(Backend):
     """
 
     def __init__(
-        self, model_path: Path | None = None, options: EngineOptions | None = None
+        self,
+        model_path: Path | None = None,
+        options: EngineOptions | None = None,
+        *,
+        bridged: BridgedEngine | None = None,
     ) -> None:
         self.name = "local" if model_path is None else f"local:{model_path}"
         self.capabilities = Capabilities(
@@ -63,47 +70,47 @@ class LocalBackend(Backend):
         self.model_path = model_path
         self.options = options or EngineOptions()
         self._key = engine_key(model_path, self.options)
+        self._given = bridged
         self._closed = False
 
-    def configured(self, options: EngineOptions, model_path: Path | None = None) -> LocalBackend:
-        """A backend on `model_path` (default: this one's model) with engine `options`."""
-        return LocalBackend(model_path or self.model_path, options)
-
-    def stats(self) -> EngineStats | None:
-        """The shared engine's counters since it started (None before it is loaded)."""
-        bridged = loaded_engine(self._key)
+    def stats(self) -> EngineTotals | None:
+        """The engine's counters since it started (None before it is loaded)."""
+        bridged = self._loaded()
         return bridged.stats() if bridged is not None else None
 
-    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> tuple[str, str]:
+    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> CachedSplit | None:
         """The prompt as the model reads it, split after its first `num_cached_tokens`
-        tokens: (cached text, computed text). For traces; needs the engine loaded."""
-        bridged = loaded_engine(self._key)
-        if bridged is None:
-            return "", prompt.plain_text()
-        return bridged.split_cached(prompt, num_cached_tokens)
+        tokens (None before the engine is loaded, or for a prompt the model cannot read)."""
+        bridged = self._loaded()
+        return bridged.split_cached(prompt, num_cached_tokens) if bridged is not None else None
 
-    async def engine(self) -> Engine:
-        """The shared engine of this backend's model, loaded on first use."""
-        return (await self._bridged()).engine
+    async def warm_up(self) -> None:
+        """Load the shared engine now."""
+        await self.bridged()
 
     async def generate(
         self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
     ) -> GenResult:
-        return await (await self._bridged()).generate(request, on_chunk)
+        return await (await self.bridged()).generate(request, on_chunk)
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
-        return await (await self._bridged()).score(prompt, choices, method)
+        return await (await self.bridged()).score(prompt, choices, method)
 
     async def cache_prefix(self, prompt: Prompt) -> None:
-        await (await self._bridged()).cache_prefix(prompt)
+        await (await self.bridged()).cache_prefix(prompt)
 
     async def close(self) -> None:
         self._closed = True
 
-    async def _bridged(self) -> BridgedEngine:
+    async def bridged(self) -> BridgedEngine:
+        """The engine this backend drives: the one it was given, else the shared engine of
+        its model and options, loaded on first use."""
         if self._closed:
             raise BackendError(f"the `{self.name}` backend is closed")
-        bridged = loaded_engine(self._key)
+        bridged = self._loaded()
         if bridged is None:
             bridged = await asyncio.to_thread(shared_engine, self.model_path, self.options)
         return bridged
+
+    def _loaded(self) -> BridgedEngine | None:
+        return self._given or loaded_engine(self._key)

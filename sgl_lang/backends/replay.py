@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from sgl_lang.backends.chat import is_url
-from sgl_lang.protocol import Backend, BackendError, GenRequest, GenResult, Image, Prompt
+from sgl_lang.protocol import (
+    Backend,
+    BackendError,
+    CachedSplit,
+    EngineTotals,
+    GenRequest,
+    GenResult,
+    Image,
+    Prompt,
+)
 
 KEY_VERSION = 1  # part of every key: a new key format never replays answers of an old one
 Slot = tuple[str, int]  # (key, occurrence)
@@ -47,7 +56,8 @@ class ReplayedScores(list[float]):
 
 class ReplayBackend(Backend):
     """Forwards to `inner` what the replay file at `path` cannot answer, and records it there.
-    `on_warning` receives the problems of the file (unreadable lines)."""
+    `on_warning` receives the problems of the file (unreadable lines). The trace's hooks are
+    forwarded too, but not `warm_up`: a run replayed in full loads no model."""
 
     def __init__(
         self, inner: Backend, path: Path, on_warning: Callable[[str], None] | None = None
@@ -85,6 +95,12 @@ class ReplayBackend(Backend):
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         self._held_hints.append(prompt)
+
+    def stats(self) -> EngineTotals | None:
+        return self.inner.stats()
+
+    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> CachedSplit | None:
+        return self.inner.split_cached(prompt, num_cached_tokens)
 
     async def close(self) -> None:
         self.file.close()

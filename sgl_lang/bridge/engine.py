@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 from sgl_lang.bridge.healing import HealingMasks, Unhealed, plan_healing
 from sgl_lang.bridge.render import encode, render_prompt
 from sgl_lang.bridge.sampling import sampling_params
-from sgl_lang.protocol import BackendError, GenRequest, GenResult, Prompt, choice_scores
+from sgl_lang.protocol import (
+    BackendError,
+    CachedSplit,
+    GenRequest,
+    GenResult,
+    Prompt,
+    choice_scores,
+)
 
 if TYPE_CHECKING:
     from sgl_lang.runtime.engine import Engine
@@ -46,17 +53,16 @@ class BridgedEngine:
         """The token ids the model reads for `prompt` (without healing)."""
         return encode(self.engine, render_prompt(self.tokenizer, prompt))
 
-    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> tuple[str, str]:
+    def split_cached(self, prompt: Prompt, num_cached_tokens: int) -> CachedSplit | None:
         """The prompt as the model reads it, split after its first `num_cached_tokens`
-        tokens: (cached text, computed text). For traces: a prompt the model cannot read is
-        all computed, in its plain rendering."""
+        tokens (for traces; None for a prompt the model cannot read)."""
         try:
             ids = self.prompt_ids(prompt)
         except BackendError:
-            return "", prompt.plain_text()
+            return None
         flags = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
         cached = self.tokenizer.decode(ids[:num_cached_tokens], **flags)
-        return cached, self.tokenizer.decode(ids[num_cached_tokens:], **flags)
+        return CachedSplit(cached, self.tokenizer.decode(ids[num_cached_tokens:], **flags))
 
     async def generate(self, request: GenRequest, on_chunk: OnChunk | None = None) -> GenResult:
         """`Backend.generate`: the prompt rendered with the chat template, token-healed when

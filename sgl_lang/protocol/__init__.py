@@ -2,7 +2,13 @@
 and the check of an output against one, requests and results, capabilities, the `Backend`
 contract, `select` scoring. It imports no other part of sgl-lang, and neither torch nor lark."""
 
-from sgl_lang.protocol.backend import Backend, BackendError, Capabilities
+from sgl_lang.protocol.backend import (
+    Backend,
+    BackendError,
+    CachedSplit,
+    Capabilities,
+    EngineTotals,
+)
 from sgl_lang.protocol.checks import constraint_problem
 from sgl_lang.protocol.constraints import (
     CONSTRAINT_KIND,
@@ -25,9 +31,11 @@ __all__ = [
     "TYPE_PATTERNS",
     "Backend",
     "BackendError",
+    "CachedSplit",
     "Capabilities",
     "Choices",
     "Constraint",
+    "EngineTotals",
     "GenRequest",
     "GenResult",
     "Image",

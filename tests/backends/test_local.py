@@ -38,7 +38,7 @@ def backend() -> Iterator[LocalBackend]:
 
 @pytest.fixture(scope="module")
 def engine(backend: LocalBackend) -> Engine:
-    return asyncio.run(backend.engine())
+    return asyncio.run(backend.bridged()).engine
 
 
 def engine_text(engine: Engine, prompt: str | list[int], max_tokens: int) -> str:

@@ -12,8 +12,13 @@ import pytest
 
 import sgl_lang.backends as backends
 from sgl_lang.backends import get_backend
+from sgl_lang.backends.local import LocalBackend
+from sgl_lang.backends.openai import OpenAIBackend
 from sgl_lang.backends.test import TestBackend
+from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.protocol import BackendError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_test_backend_with_and_without_replies(tmp_path: Path) -> None:
@@ -46,9 +51,40 @@ def test_each_uri_form_reaches_its_module(
     uri: str, module: str, target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake = types.ModuleType(f"sgl_lang.backends.{module}")
-    fake.create = lambda target: ("created", target)  # type: ignore[attr-defined]
+    fake.create = lambda target, **options: ("created", target)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, fake.__name__, fake)
     assert get_backend(uri) == ("created", target)
+
+
+def test_the_local_backend_gets_the_engine_options_and_the_default_model(tmp_path: Path) -> None:
+    options = EngineOptions(kv_cache_gb=0.25, enable_cache=False, num_threads=1)
+    backend = get_backend("local", engine_options=options, model=tmp_path)
+    assert isinstance(backend, LocalBackend)
+    assert (backend.options, backend.model_path) == (options, tmp_path)
+    assert backend.name == f"local:{tmp_path}"
+    named = get_backend(f"local:{ROOT}", engine_options=options, model=tmp_path)
+    assert isinstance(named, LocalBackend)  # the URI's model wins over the default one
+    assert (named.options, named.model_path) == (options, ROOT)
+    plain = get_backend("local")
+    assert isinstance(plain, LocalBackend)
+    assert (plain.options, plain.model_path, plain.name) == (EngineOptions(), None, "local")
+
+
+def test_backends_without_an_engine_here_ignore_engine_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As docs/backends.md says: one sgl.toml serves every backend, so an API backend is made
+    as if no engine options and no model were given."""
+    options = EngineOptions(kv_cache_gb=0.5, policy="fcfs")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    api = get_backend("openai:gpt-4o-mini", engine_options=options, model=tmp_path)
+    assert isinstance(api, OpenAIBackend) and api.name == "openai:gpt-4o-mini"
+    test = get_backend("test", engine_options=options, model=tmp_path)
+    assert isinstance(test, TestBackend) and test.name == "test"
+    fake = types.ModuleType("sgl_lang.backends.anthropic")
+    fake.create = lambda target: ("created", target)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    assert get_backend("anthropic:claude", engine_options=options) == ("created", "claude")
 
 
 @pytest.mark.parametrize(
