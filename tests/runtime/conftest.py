@@ -13,7 +13,8 @@ import torch
 
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.model_loader import LoadedModel, ModelNotFoundError, load_model
-from sgl_lang.runtime.models.llama import LlamaModel, ModelConfig, random_state_dict
+from sgl_lang.runtime.models.config import ModelConfig
+from sgl_lang.runtime.models.llama import LlamaModel, random_state_dict
 from sgl_lang.runtime.request import Completion, OutputStream
 from sgl_lang.runtime.sampling import SamplingParams
 
