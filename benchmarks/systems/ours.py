@@ -48,7 +48,7 @@ class Ours(System):
         return _EngineBackend(self._shared)
 
     def reset(self) -> None:
-        if self._shared is not None and self._shared.engine.tree is not None:
+        if self._shared is not None:
             self._shared.engine.flush_cache()
 
     def token_counts(self) -> TokenCounts:

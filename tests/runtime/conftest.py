@@ -128,10 +128,9 @@ def assert_idle_and_leak_free(engine: Engine) -> None:
     """Nothing running, every slot either free or in the tree; a flush frees them all."""
     allocator = engine.kv_pool.allocator
     assert not engine.scheduler.has_work
-    tree_tokens = engine.tree.total_size if engine.tree else 0
+    tree_tokens = engine.prefix_cache.total_size
     assert allocator.num_free + tree_tokens == allocator.num_slots
-    if engine.tree is not None:
-        assert engine.tree.protected_size == 0
+    assert engine.prefix_cache.protected_size == 0
     engine.flush_cache()
     assert allocator.num_free == allocator.num_slots
     engine.check_integrity()
