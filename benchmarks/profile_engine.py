@@ -164,11 +164,9 @@ def instrumented(engine: Engine, timer: StepTimer) -> Iterator[None]:
         (sched, "postprocess", timer.wrap("postprocess", sched.postprocess)),
         (sched.sampler, "sample", timer.wrap("sample", sched.sampler.sample)),
     ]
-    if engine.tree is not None:
-        for name in ("match_prefix", "insert", "lock", "unlock", "evict"):
-            on_instances.append(
-                (engine.tree, name, timer.wrap("radix", getattr(engine.tree, name)))
-            )
+    cache = engine.prefix_cache
+    for name in ("match_prefix", "insert", "lock", "unlock", "evict"):
+        on_instances.append((cache, name, timer.wrap("radix", getattr(cache, name))))
     on_classes: list[tuple[Any, str, Callable]] = [
         (llama, "_linear", timer.wrap_linear(llama._linear, names)),
         (llama, "_rms_norm", timer.wrap("norm", llama._rms_norm)),

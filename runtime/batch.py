@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,6 +23,20 @@ from sgl_lang.runtime.request import Request, RequestKind
 class BatchKind(Enum):
     EXTEND = "extend"
     DECODE = "decode"
+
+
+class ExtendChunk(NamedTuple):
+    """The next `num_tokens` tokens of `request`'s prompt, to extend in one step."""
+
+    request: Request
+    num_tokens: int
+
+
+class SampleRow(NamedTuple):
+    """The logits row `row` that `request` samples its next token from."""
+
+    request: Request
+    row: int
 
 
 @dataclass
@@ -36,11 +51,23 @@ class ScheduledBatch:
     num_logprob_rows: list[int]
     samples: list[bool]
 
+    @property
+    def sample_rows(self) -> list[SampleRow]:
+        """The requests that sample a token from this batch's logits, in batch order."""
+        return [
+            SampleRow(req, first + num_logprob_rows)
+            for req, first, num_logprob_rows, samples in zip(
+                self.requests, self.first_rows, self.num_logprob_rows, self.samples, strict=True
+            )
+            if samples
+        ]
 
-def extend_batch(chunks: list[tuple[Request, int]]) -> ScheduledBatch:
+
+def extend_batch(chunks: list[ExtendChunk]) -> ScheduledBatch:
     """Each request extends its last `num` slots (already allocated, not yet computed)."""
     input_ids: list[int] = []
-    positions, out_slots, logit_positions = [], [], []
+    positions, out_slots = [], []
+    logit_positions: list[int] = []
     first_rows, num_logprob_rows, samples = [], [], []
     num_tokens = 0
     for req, num in chunks:

@@ -26,7 +26,7 @@ class EngineConfig:
 
     model_path: str | Path | None = None  # None = the embedded SmolLM2
     device: str = "cpu"
-    dtype: str = "float32"  # fp32 on CPUs without AVX512-BF16 (ENV.md §3)
+    dtype: str = "float32"  # fp32 on CPUs without AVX512-BF16
     kv_cache_gb: float | None = None
     kv_cache_tokens: int | None = None
     prefill_chunk_tokens: int = 512  # token budget of one extend step

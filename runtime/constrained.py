@@ -8,7 +8,7 @@
     tc.forced_token()                                       # the only token allowed next, if any
     tc.is_finished                                          # nothing but EOS can follow: stop
 
-The grammar engine (grammar_engines.py) is llguidance by default (ENV.md §6: sub-ms compiles,
+The grammar engine (grammar_engines.py) is llguidance by default (sub-ms compiles,
 ~0.1 ms masks) or xgrammar (`EngineConfig.grammar_engine`). A spec compiles once per engine
 (cached by its kind, source and prefix); each request starts its own matcher from it. Contract
 with the engine: EOS is allowed only when the output so far is a complete match; when the grammar

@@ -13,8 +13,9 @@ A background thread runs `step()` while there is work:
     scheduler.postprocess(batch, logits)  # sample, stop, stream, finish, cache
 
 Other threads (an asyncio loop, a blocking script) never touch the scheduler: they send it
-commands through a queue and read each request's chunks from its OutputStream. Every prompt and
-every answer stays in the radix tree (`radix_cache.py`) until memory is needed, so a request
+commands through a queue (`engine_loop.py`) and read each request's chunks from its
+OutputStream. Every prompt and every answer stays in the prefix cache (`radix_cache.py`; with
+`enable_cache=False` the no-op cache of `prefix_cache.py`) until memory is needed, so a request
 computes only the tokens no earlier request computed.
 
 Public API (all thread-safe):
@@ -32,11 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import queue
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,10 +44,12 @@ import torch
 from sgl_lang.runtime.config import EngineConfig
 from sgl_lang.runtime.constrained import ConstrainedDecoder, ConstraintCache
 from sgl_lang.runtime.detokenizer import IncrementalDecoder
+from sgl_lang.runtime.engine_loop import EngineLoop
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
 from sgl_lang.runtime.model_runner import ModelRunner
-from sgl_lang.runtime.radix_cache import IntegrityError, RadixCache
+from sgl_lang.runtime.prefix_cache import NoOpPrefixCache, PrefixCache
+from sgl_lang.runtime.radix_cache import RadixCache
 from sgl_lang.runtime.request import (
     ChoiceLogprobs,
     Chunk,
@@ -60,11 +60,10 @@ from sgl_lang.runtime.request import (
     Request,
     RequestError,
     RequestKind,
-    RequestStatus,
 )
 from sgl_lang.runtime.sampling import Sampler, SamplingParams
 from sgl_lang.runtime.scheduler import BatchKind, Scheduler
-from sgl_lang.runtime.stats import EngineStats
+from sgl_lang.runtime.stats import EngineStats, snapshot
 
 Messages = Sequence[Mapping[str, str]]
 Prompt = str | Sequence[int] | Messages
@@ -102,20 +101,17 @@ class Engine:
         self.kv_pool = KVPool(c.num_layers, num_slots, c.num_kv_heads, c.head_dim, dtype,
                               config.device)  # fmt: skip
         self.runner = ModelRunner(loaded.model, self.kv_pool)
-        self.tree = RadixCache(self.kv_pool.allocator) if config.enable_cache else None
+        allocator = self.kv_pool.allocator
+        self.prefix_cache: PrefixCache = (
+            RadixCache(allocator) if config.enable_cache else NoOpPrefixCache(allocator)
+        )
         max_context_len = config.max_context_len or c.max_position_embeddings
         self.scheduler = Scheduler(
-            config, self.kv_pool, self.tree, Sampler(), c.eos_token_ids, max_context_len
+            config, self.kv_pool, self.prefix_cache, Sampler(), c.eos_token_ids, max_context_len
         )
         self._busy_seconds = {BatchKind.EXTEND: 0.0, BatchKind.DECODE: 0.0}
         self._arrivals = itertools.count()
-        self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._failure: BaseException | None = None
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._loop, name="sgl-engine", daemon=True)
-            self._thread.start()
+        self.loop = EngineLoop(self.scheduler, self.step, threaded=threaded)
 
     @classmethod
     def from_model(
@@ -128,7 +124,7 @@ class Engine:
 
     def step(self) -> bool:
         """Run one batch: schedule -> run -> postprocess. False when there was nothing to do."""
-        self._run_commands()
+        self.loop.run_commands()
         if (batch := self.scheduler.schedule()) is None:
             return False
         started = time.perf_counter()
@@ -137,53 +133,9 @@ class Engine:
         self._busy_seconds[batch.kind] += time.perf_counter() - started
         return True
 
-    def _loop(self) -> None:
-        try:
-            while not self._closed:
-                if self.scheduler.has_work:
-                    self.step()
-                else:
-                    self._run(self._inbox.get())  # idle: sleep until a command arrives
-        except BaseException as exc:  # a bug: fail every request loudly, stop the loop
-            self._fail(exc)
-
-    def _run_commands(self) -> None:
-        while not self._closed:
-            try:
-                self._run(self._inbox.get_nowait())
-            except queue.Empty:
-                return
-
-    def _run(self, command: Callable[[], None] | None) -> None:
-        if command is None:
-            self._closed = True
-            for req in self.scheduler.waiting + self.scheduler.active_requests():
-                self.scheduler.abort(req.rid)
-        else:
-            command()
-
-    def _send(self, command: Callable[[], None]) -> None:
-        if self._failure is not None:
-            raise RuntimeError("the engine stopped after an internal error") from self._failure
-        if self._closed:
-            raise RuntimeError("the engine is closed")
-        self._inbox.put(command)
-
-    def _fail(self, exc: BaseException) -> None:
-        self._failure = exc
-        for req in self.scheduler.waiting + self.scheduler.active_requests():
-            req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ERROR
-            req.error = f"engine failure: {exc!r}"
-            req.emit_final()
-
     def close(self) -> None:
         """Abort what is still queued or running and stop the loop thread (idempotent)."""
-        if not self._closed and self._failure is None:
-            self._inbox.put(None)
-            if self._thread is None:
-                self._run_commands()
-        if self._thread is not None:
-            self._thread.join()
+        self.loop.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -229,7 +181,7 @@ class Engine:
             generator=None if params.seed is None else torch.Generator().manual_seed(params.seed),
             constraint=constraint,
         )
-        self._send(lambda: self.scheduler.add(req))
+        self.loop.send(lambda: self.scheduler.add(req))
         return req
 
     async def generate(
@@ -249,11 +201,11 @@ class Engine:
                 if chunk.meta is not None:
                     return
         finally:
-            if not req.finished and self._failure is None and not self._closed:
+            if not req.finished and not self.loop.stopped:
                 self.cancel(req.rid)
 
     async def cache_prefix(self, prompt: Prompt) -> GenerationMeta:
-        """Compute `prompt`'s KV into the tree without generating (a fork / batch hint)."""
+        """Compute `prompt`'s KV into the cache without generating (a fork / batch hint)."""
         return await self.prefill(self.encode(prompt), None)
 
     async def score(
@@ -261,7 +213,7 @@ class Engine:
     ) -> list[ChoiceLogprobs]:
         """The log-probs of each choice's tokens as a continuation of `prefix`, and with
         `unconditional` also after only a neutral prefix (the BOS token). The prefix is
-        computed once and shared via the tree. Choices are tokenized on their own: put a
+        computed once and shared via the cache. Choices are tokenized on their own: put a
         separating space in the choice, not the prefix."""
         prefix_ids = self.encode(prefix) or self._neutral_ids()
         choice_ids = [self.tokenizer.encode(c, add_special_tokens=False) for c in choices]
@@ -279,7 +231,7 @@ class Engine:
         ]
 
     async def prefill(self, ids: list[int], logprob_start_len: int | None) -> GenerationMeta:
-        """Compute `ids`' KV into the tree without generating; with `logprob_start_len`, the
+        """Compute `ids`' KV into the cache without generating; with `logprob_start_len`, the
         meta's `prompt_logprobs` are those of `ids[logprob_start_len:]` (each after the tokens
         before it). A prompt that cannot run raises RequestError."""
         stream = OutputStream(asyncio.get_running_loop())
@@ -305,23 +257,19 @@ class Engine:
             self.submit(p, sp, stream=s)
             for p, sp, s in zip(prompts, all_params, streams, strict=True)
         ]
-        while self._thread is None and not all(r.finished for r in reqs):
+        while not self.loop.threaded and not all(r.finished for r in reqs):
             self.step()
-        return [_collect(s) for s in streams]
+        return [s.completion() for s in streams]
 
     def cancel(self, rid: str) -> None:
         """Abort request `rid` (its slots are freed; its stream gets a final ABORT chunk)."""
-        self._send(lambda: self.scheduler.abort(rid))
+        self.loop.send(lambda: self.scheduler.abort(rid))
 
     def flush_cache(self) -> int:
-        """Evict every unlocked prefix from the tree; returns the number of tokens freed.
+        """Evict every unlocked prefix from the cache; returns the number of tokens freed.
         Blocks until the engine thread has handled every command sent before."""
-        done: Future[int] = Future()
-        tree = self.tree
-        self._send(lambda: done.set_result(tree.evict(tree.evictable_size) if tree else 0))
-        if self._thread is None:
-            self._run_commands()
-        return done.result()
+        cache = self.prefix_cache
+        return self.loop.call(lambda: cache.evict(cache.evictable_size))
 
     # -- text ----------------------------------------------------------------------------
 
@@ -348,48 +296,8 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """Queues, KV use, cache hit rate and tokens/s so far (a snapshot; see stats.py)."""
-        s, counters, allocator = self.scheduler, self.scheduler.counters, self.kv_pool.allocator
-        extend_s, decode_s = (
-            self._busy_seconds[BatchKind.EXTEND],
-            self._busy_seconds[BatchKind.DECODE],
-        )
-        return EngineStats(
-            num_waiting=len(s.waiting),
-            num_running=len(s.prefilling) + len(s.running),
-            kv_slots_used=allocator.num_used,
-            kv_slots_total=allocator.num_slots,
-            tree_tokens=self.tree.total_size if self.tree else 0,
-            num_prompt_tokens=counters.num_prompt_tokens,
-            num_cached_tokens=counters.num_cached_tokens,
-            num_extend_tokens=counters.num_extend_tokens,
-            num_decode_tokens=counters.num_decode_tokens,
-            prefill_tokens_per_s=counters.num_extend_tokens / extend_s if extend_s else 0.0,
-            decode_tokens_per_s=counters.num_decode_tokens / decode_s if decode_s else 0.0,
-            num_decode_steps=counters.num_decode_steps,
-            num_forced_tokens=counters.num_forced_tokens,
-            decode_batch_sizes=dict(counters.decode_batch_sizes),
-            num_retracted=counters.num_retracted,
-            num_finished=counters.num_finished,
-        )
+        return snapshot(self.scheduler, self._busy_seconds)
 
     def check_integrity(self) -> None:
         """Raise if a KV slot is leaked or owned twice, or a lock count is off (tests)."""
-        active = self.scheduler.active_requests()
-        own = [r.own_slots for r in active]
-        if self.tree is not None:
-            locked = [r.last_node for r in active if r.last_node is not None]
-            self.tree.check_integrity(own, locked_nodes=locked)
-            return
-        num_owned = sum(len(s) for s in own)
-        allocator = self.kv_pool.allocator
-        if num_owned + allocator.num_free != allocator.num_slots:
-            raise IntegrityError(f"{num_owned} owned + {allocator.num_free} free slots != total")
-
-
-def _collect(stream: OutputStream) -> Completion:
-    parts = []
-    while True:
-        chunk = stream.get_sync()
-        parts.append(chunk.text)
-        if chunk.meta is not None:
-            return Completion("".join(parts), chunk.meta)
+        self.scheduler.memory.check_integrity(self.scheduler.active_requests())

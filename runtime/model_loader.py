@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from sgl_lang.runtime.models.llama import LlamaModel, ModelConfig
+from sgl_lang.runtime.models.config import ModelConfig
+from sgl_lang.runtime.models.llama import LlamaModel
 
 __all__ = [
     "LoadedModel",

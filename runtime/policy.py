@@ -12,40 +12,44 @@ is computing right now: one step later it is a cache hit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from sgl_lang.runtime.config import EngineConfig
-    from sgl_lang.runtime.radix_cache import MatchResult
+    from sgl_lang.runtime.prefix_cache import MatchResult
     from sgl_lang.runtime.request import Request
 
-Match = Callable[["Request"], "MatchResult | None"]
+Match = Callable[["Request"], "MatchResult"]
+
+
+class Candidate(NamedTuple):
+    """A waiting request in admission order, with its cached prefix if it was matched."""
+
+    request: Request
+    match: MatchResult | None  # None: not matched yet (fcfs, or beyond `max_queue_match`)
 
 
 def admission_order(
-    waiting: list[Request], num_steps: int, config: EngineConfig, match: Match | None
-) -> list[tuple[Request, MatchResult | None]]:
+    waiting: list[Request], num_steps: int, config: EngineConfig, match: Match
+) -> list[Candidate]:
     """Aged requests first (in queue order); then the first `max_queue_match` others in policy
-    order; then the rest in queue order (unmatched: None). `match` is None without a cache."""
-    aged, fresh = [], []
+    order; then the rest in queue order (unmatched)."""
+    aged: list[Request] = []
+    fresh: list[Request] = []
     for req in waiting:
         too_old = (
             config.aging_steps is not None and num_steps - req.enqueue_step > config.aging_steps
         )
         (aged if too_old else fresh).append(req)
     head, tail = fresh[: config.max_queue_match], fresh[config.max_queue_match :]
-    matches: dict[int, MatchResult | None] = {}
-    if config.policy != "fcfs" and match is not None:
+    matches: dict[int, MatchResult] = {}
+    if config.policy != "fcfs":
         matches = {id(r): match(r) for r in head}
     if config.policy == "lpm":
-        head.sort(key=lambda r: -match_len(matches.get(id(r))))  # stable: ties keep order
+        head.sort(key=lambda r: -len(matches[id(r)].slots))  # stable: ties keep order
     elif config.policy == "dfs-weight":
-        head = dfs_weight_order(head, lambda r: match_len(matches.get(id(r))))
-    return [(r, matches.get(id(r))) for r in aged + head + tail]
-
-
-def match_len(match: MatchResult | None) -> int:
-    return 0 if match is None else len(match.slots)
+        head = dfs_weight_order(head, lambda r: len(matches[id(r)].slots))
+    return [Candidate(r, matches.get(id(r))) for r in aged + head + tail]
 
 
 def shares_uncached_prefix(

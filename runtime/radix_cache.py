@@ -1,22 +1,20 @@
-"""The prefix index: a radix tree over token ids whose values are KV slots.
+"""The prefix index: a radix tree over token ids whose values are KV slots (a PrefixCache).
 
 Each edge (a `TreeNode`) holds `key`, a run of token ids, and `value`, the slots holding their
 K/V (same length). The path from the root to a node spells a token prefix; its concatenated
 values are the slots of that prefix, so a request whose prompt starts with it reuses them.
 Children are keyed by the first token of their key, so no two children share a first token.
 
-Invariants (checked by `check_integrity`, which the tests call after every operation):
+Invariants (on top of the PrefixCache contract; checked by `check_integrity`, which the tests
+call after every operation):
 
-* Ownership: every usable slot is owned exactly once: by one tree node, by one running
-  request (its own, not yet inserted slots), or by the allocator's free list.
-  The tree frees slots only in `evict` and `reset`; `insert` takes ownership of the slots it
-  adds, and the caller frees its duplicates of the part that was already cached.
+* Ownership: `insert` takes ownership of the slots it adds, copied into a new leaf.
 * Locks: `lock(node)` adds 1 to `lock_ref` of the node and of every ancestor; `unlock` undoes
   it. So a node's `lock_ref` is at least the sum of its children's, the root's is at least 1
   (the root is always locked), and a locked node is never evicted. A request locks the node
   its matched prefix ends at for as long as it reads those slots.
 * Sizes: `evictable_size` counts the tokens of nodes with `lock_ref == 0`, `protected_size`
-  those with `lock_ref > 0`; together they are every token in the tree.
+  those with `lock_ref > 0`.
 * Recency: every node a `match_prefix` or `insert` walks through gets the next value of a
   monotonic counter as `last_access`. `evict` frees unlocked leaves least recently used first
   (ties broken by creation order); a parent left as an unlocked leaf becomes a candidate.
@@ -30,55 +28,16 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from sgl_lang.runtime.cache_integrity import check, check_ownership, check_tree_shape
 from sgl_lang.runtime.kv_pool import SlotAllocator
-
-_EMPTY_SLOTS = torch.empty(0, dtype=torch.int64)
-
-
-class IntegrityError(RuntimeError):
-    """The tree, the requests and the free list disagree about slots, sizes or locks."""
+from sgl_lang.runtime.prefix_cache import EMPTY_SLOTS, MatchResult, PrefixCache, TreeNode
 
 
-class TreeNode:
-    """One edge of the radix tree: token ids `key` stored at KV slots `value`."""
-
-    __slots__ = ("children", "key", "last_access", "lock_ref", "node_id", "parent", "value")
-
-    def __init__(
-        self, key: tuple[int, ...], value: Tensor, parent: TreeNode | None, node_id: int
-    ) -> None:
-        self.children: dict[int, TreeNode] = {}
-        self.parent = parent
-        self.key = key
-        self.value = value
-        self.lock_ref = 0
-        self.last_access = 0
-        self.node_id = node_id
-
-    @property
-    def is_leaf(self) -> bool:
-        return not self.children
-
-    def __repr__(self) -> str:
-        return (
-            f"TreeNode(id={self.node_id}, len={len(self.key)}, lock_ref={self.lock_ref}, "
-            f"last_access={self.last_access}, children={len(self.children)})"
-        )
-
-
-class MatchResult(NamedTuple):
-    """The cached slots of the longest cached prefix, and the node that prefix ends at."""
-
-    slots: Tensor
-    last_node: TreeNode
-
-
-class RadixCache:
+class RadixCache(PrefixCache):
     """The radix tree of cached prefixes; frees evicted slots to `allocator`."""
 
     def __init__(self, allocator: SlotAllocator) -> None:
@@ -87,8 +46,7 @@ class RadixCache:
         self._new_tree()
 
     def _new_tree(self) -> None:
-        self.root = TreeNode((), _EMPTY_SLOTS, None, next(self._node_ids))
-        self.root.lock_ref = 1
+        self.root = TreeNode.new_root(next(self._node_ids))
         self._clock = 0
         self._evictable_size = 0
         self._protected_size = 0
@@ -104,10 +62,6 @@ class RadixCache:
     def protected_size(self) -> int:
         """Tokens in locked nodes."""
         return self._protected_size
-
-    @property
-    def total_size(self) -> int:
-        return self._evictable_size + self._protected_size
 
     # -- lookup and insertion ---------------------------------------------------------------
 
@@ -127,7 +81,7 @@ class RadixCache:
             child.last_access = self._clock
             values.append(child.value)
             node, pos = child, pos + num_matched
-        slots = torch.cat(values) if values else _EMPTY_SLOTS.clone()
+        slots = torch.cat(values) if values else EMPTY_SLOTS.clone()
         return MatchResult(slots, node)
 
     def insert(self, ids: Sequence[int], slots: Tensor) -> int:
@@ -207,7 +161,7 @@ class RadixCache:
         """Free at least `num_tokens` tokens of unlocked leaves, least recently used first, or
         all that is evictable if that is less; returns the number of tokens freed."""
         heap = [
-            (n.last_access, n.node_id, n) for n in self._nodes() if n.is_leaf and not n.lock_ref
+            (n.last_access, n.node_id, n) for n in self.root.walk() if n.is_leaf and not n.lock_ref
         ]
         heapq.heapify(heap)
         num_freed = 0
@@ -228,18 +182,10 @@ class RadixCache:
         """Free every slot of the tree and empty it; raises RuntimeError if anything is locked."""
         if self.root.lock_ref != 1:
             raise RuntimeError("reset() while nodes are locked")
-        values = [n.value for n in self._nodes() if n is not self.root]
+        values = [n.value for n in self.root.walk() if n is not self.root]
         if values:
             self.allocator.free(torch.cat(values))
         self._new_tree()
-
-    def _nodes(self) -> Iterable[TreeNode]:
-        """Every node, the root first, parents before children."""
-        stack = [self.root]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(node.children.values())
 
     # -- checking ---------------------------------------------------------------------------
 
@@ -249,66 +195,20 @@ class RadixCache:
         *,
         locked_nodes: Iterable[TreeNode] | None = None,
     ) -> None:
-        """Raise IntegrityError unless the invariants in the module docstring hold.
-
-        `request_slots`: the slots each running request owns (not those it borrows from the
-        tree). `locked_nodes`: if given, the node each outstanding lock was taken on (one
-        entry per `lock` call); every `lock_ref` must then equal the locks at or below it.
-        """
-        sizes = self._tree_structure()
+        """Raise IntegrityError unless the invariants in the module docstring hold (see
+        PrefixCache.check_integrity): every `lock_ref` then equals the locks at or below it."""
+        sizes = check_tree_shape(self.root)
         recorded = (self._evictable_size, self._protected_size)
-        _check(sizes == recorded, f"(evictable, protected) sizes are {recorded}, tree has {sizes}")
+        check(sizes == recorded, f"(evictable, protected) sizes are {recorded}, tree has {sizes}")
         if locked_nodes is not None:
             expected: dict[int, int] = {id(self.root): 1}
             for node in locked_nodes:
                 for n in self._path_to_root(node):
                     expected[id(n)] = expected.get(id(n), 0) + 1
-            for n in self._nodes():
-                _check(n.lock_ref == expected.get(id(n), 0), f"lock_ref of {n!r} mismatches locks")
-        owners = {"tree": [n.value for n in self._nodes()]}
-        owners["requests"] = list(request_slots)
-        owners["free list"] = [self.allocator.free_slots]
-        self._check_ownership(owners)
-
-    def _tree_structure(self) -> tuple[int, int]:
-        """Check links, keys and lock ordering; return (evictable, protected) token counts."""
-        _check(self.root.parent is None and not self.root.key, "the root must be an empty key")
-        _check(self.root.lock_ref >= 1, "the root must stay locked")
-        sizes = [0, 0]
-        for node in self._nodes():
-            for first, child in node.children.items():
-                _check(child.parent is node, f"{child!r} has a wrong parent")
-                _check(len(child.key) > 0 and child.key[0] == first, f"{child!r} has a bad key")
-                _check(child.lock_ref >= 0, f"{child!r} has a negative lock_ref")
-            num_child_locks = sum(c.lock_ref for c in node.children.values())
-            _check(node.lock_ref >= num_child_locks, f"{node!r} has fewer locks than its children")
-            value = node.value
-            _check(
-                value.dtype == torch.int64 and value.shape == (len(node.key),),
-                f"{node!r} has value shape {tuple(value.shape)} for {len(node.key)} tokens",
-            )
-            sizes[node.lock_ref > 0] += len(node.key)
-        return sizes[0], sizes[1]
-
-    def _check_ownership(self, owners: dict[str, list[Tensor]]) -> None:
-        num_slots = self.allocator.num_slots
-        tagged = [(name, torch.cat(ts) if ts else _EMPTY_SLOTS) for name, ts in owners.items()]
-        every = torch.cat([slots.to("cpu") for _, slots in tagged])
-        if every.numel():
-            lo, hi = int(every.min()), int(every.max())
-            _check(lo >= 1 and hi <= num_slots, f"slot out of range [1, {num_slots}]: {lo}..{hi}")
-        counts = torch.bincount(every, minlength=num_slots + 1)
-        if (twice := (counts > 1).nonzero()).numel():
-            slot = int(twice[0])
-            names = [f"{name} x{int((s == slot).sum())}" for name, s in tagged if (s == slot).any()]
-            raise IntegrityError(f"slot {slot} is owned more than once: {', '.join(names)}")
-        if (leaked := (counts[1:] == 0).nonzero()).numel():
-            raise IntegrityError(f"slot {int(leaked[0]) + 1} is owned by nobody (leaked)")
-
-
-def _check(condition: bool, what: str) -> None:
-    if not condition:
-        raise IntegrityError(what)
+            for n in self.root.walk():
+                check(n.lock_ref == expected.get(id(n), 0), f"lock_ref of {n!r} mismatches locks")
+        tree_slots = [n.value for n in self.root.walk()]
+        check_ownership(self.allocator, {"tree": tree_slots, "requests": list(request_slots)})
 
 
 def _as_key(ids: Sequence[int]) -> tuple[int, ...]:

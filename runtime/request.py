@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 if TYPE_CHECKING:
-    from sgl_lang.runtime.radix_cache import TreeNode
+    from sgl_lang.runtime.prefix_cache import TreeNode
     from sgl_lang.runtime.sampling import SamplingParams
 
 
@@ -111,6 +111,13 @@ class OutputStream:
             raise RuntimeError("OutputStream.get_sync: this stream belongs to an asyncio loop")
         return self._sync.get(timeout=timeout)
 
+    def completion(self) -> Completion:
+        """Block until the final chunk; the whole text and its meta (a blocking reader's)."""
+        parts = []
+        while (chunk := self.get_sync()).meta is None:
+            parts.append(chunk.text)
+        return Completion("".join(parts) + chunk.text, chunk.meta)
+
 
 _NO_SLOTS = torch.empty(0, dtype=torch.int64)
 
@@ -120,9 +127,9 @@ class Request:
     """One prompt in flight.
 
     KV invariant: `slots[i]` holds the K/V of `fill_ids[i]` for i < `kv_len`. The first `tree_len`
-    slots belong to the radix tree and are locked through `last_node`; the rest are the request's
-    own. The last output token is never in the KV yet: it is the next decode step's input (with
-    the tokens jump-forward appended after the last sampled one, if any).
+    slots belong to the prefix cache and are locked through `last_node` (None: no lock held);
+    the rest are the request's own. The last output token is never in the KV yet: it is the next
+    decode step's input (with the tokens jump-forward appended after the last sampled one, if any).
     """
 
     rid: str

@@ -1,16 +1,16 @@
-"""Continuous batching: which requests run next (cache-aware), and what their results do.
+"""Continuous batching: which requests run next, and what their results do.
 
 Every step is either an EXTEND batch (prompt chunks of admitted requests, at most
 `prefill_chunk_tokens` tokens) or a DECODE batch (one token for every decoding request); when
 both kinds have work they alternate, so a long prompt never stalls decoding for long.
 
-Memory: a request's KV is its `slots` (see `Request`). Admission reserves its whole remaining
-prompt plus `new_token_ratio` of its remaining output against free + evictable slots minus what
-running requests reserved. A decode step that finds no free slot evicts from the tree, then
-retracts the running request with the least progress (its computed KV goes to the tree, its
+The parts: `Admission` (admission.py) starts waiting requests in policy order (policy.py)
+within the memory; `CacheManager` (cache_manager.py) holds their KV slots; batch.py lays out
+the tokens of a step. A decode step that finds no free slot evicts from the prefix cache, then
+retracts the running request with the least progress (its computed KV goes to the cache, its
 tokens stay, it waits again). After every extend chunk, and when a request finishes, its
-computed tokens are inserted into the tree (unless `enable_cache` is off: then nothing is ever
-matched or inserted, and a finished request frees all its slots).
+computed tokens are offered to the prefix cache (with `enable_cache` off, the no-op cache keeps
+none of them: a finished request frees all its slots).
 
 Jump-forward: after a sampled token, the tokens its constraint forces (the only one allowed) are
 appended at once; the next decode step extends the request by all of them.
@@ -22,18 +22,20 @@ import math
 
 import torch
 
+from sgl_lang.runtime.admission import Admission, check_fits
 from sgl_lang.runtime.batch import (
     BatchKind,
+    ExtendChunk,
+    SampleRow,
     ScheduledBatch,
     decode_batch,
     extend_batch,
     prompt_logprobs,
 )
+from sgl_lang.runtime.cache_manager import CacheManager
 from sgl_lang.runtime.config import EngineConfig
 from sgl_lang.runtime.kv_pool import KVPool
-from sgl_lang.runtime.policy import admission_order, shares_uncached_prefix
-from sgl_lang.runtime.policy import match_len as policy_match_len
-from sgl_lang.runtime.radix_cache import MatchResult, RadixCache
+from sgl_lang.runtime.prefix_cache import PrefixCache
 from sgl_lang.runtime.request import FinishReason, Request, RequestKind, RequestStatus
 from sgl_lang.runtime.sampling import Sampler
 from sgl_lang.runtime.stats import SchedulerCounters
@@ -46,14 +48,15 @@ class Scheduler:
         self,
         config: EngineConfig,
         kv_pool: KVPool,
-        tree: RadixCache | None,
+        prefix_cache: PrefixCache,
         sampler: Sampler,
         eos_token_ids: tuple[int, ...],
         max_context_len: int,
     ) -> None:
         self.config = config
-        self.allocator = kv_pool.allocator
-        self.tree = tree if config.enable_cache else None
+        self.memory = CacheManager(kv_pool.allocator, prefix_cache)
+        self.counters = SchedulerCounters()
+        self.admission = Admission(config, self.memory, self.counters)
         self.sampler = sampler
         self.eos_token_ids = frozenset(eos_token_ids)
         self.max_context_len = max_context_len
@@ -62,7 +65,6 @@ class Scheduler:
         self.running: list[Request] = []  # decoding
         self.num_steps = 0
         self.last_kind: BatchKind | None = None
-        self.counters = SchedulerCounters()
 
     @property
     def has_work(self) -> bool:
@@ -75,24 +77,12 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         """Queue `req`, or finish it at once with an error if it can never run."""
-        error = self._check_fits(req)
+        error = check_fits(req, self.max_context_len, self.memory.allocator.num_slots)
         if error is not None:
             self._finish(req, FinishReason.ERROR, error)
             return
         req.status, req.enqueue_step = RequestStatus.WAITING, self.num_steps
         self.waiting.append(req)
-
-    def _check_fits(self, req: Request) -> str | None:
-        num_prompt = len(req.prompt_ids)
-        limit = self.max_context_len - (req.kind is RequestKind.GENERATE)
-        if num_prompt == 0:
-            return "the prompt is empty"
-        if num_prompt > limit:
-            return f"the prompt has {num_prompt} tokens; the model context allows {limit}"
-        needed = num_prompt + (req.kind is RequestKind.GENERATE)
-        if needed > self.allocator.num_slots:
-            return f"the request needs {needed} KV slots; the pool has {self.allocator.num_slots}"
-        return None
 
     def abort(self, rid: str) -> bool:
         """Finish request `rid` with ABORT, freeing its slots; False if it is not here."""
@@ -121,14 +111,19 @@ class Scheduler:
 
     def _schedule_extend(self) -> ScheduledBatch | None:
         budget = self.config.prefill_chunk_tokens
-        chunks: list[tuple[Request, int]] = []
+        chunks: list[ExtendChunk] = []
         for req in self.prefilling:
             if budget > 0:
                 num = min(budget, req.fill_len - req.kv_len)
-                chunks.append((req, num))
+                chunks.append(ExtendChunk(req, num))
                 budget -= num
         if budget > 0:
-            chunks += self._admit(budget)
+            admitted = self.admission.admit(
+                self.waiting, self.prefilling, self.running, self.num_steps, budget
+            )
+            for req in admitted.cached:
+                self._finish(req, FinishReason.STOP)
+            chunks += admitted.chunks
         for req, _ in chunks:
             if req.status is RequestStatus.WAITING:
                 self.waiting.remove(req)
@@ -136,84 +131,19 @@ class Scheduler:
                 req.status = RequestStatus.PREFILLING
         return self._build_extend(chunks) if chunks else None
 
-    def _admit(self, budget: int) -> list[tuple[Request, int]]:
-        """Admit waiting requests in policy order while the token budget, the running limit and
-        the memory allow; returns (request, chunk tokens) pairs."""
-        cfg = self.config
-        num_slots_left = self.allocator.num_free - self._reserved_tokens()
-        admitted: list[Request] = self.prefilling.copy()  # for in-batch prefix sharing
-        chunks: list[tuple[Request, int]] = []
-        num_active = len(self.prefilling) + len(self.running)
-        match_fn = self._match if self.tree is not None else None
-        for req, match in admission_order(self.waiting, self.num_steps, cfg, match_fn):
-            if budget <= 0 or num_active >= cfg.max_running_requests:
-                break
-            match = match or self._match(req)
-            match_len = policy_match_len(match)
-            if req.kind is RequestKind.PREFILL and match_len == req.fill_len:
-                self._account_admission(req, match_len)
-                self.waiting.remove(req)
-                self._finish(req, FinishReason.STOP)  # a cache_prefix already cached
-                continue
-            if self.tree and shares_uncached_prefix(
-                req, admitted, match_len, cfg.in_batch_share_min_tokens
-            ):
-                continue  # computed by an admitted request first, then matched next step
-            if match is not None:
-                self.tree.lock(match.last_node)
-            evictable = self.tree.evictable_size if self.tree else 0
-            num_needed = req.fill_len - match_len + self._reserve_output(req)
-            if num_needed > num_slots_left + evictable:
-                if match is not None:
-                    self.tree.unlock(match.last_node)
-                break
-            num_slots_left -= num_needed
-            if match is not None:
-                req.slots, req.tree_len, req.last_node = match.slots, match_len, match.last_node
-            self._account_admission(req, match_len)
-            num = min(budget, req.fill_len - match_len)
-            chunks.append((req, num))
-            admitted.append(req)
-            budget -= num
-            num_active += 1
-        return chunks
-
-    def _account_admission(self, req: Request, match_len: int) -> None:
-        if req.num_cached_tokens is None:
-            req.num_cached_tokens = min(match_len, len(req.prompt_ids))
-            self.counters.num_prompt_tokens += len(req.prompt_ids)
-            self.counters.num_cached_tokens += req.num_cached_tokens
-
-    def _match(self, req: Request) -> MatchResult | None:
-        if self.tree is None or req.max_match_len == 0:
-            return None
-        return self.tree.match_prefix(req.fill_ids[: req.max_match_len])
-
-    def _reserve_output(self, req: Request) -> int:
-        """Slots reserved for `req`'s future output tokens, capped so that a lone request fits."""
-        num_left = max(0, req.max_new_tokens - len(req.output_ids))
-        num = math.ceil(self.config.new_token_ratio * num_left)
-        return max(0, min(num, self.allocator.num_slots - req.fill_len))
-
-    def _reserved_tokens(self) -> int:
-        """Slots the admitted requests still expect to take (rest of prompt + output)."""
-        return sum(
-            r.fill_len - r.kv_len + self._reserve_output(r) for r in self.prefilling + self.running
-        )
-
-    def _build_extend(self, chunks: list[tuple[Request, int]]) -> ScheduledBatch | None:
+    def _build_extend(self, chunks: list[ExtendChunk]) -> ScheduledBatch | None:
         allocated = []
         for req, num in chunks:
-            num = min(num, self._num_allocatable())
-            new_slots = self._alloc(num) if num > 0 else None
+            num = min(num, self.memory.num_allocatable)
+            new_slots = self.memory.alloc(num) if num > 0 else None
             if new_slots is None:
                 continue  # over-committed memory: wait, or be retracted
             req.slots = torch.cat((req.slots, new_slots))
-            allocated.append((req, num))
+            allocated.append(ExtendChunk(req, num))
         return extend_batch(allocated) if allocated else None
 
     def _schedule_decode(self) -> ScheduledBatch | None:
-        while self.running and not self._make_room(
+        while self.running and not self.memory.make_room(
             sum(r.fill_len - r.kv_len for r in self.running)
         ):
             if len(self.running) + len(self.prefilling) == 1:
@@ -224,96 +154,72 @@ class Scheduler:
             return None
         reqs = self.running.copy()
         nums = [r.fill_len - r.kv_len for r in reqs]  # 1, or more after jump-forward
-        new_slots = self._alloc(sum(nums))
+        new_slots = self.memory.alloc(sum(nums))
         assert new_slots is not None
         for req, slots in zip(reqs, new_slots.split(nums), strict=True):
             req.slots = torch.cat((req.slots, slots))
         return decode_batch(reqs, new_slots, nums)
 
-    # -- memory --------------------------------------------------------------------------
-
-    def _num_allocatable(self) -> int:
-        return self.allocator.num_free + (self.tree.evictable_size if self.tree else 0)
-
-    def _make_room(self, num: int) -> bool:
-        if self.allocator.num_free < num and self.tree is not None:
-            self.tree.evict(num - self.allocator.num_free)
-        return self.allocator.num_free >= num
-
-    def _alloc(self, num: int) -> torch.Tensor | None:
-        return self.allocator.alloc(num) if self._make_room(num) else None
-
     def _retract(self, req: Request) -> None:
         """Give back `req`'s slots and requeue it at the front; its tokens are kept."""
         (self.running if req in self.running else self.prefilling).remove(req)
-        self._release(req)
+        self.memory.release(req)
         req.status, req.enqueue_step = RequestStatus.WAITING, self.num_steps
         self.waiting.insert(0, req)
         self.counters.num_retracted += 1
 
-    def _cache_computed(self, req: Request) -> None:
-        """Insert `req`'s computed tokens into the tree and borrow them back from it, locked."""
-        assert self.tree is not None
-        ids = req.fill_ids[: req.kv_len]
-        num_cached = self.tree.insert(ids, req.slots)
-        if num_cached > req.tree_len:  # another request cached these meanwhile: ours are dups
-            self.allocator.free(req.slots[req.tree_len : num_cached])
-        match = self.tree.match_prefix(ids)
-        self.tree.lock(match.last_node)
-        if req.last_node is not None:
-            self.tree.unlock(req.last_node)
-        req.slots, req.tree_len, req.last_node = match.slots, req.kv_len, match.last_node
-
-    def _release(self, req: Request) -> None:
-        """Hand `req`'s slots back: to the tree (cache on) or to the free list."""
-        if self.tree is not None and req.kv_len > req.tree_len:
-            self._cache_computed(req)
-        elif req.kv_len > req.tree_len:
-            self.allocator.free(req.own_slots)
-        if req.last_node is not None:
-            self.tree.unlock(req.last_node)
-        req.slots, req.tree_len, req.last_node = req.slots[:0], 0, None
-
     # -- results -------------------------------------------------------------------------
 
     def postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
-        """Record prompt log-probs, cache computed prefixes, sample, stream and finish."""
-        to_sample: list[tuple[Request, int]] = []
-        if batch.kind is BatchKind.DECODE:
-            self.counters.num_decode_steps += 1
-            self.counters.num_decode_tokens += len(batch.requests)
-            self.counters.decode_batch_sizes[len(batch.requests)] += 1
-            to_sample = list(zip(batch.requests, batch.first_rows, strict=True))
-        else:
-            self.counters.num_extend_steps += 1
-            self.counters.num_extend_tokens += batch.forward.num_tokens
-        for i, req in enumerate(batch.requests if batch.kind is BatchKind.EXTEND else ()):
-            row, num_rows = batch.first_rows[i], batch.num_logprob_rows[i]
+        """Count the step; after an extend, record prompt log-probs and cache what was computed
+        (a complete prompt starts decoding); then sample the next tokens."""
+        self.counters.count_batch(batch)
+        if batch.kind is BatchKind.EXTEND:
+            self._record_prompt_logprobs(batch, logits)
+            self._cache_extended(batch.requests)
+        self._sample(batch.sample_rows, logits)
+
+    def _record_prompt_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
+        """Log-probs of the scored prompt tokens (`logprob_start_len`) this extend computed."""
+        for req, first, num_rows, num_new in zip(
+            batch.requests,
+            batch.first_rows,
+            batch.num_logprob_rows,
+            batch.forward.extend_lens,
+            strict=True,
+        ):
             if num_rows:
-                rows = logits[row : row + num_rows]
-                req.prompt_logprobs += prompt_logprobs(req, batch.forward.extend_lens[i], rows)
-            if self.tree is not None:
-                self._cache_computed(req)
+                rows = logits[first : first + num_rows]
+                req.prompt_logprobs += prompt_logprobs(req, num_new, rows)
+
+    def _cache_extended(self, reqs: list[Request]) -> None:
+        """Cache each request's computed tokens; a request whose prompt is complete decodes
+        next, or finishes if it generates nothing."""
+        for req in reqs:
+            self.memory.cache_computed(req)
             if req.kv_len < req.fill_len:
                 continue  # more chunks to come
             self.prefilling.remove(req)
             if req.kind is RequestKind.PREFILL:
                 self._finish(req, FinishReason.STOP)
-                continue
-            req.status = RequestStatus.DECODING
-            self.running.append(req)
-            to_sample.append((req, row + num_rows))
-        if to_sample:
-            reqs = [r for r, _ in to_sample]
-            result = self.sampler.sample(
-                logits[[row for _, row in to_sample]],
-                [r.params for r in reqs],
-                [r.output_ids for r in reqs],
-                [r.generator for r in reqs],
-            )
-            token_ids, logprobs = result.token_ids.tolist(), result.logprobs.tolist()
-            for req, token_id, logprob in zip(reqs, token_ids, logprobs, strict=True):
-                self._append_token(req, token_id, logprob)
+            else:
+                req.status = RequestStatus.DECODING
+                self.running.append(req)
+
+    def _sample(self, rows: list[SampleRow], logits: torch.Tensor) -> None:
+        """Sample each request's next token from its logits row and append it."""
+        if not rows:
+            return
+        reqs = [r.request for r in rows]
+        result = self.sampler.sample(
+            logits[[r.row for r in rows]],
+            [r.params for r in reqs],
+            [r.output_ids for r in reqs],
+            [r.generator for r in reqs],
+        )
+        token_ids, logprobs = result.token_ids.tolist(), result.logprobs.tolist()
+        for req, token_id, logprob in zip(reqs, token_ids, logprobs, strict=True):
+            self._append_token(req, token_id, logprob)
 
     def _append_token(self, req: Request, token_id: int, logprob: float) -> None:
         """Append a sampled token, then the tokens its constraint forces (jump-forward)."""
@@ -352,7 +258,7 @@ class Scheduler:
         for queue in (self.waiting, self.prefilling, self.running):
             if req in queue:
                 queue.remove(req)
-        self._release(req)
+        self.memory.release(req)
         req.status, req.finish_reason, req.error = RequestStatus.FINISHED, reason, error
         self.counters.num_finished += 1
         tail = ""

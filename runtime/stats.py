@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sgl_lang.runtime.batch import BatchKind, ScheduledBatch
+
+if TYPE_CHECKING:
+    from sgl_lang.runtime.scheduler import Scheduler
 
 
 @dataclass
@@ -20,6 +27,16 @@ class SchedulerCounters:
     num_retracted: int = 0
     num_finished: int = 0
     decode_batch_sizes: Counter[int] = field(default_factory=Counter)
+
+    def count_batch(self, batch: ScheduledBatch) -> None:
+        """Count one step: its kind and its tokens (a decode step: one per request)."""
+        if batch.kind is BatchKind.DECODE:
+            self.num_decode_steps += 1
+            self.num_decode_tokens += len(batch.requests)
+            self.decode_batch_sizes[len(batch.requests)] += 1
+        else:
+            self.num_extend_steps += 1
+            self.num_extend_tokens += batch.forward.num_tokens
 
 
 @dataclass(frozen=True)
@@ -55,3 +72,27 @@ class EngineStats:
     @property
     def mean_decode_batch_size(self) -> float:
         return self.num_decode_tokens / self.num_decode_steps if self.num_decode_steps else 0.0
+
+
+def snapshot(scheduler: Scheduler, busy_seconds: Mapping[BatchKind, float]) -> EngineStats:
+    """The engine's stats now, from its scheduler and the seconds spent in each kind of step."""
+    counters, memory = scheduler.counters, scheduler.memory
+    extend_s, decode_s = busy_seconds[BatchKind.EXTEND], busy_seconds[BatchKind.DECODE]
+    return EngineStats(
+        num_waiting=len(scheduler.waiting),
+        num_running=len(scheduler.prefilling) + len(scheduler.running),
+        kv_slots_used=memory.allocator.num_used,
+        kv_slots_total=memory.allocator.num_slots,
+        tree_tokens=memory.prefix_cache.total_size,
+        num_prompt_tokens=counters.num_prompt_tokens,
+        num_cached_tokens=counters.num_cached_tokens,
+        num_extend_tokens=counters.num_extend_tokens,
+        num_decode_tokens=counters.num_decode_tokens,
+        prefill_tokens_per_s=counters.num_extend_tokens / extend_s if extend_s else 0.0,
+        decode_tokens_per_s=counters.num_decode_tokens / decode_s if decode_s else 0.0,
+        num_decode_steps=counters.num_decode_steps,
+        num_forced_tokens=counters.num_forced_tokens,
+        decode_batch_sizes=dict(counters.decode_batch_sizes),
+        num_retracted=counters.num_retracted,
+        num_finished=counters.num_finished,
+    )

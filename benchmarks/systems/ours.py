@@ -38,7 +38,7 @@ class Ours(System):
         return LocalBackend(bridged=self._shared)  # on our engine, not the shared one
 
     def reset(self) -> None:
-        if self._shared is not None and self._shared.engine.tree is not None:
+        if self._shared is not None:
             self._shared.engine.flush_cache()
 
     def token_counts(self) -> TokenCounts:

@@ -13,7 +13,8 @@ import torch
 
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.model_loader import LoadedModel, ModelNotFoundError, load_model
-from sgl_lang.runtime.models.llama import LlamaModel, ModelConfig, random_state_dict
+from sgl_lang.runtime.models.config import ModelConfig
+from sgl_lang.runtime.models.llama import LlamaModel, random_state_dict
 from sgl_lang.runtime.request import Completion, OutputStream
 from sgl_lang.runtime.sampling import SamplingParams
 
@@ -127,10 +128,9 @@ def assert_idle_and_leak_free(engine: Engine) -> None:
     """Nothing running, every slot either free or in the tree; a flush frees them all."""
     allocator = engine.kv_pool.allocator
     assert not engine.scheduler.has_work
-    tree_tokens = engine.tree.total_size if engine.tree else 0
+    tree_tokens = engine.prefix_cache.total_size
     assert allocator.num_free + tree_tokens == allocator.num_slots
-    if engine.tree is not None:
-        assert engine.tree.protected_size == 0
+    assert engine.prefix_cache.protected_size == 0
     engine.flush_cache()
     assert allocator.num_free == allocator.num_slots
     engine.check_integrity()

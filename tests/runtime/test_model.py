@@ -13,12 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
 from sgl_lang.runtime.model_runner import ForwardBatch, ModelRunner
-from sgl_lang.runtime.models.llama import (
-    LlamaModel,
-    ModelConfig,
-    random_state_dict,
-    rope_inv_freq,
-)
+from sgl_lang.runtime.models.config import ModelConfig
+from sgl_lang.runtime.models.llama import LlamaModel, random_state_dict, rope_inv_freq
 
 TOLERANCE = 1e-3
 

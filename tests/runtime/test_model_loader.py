@@ -23,7 +23,8 @@ from sgl_lang.runtime import model_loader
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, ModelNotFoundError, load_model
 from sgl_lang.runtime.model_runner import ForwardBatch, ModelRunner
-from sgl_lang.runtime.models.llama import ModelConfig, random_state_dict
+from sgl_lang.runtime.models.config import ModelConfig
+from sgl_lang.runtime.models.llama import random_state_dict
 
 VOCAB_SIZE = 128
 TINY_SHAPE = dict(

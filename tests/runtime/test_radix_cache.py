@@ -10,8 +10,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from sgl_lang.runtime.cache_integrity import IntegrityError
 from sgl_lang.runtime.kv_pool import SlotAllocator
-from sgl_lang.runtime.radix_cache import IntegrityError, RadixCache, TreeNode
+from sgl_lang.runtime.prefix_cache import TreeNode
+from sgl_lang.runtime.radix_cache import RadixCache
 
 
 def make_cache(num_slots: int = 16) -> RadixCache:

@@ -19,6 +19,7 @@ from conftest import (
 
 from sgl_lang.runtime.config import EngineConfig
 from sgl_lang.runtime.policy import dfs_weight_order
+from sgl_lang.runtime.prefix_cache import NoOpPrefixCache
 from sgl_lang.runtime.request import FinishReason, OutputStream, RequestKind, RequestStatus
 
 
@@ -162,8 +163,8 @@ def test_only_the_head_of_a_long_queue_is_matched(make_engine: Any, max_queue_ma
     reqs = [engine.submit(token_ids(2 + i, 20), greedy(1), rid=f"plain-{i}") for i in range(2)]
     reqs.append(engine.submit([*cached_prefix, 8], greedy(1), rid="cached"))
     reqs += [engine.submit(token_ids(10 + i, 20), greedy(1)) for i in range(37)]
-    engine._run_commands()
-    tree, num_matches = engine.tree, [0]
+    engine.loop.run_commands()
+    tree, num_matches = engine.prefix_cache, [0]
     match_prefix = tree.match_prefix
 
     def counting_match(ids: Any) -> Any:
@@ -227,7 +228,7 @@ def test_zero_token_cache_prefix_then_generate_hits_the_cache(make_engine: Any) 
     engine.submit(prefix, stream=first, kind=RequestKind.PREFILL)
     run_steps(engine)
     assert collect(first).meta.completion_tokens == 0
-    assert engine.tree is not None and engine.tree.total_size == 60
+    assert engine.prefix_cache.total_size == 60
     engine.submit(prefix, stream=again, kind=RequestKind.PREFILL)  # already cached: no work
     assert run_steps(engine) == 0
     assert collect(again).meta.cached_tokens == 60
@@ -241,7 +242,7 @@ def test_without_cache_nothing_is_matched_or_kept(make_engine: Any) -> None:
     prompts = [[*token_ids(6, 30), i + 100] for i in range(3)] * 2
     completions = run_all(engine, prompts, greedy(4))
     assert all(c.meta.cached_tokens == 0 for c in completions)
-    assert engine.tree is None
+    assert isinstance(engine.prefix_cache, NoOpPrefixCache)
     assert engine.kv_pool.allocator.num_free == engine.kv_pool.allocator.num_slots
     assert engine.stats().num_extend_tokens == sum(len(p) for p in prompts)
 
