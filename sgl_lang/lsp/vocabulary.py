@@ -48,7 +48,7 @@ GEN_ARGUMENT_DOCS: dict[str, str] = {
     "choices": "choices=[…]: the output is exactly one of these strings (decided by decoding).",
     "heal": "heal=bool: token healing at the prompt/generation boundary (default true).",
 }
-"""One line per `gen` argument (LANGUAGE.md §4.1)."""
+"""One line per `gen` argument (docs/language.md, "`gen` arguments")."""
 
 SELECT_ARGUMENT_DOCS: dict[str, str] = {
     "method": 'method="normalized" | "greedy" | "unconditional": how choices are ranked — '
