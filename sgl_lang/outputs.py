@@ -6,9 +6,16 @@ import json
 import re
 from typing import Any
 
-from sgl_lang.errors import SglConstraintError
+from sgl_lang.errors import SglConstraintError, SglValueError
 from sgl_lang.gen_args import GenArgs
-from sgl_lang.protocol import TYPE_PATTERNS, Choices, Constraint, JsonSchema, constraint_problem
+from sgl_lang.protocol import (
+    TYPE_PATTERNS,
+    BackendError,
+    Choices,
+    Constraint,
+    JsonSchema,
+    constraint_problem,
+)
 from sgl_lang.values import to_repr
 
 _ANY_JSON = JsonSchema({})
@@ -23,7 +30,11 @@ def output_value(text: str, args: GenArgs, *, enforced: bool) -> Any:
     if args.type_name:
         return convert_type(text, args.type_name)
     checked = _conversion_check(constraint) if enforced else constraint
-    if problem := constraint_problem(checked, text, to_repr):
+    try:
+        problem = constraint_problem(checked, text, to_repr)
+    except BackendError as exc:  # a schema the checker cannot read
+        raise SglValueError(f"cannot check the output: {exc}") from None
+    if problem:
         raise SglConstraintError(problem)
     return json.loads(text) if isinstance(constraint, JsonSchema) else text
 

@@ -288,6 +288,17 @@ def test_an_output_cut_at_max_tokens_is_checked_as_any_other_and_never_retried()
     assert interpreter.scope.vars["n"] == 42
 
 
+def test_an_unreadable_schema_in_a_checked_output_is_a_located_error() -> None:
+    """A `json=` schema the output check cannot read (a `$ref` outside the document) is an
+    error at the `gen`, not an internal error."""
+    backend = like_an_api('{"a": 1}')
+    with pytest.raises(SglError) as caught:
+        run_program('gen d(json={"$ref": "http://example.com/s.json"})\n', backend)
+    assert caught.value.render().startswith(
+        "t.sgl:1:1: value error: cannot check the output: only local JSON schema $refs"
+    )
+
+
 # ---------------------------------------------------------------- the REPL
 
 
