@@ -46,10 +46,9 @@ class Loader:
             return
         target = path.resolve()
         if not target.is_relative_to(self.root) and not self.permissions.allows("read", target):
-            granted = self.permissions.denial("read", target).partition(" needs ")[2]
             raise SglPermissionError(
                 f'`import "{node.path}"` reads `{target}`, outside the program\'s folder '
-                f"`{self.root}`: that needs {granted}",
+                f"`{self.root}`: that needs {self.permissions.needed('read')}",
                 node.span,
             )
 

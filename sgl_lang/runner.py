@@ -81,19 +81,18 @@ def check_program_backend(
         return
     if url is not None and not granted.allows("net", url):
         host = permissions.host_of(url)
-        needs = granted.denial("net", url).partition(" needs ")[2]
         raise SglPermissionError(
-            f"the program's backend `{declared.uri}` sends prompts to `{host}`: that needs {needs}",
+            f"the program's backend `{declared.uri}` sends prompts to `{host}`: "
+            f"that needs {granted.needed('net')}",
             declared.span,
             hint=f"give --allow-net={host}, or choose the backend yourself with --backend",
         )
     if file is not None:
         path = permissions.resolved(file)
         if not path.is_relative_to(program_dir) and not granted.allows("read", path):
-            needs = granted.denial("read", path).partition(" needs ")[2]
             raise SglPermissionError(
                 f"the program's backend `{declared.uri}` reads `{path}`, outside the "
-                f"program's folder: that needs {needs}",
+                f"program's folder: that needs {granted.needed('read')}",
                 declared.span,
                 hint="choose the backend yourself with --backend",
             )

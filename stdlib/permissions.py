@@ -61,14 +61,15 @@ class Permissions:
         """Why `kind` on `target` is refused, naming the flag that would grant it."""
         if kind == "python" or target is None:
             return _DENIED[kind]
+        shown = host_of(str(target)) if kind == "net" else resolved(target)
+        return f"{_ACTIONS[kind]} `{shown}` needs {self.needed(kind)}"
+
+    def needed(self, kind: str) -> str:
+        """The flag that grants `kind`, with what this run grants when it is scoped."""
         scope = getattr(self, kind)
-        shown = host_of(str(target)) if kind == "net" else str(resolved(target))
-        granted = (
-            f" (granted only for {', '.join(map(str, scope))})"
-            if isinstance(scope, tuple) and scope
-            else ""
-        )
-        return f"{_ACTIONS[kind]} `{shown}` needs {FLAGS[kind]}{granted}"
+        if isinstance(scope, tuple) and scope:
+            return f"{FLAGS[kind]} (granted only for {', '.join(map(str, scope))})"
+        return FLAGS[kind]
 
 
 def resolved(path: str | Path) -> Path:

@@ -314,3 +314,12 @@ def test_help_says_allow_python_runs_arbitrary_code() -> None:
         assert (
             "--allow-python Let the program call Python functions. This runs arbitrary code" in text
         )
+
+
+def test_net_scope_matches_hosts_and_default_ports() -> None:
+    url = "https://api.openai.com/v1"
+    assert Permissions(net=("api.openai.com",)).allows("net", url)
+    assert Permissions(net=("API.openai.com:443",)).allows("net", url)
+    assert not Permissions(net=("api.openai.com:80",)).allows("net", url)
+    assert not Permissions(net=("openai.com",)).allows("net", url)
+    assert not Permissions().allows("net", url) and Permissions(net=True).allows("net", url)
