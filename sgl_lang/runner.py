@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from sgl_lang import nodes
-from sgl_lang.backends import get_backend, local_target, reached_host
+from sgl_lang.backends import get_backend, local_target, reached_url
 from sgl_lang.backends.replay import ReplayBackend
 from sgl_lang.calls import DEFAULT_NUM_RETRIES, backend_errors
 from sgl_lang.config import RunConfig, RunOptions, Stream
@@ -76,7 +76,7 @@ def check_program_backend(
     outside the program's folder `--allow-read`. Raises `SglPermissionError` at the
     statement; a malformed URI is left to `make_backend`."""
     try:
-        url, file = reached_host(declared.uri), local_target(declared.uri)
+        url, file = reached_url(declared.uri), local_target(declared.uri)
     except BackendError:
         return
     if url is not None and not granted.allows("net", url):

@@ -20,7 +20,7 @@ from sgl_lang.protocol import Backend, BackendError
 if TYPE_CHECKING:
     from sgl_lang.bridge.options import EngineOptions
 
-__all__ = ["BACKENDS", "ENGINE_SCHEMES", "get_backend", "local_target", "reached_host"]
+__all__ = ["BACKENDS", "ENGINE_SCHEMES", "get_backend", "local_target", "reached_url"]
 
 # scheme -> "module:factory". `test` and `local` take an optional target (`local:PATH`), the
 # others need one; `http`/`https` receive the whole URI as their target.
@@ -43,12 +43,13 @@ _TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL"}
 # Schemes whose URI may name the server: their factories take `user_chosen` and send the
 # user's key to that server only when the user (not a program) chose the URI.
 _URL_SCHEMES = frozenset({"http", "https", "openai"})
-# Where a URI without a server goes; `$ANTHROPIC_BASE_URL` (the user's) moves Anthropic's.
+# Where a URI without a server goes, unless the user's environment moves it (BASE_URL_ENVS).
 PROVIDER_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
     "gemini": "https://generativelanguage.googleapis.com",
 }
+BASE_URL_ENVS = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 
 
 def get_backend(
@@ -74,7 +75,7 @@ def get_backend(
     return factory(target)
 
 
-def reached_host(uri: str) -> str | None:
+def reached_url(uri: str) -> str | None:
     """The URL of the server a backend URI sends prompts to, or None for a backend that runs
     here (`test`, `local`). Raises `BackendError` for a malformed URI."""
     scheme, target = _split(uri)
@@ -85,9 +86,8 @@ def reached_host(uri: str) -> str | None:
     _, at, url = target.partition("?")[0].partition("@")
     if at and url:
         return url
-    if scheme == "anthropic":
-        return os.environ.get("ANTHROPIC_BASE_URL") or PROVIDER_URLS[scheme]
-    return PROVIDER_URLS[scheme]
+    moved = os.environ.get(BASE_URL_ENVS.get(scheme, ""))
+    return moved or PROVIDER_URLS[scheme]
 
 
 def local_target(uri: str) -> str | None:
