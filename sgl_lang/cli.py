@@ -19,6 +19,7 @@ from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
 if TYPE_CHECKING:
     from sgl_lang.config import RunOptions, Stream
+    from sgl_lang.stdlib.permissions import Permissions
 
 T = TypeVar("T")
 
@@ -98,12 +99,77 @@ runtime_options = _options(
     click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens of `gen`."),
     click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
 )
+SCOPED_FLAGS = {"read": "--allow-read", "write": "--allow-write", "net": "--allow-net"}
+SCOPE_SUFFIX = "-scope"
 permission_options = _options(
-    click.option("--allow-read", is_flag=True, help="Let the program read files."),
-    click.option("--allow-write", is_flag=True, help="Let the program write files."),
-    click.option("--allow-net", is_flag=True, help="Let the program use the network."),
-    click.option("--allow-python", is_flag=True, help="Let the program call Python functions."),
+    click.option(
+        "--allow-read",
+        is_flag=True,
+        help="Let the program read files (`image` paths, `import` outside its folder, the "
+        "files module). --allow-read=DIR[,DIR] (repeatable): only below those folders.",
+    ),
+    click.option(
+        "--allow-write",
+        is_flag=True,
+        help="Let the program write files. --allow-write=DIR[,DIR]: only below those folders.",
+    ),
+    click.option(
+        "--allow-net",
+        is_flag=True,
+        help="Let the program use the network (web.get, image URLs, a `backend` it names). "
+        "--allow-net=HOST[:PORT][,...]: only those hosts.",
+    ),
+    click.option(
+        "--allow-python",
+        is_flag=True,
+        help="Let the program call Python functions. This runs arbitrary code with all your "
+        "rights: no other permission holds then. Only for programs you trust.",
+    ),
+    *(
+        click.option(f"{flag}{SCOPE_SUFFIX}", f"{kind}_scope", multiple=True, hidden=True)
+        for kind, flag in SCOPED_FLAGS.items()
+    ),
 )
+
+
+class ScopedFlagsCommand(click.Command):
+    """A command taking Deno's `--allow-read=DIR` spelling: a value attached with `=` to a
+    permission flag goes to its hidden `--allow-read-scope` option, so that the bare flag
+    stays a flag (`--allow-read prog.sgl` never reads `prog.sgl` as a folder)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _split_scopes(args))
+
+
+def _split_scopes(args: list[str]) -> list[str]:
+    """`--allow-read=DIR` as `--allow-read-scope DIR`; arguments after `--` are left alone."""
+    split: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            return split + args[index:]
+        flag, eq, value = arg.partition("=")
+        split.extend(
+            [flag + SCOPE_SUFFIX, value] if eq and flag in SCOPED_FLAGS.values() else [arg]
+        )
+    return split
+
+
+def permissions_of(flags: dict[str, bool], scopes: dict[str, tuple[str, ...]]) -> Permissions:
+    """The `Permissions` of the `--allow-*` flags: a bare flag grants everything; scoped
+    ones (`--allow-read=a,b`, repeatable) only the listed folders (resolved from the working
+    folder) or hosts."""
+    from sgl_lang.stdlib.permissions import Permissions, resolved
+
+    granted: dict[str, Any] = {"python": flags["python"]}
+    for kind, flag in SCOPED_FLAGS.items():
+        places = [place.strip() for item in scopes[kind] for place in item.split(",")]
+        if any(not place for place in places):
+            raise click.BadParameter(f"an empty place in {flag}=...", param_hint=flag)
+        if flags[kind] or not places:
+            granted[kind] = flags[kind]
+        else:
+            granted[kind] = tuple(places) if kind == "net" else tuple(map(resolved, places))
+    return Permissions(**granted)
 
 
 def run_options(
@@ -121,6 +187,9 @@ def run_options(
     allow_write: bool,
     allow_net: bool,
     allow_python: bool,
+    read_scope: tuple[str, ...] = (),
+    write_scope: tuple[str, ...] = (),
+    net_scope: tuple[str, ...] = (),
     stream: bool | None = None,
     trace: bool = False,
     trace_json: Path | None = None,
@@ -131,12 +200,12 @@ def run_options(
     """The `RunOptions` of the flags of `sgl run`, or of the part of them `sgl repl` takes.
     The runtime flags become `RunConfig` overrides (None: not given)."""
     from sgl_lang.config import RunOptions
-    from sgl_lang.stdlib.permissions import Permissions
 
     return RunOptions(
         backend_uri=backend_uri,
-        permissions=Permissions(
-            read=allow_read, write=allow_write, net=allow_net, python=allow_python
+        permissions=permissions_of(
+            {"read": allow_read, "write": allow_write, "net": allow_net, "python": allow_python},
+            {"read": read_scope, "write": write_scope, "net": net_scope},
         ),
         stream=_stream_mode(stream),
         trace=trace,
@@ -175,7 +244,7 @@ def main() -> None:
     """sgl — run LLM programs written in the .sgl language."""
 
 
-@main.command()
+@main.command(cls=ScopedFlagsCommand)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--backend", "backend_uri", help="Backend URI (default: the program's, else `local`)."
@@ -310,7 +379,7 @@ def serve(
     )
 
 
-@main.command()
+@main.command(cls=ScopedFlagsCommand)
 @click.option("--backend", "backend_uri", default="local", show_default=True, help="Backend URI.")
 @set_option
 @runtime_options

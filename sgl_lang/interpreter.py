@@ -44,6 +44,7 @@ from sgl_lang.prefix import function_prefix
 from sgl_lang.protocol import Backend, Choices, GenRequest, GenResult
 from sgl_lang.source import Span
 from sgl_lang.state import State
+from sgl_lang.stdlib import permissions
 from sgl_lang.stdlib.builtins import BUILTINS
 from sgl_lang.stdlib.modules import load_module
 from sgl_lang.values import to_repr, to_str, type_name
@@ -251,6 +252,10 @@ class Interpreter:
         value = await self.eval(node.value, ctx)
         if not isinstance(value, (str, bytes)):
             raise SglTypeError(f"`image` needs a path, an URL or bytes, not `{type_name(value)}`")
+        if isinstance(value, str):
+            # The backend reads the file or hands the URL to its provider to fetch.
+            is_url = value.startswith(("http://", "https://"))
+            permissions.require("net" if is_url else "read", value, node.span)
         ctx.state.append_image(value)
 
     async def _gen(self, node: nodes.Gen, ctx: Context) -> None:

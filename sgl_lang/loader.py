@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from sgl_lang import nodes, resolve
-from sgl_lang.errors import SglError, SglImportError
+from sgl_lang.errors import SglError, SglImportError, SglPermissionError
 from sgl_lang.grammar import parse
 from sgl_lang.source import Source
+from sgl_lang.stdlib.permissions import Permissions
 
 
 def read_source(path: Path) -> Source:
@@ -20,16 +21,36 @@ def read_source(path: Path) -> Source:
 
 
 class Loader:
-    """Parses each file once and resolves imports relative to the importing file."""
+    """Parses each file once and resolves imports relative to the importing file.
 
-    def __init__(self) -> None:
+    With `permissions` (a run's), an import may read only below the folder of the first
+    program loaded (the one run) unless `--allow-read` grants the file; without (`sgl
+    check`, the REPL, the language server: the user reading their own files), any file."""
+
+    def __init__(self, permissions: Permissions | None = None) -> None:
         self.programs: dict[Path, nodes.Program] = {}
+        self.permissions = permissions
+        self.root: Path | None = None  # the folder of the first program loaded
 
     def load(self, path: Path) -> nodes.Program:
         key = path.resolve()
+        if self.root is None:
+            self.root = key.parent
         if key not in self.programs:
             self.programs[key] = parse(read_source(path))
         return self.programs[key]
+
+    def _require_read(self, node: nodes.Import, path: Path) -> None:
+        """An import outside the program's folder needs `--allow-read` for that file."""
+        if self.permissions is None or self.root is None:
+            return
+        target = path.resolve()
+        if not target.is_relative_to(self.root) and not self.permissions.allows("read", target):
+            raise SglPermissionError(
+                f'`import "{node.path}"` reads `{target}`, outside the program\'s folder '
+                f"`{self.root}`: that needs {self.permissions.needed('read')}",
+                node.span,
+            )
 
     def import_path(self, importer: nodes.Program, node: nodes.Import) -> Path:
         assert node.path is not None
@@ -38,6 +59,7 @@ class Loader:
     def load_import(self, importer: nodes.Program, node: nodes.Import) -> nodes.Program:
         """The program `import "path"` names (for the interpreter)."""
         path = self.import_path(importer, node)
+        self._require_read(node, path)
         if not path.is_file():
             raise SglImportError(f"cannot import `{node.path}`: no file at `{path}`", node.span)
         try:

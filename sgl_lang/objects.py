@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import _string  # the parser behind str.format's fields
+import string
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,12 +176,27 @@ def _dict_method(value: dict[Any, Any], name: str) -> Callable[..., Any]:
 
 def _str_method(value: str, name: str) -> Callable[..., Any]:
     if name == "format":
-        return lambda *args, **kwargs: value.format(
-            *map(_formattable, args), **{k: _formattable(v) for k, v in kwargs.items()}
+        return lambda *args, **kwargs: _FORMATTER.vformat(
+            value, tuple(map(_formattable, args)), {k: _formattable(v) for k, v in kwargs.items()}
         )
     if name == "join":
         return lambda items: value.join(_joinable(items))
     return getattr(value, name)
+
+
+class _Formatter(string.Formatter):
+    """`str.format` under the language's attribute rules: `{0.name}` is `get_attribute`
+    (no dunders, no private names), `{0[key]}` indexes as Python does."""
+
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        first, rest = _string.formatter_field_name_split(field_name)
+        value = self.get_value(first, args, kwargs)
+        for is_attribute, key in rest:
+            value = get_attribute(value, key) if is_attribute else value[key]
+        return value, first
+
+
+_FORMATTER = _Formatter()
 
 
 def _formattable(value: Any) -> Any:

@@ -21,16 +21,22 @@ from rich.console import Console
 from rich.progress import Progress
 
 from sgl_lang import nodes
-from sgl_lang.backends import get_backend
+from sgl_lang.backends import get_backend, local_target, reached_url
 from sgl_lang.backends.replay import ReplayBackend
 from sgl_lang.calls import DEFAULT_NUM_RETRIES, backend_errors
 from sgl_lang.config import RunConfig, RunOptions, Stream
 from sgl_lang.enforcement import ConstraintSite, constraint_sites
-from sgl_lang.errors import SglError, SglNameError, SglValueError, SglWarning
+from sgl_lang.errors import (
+    SglError,
+    SglNameError,
+    SglPermissionError,
+    SglValueError,
+    SglWarning,
+)
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader
 from sgl_lang.prefix import program_prefix
-from sgl_lang.protocol import Backend, Capabilities
+from sgl_lang.protocol import Backend, BackendError, Capabilities
 from sgl_lang.state import State
 from sgl_lang.stdlib import builtins, permissions
 from sgl_lang.trace import TracingBackend, print_report, totals, trace_report, write_json
@@ -43,17 +49,53 @@ def backend_uri_of(program: nodes.Program, override: str | None) -> str:
     """The CLI's `--backend`, else the program's `backend "URI"`, else the default."""
     if override:
         return override
-    for stmt in program.body:
-        if isinstance(stmt, nodes.BackendDecl):
-            return stmt.uri
-    return DEFAULT_BACKEND
+    declared = program_backend(program)
+    return declared.uri if declared is not None else DEFAULT_BACKEND
 
 
-def make_backend(uri: str, config: RunConfig) -> Backend:
+def program_backend(program: nodes.Program) -> nodes.BackendDecl | None:
+    """The program's own `backend "URI"` statement, if it has one."""
+    return next((s for s in program.body if isinstance(s, nodes.BackendDecl)), None)
+
+
+def make_backend(uri: str, config: RunConfig, *, user_chosen: bool = True) -> Backend:
     """The backend of `uri`; one that runs an engine here gets the config's engine options
-    (and its model, unless the URI names one)."""
+    (and its model, unless the URI names one). A URI a program wrote (`user_chosen` False)
+    gets none of the user's API keys but for its provider's own host."""
     with backend_errors():
-        return get_backend(uri, engine_options=config.engine_options, model=config.model)
+        return get_backend(
+            uri, engine_options=config.engine_options, model=config.model, user_chosen=user_chosen
+        )
+
+
+def check_program_backend(
+    declared: nodes.BackendDecl, program_dir: Path, granted: permissions.Permissions
+) -> None:
+    """A program's own `backend "URI"` reaches only what the run grants: a server (any but
+    the engine of this process) needs `--allow-net` for its host, a model or replies file
+    outside the program's folder `--allow-read`. Raises `SglPermissionError` at the
+    statement; a malformed URI is left to `make_backend`."""
+    try:
+        url, file = reached_url(declared.uri), local_target(declared.uri)
+    except BackendError:
+        return
+    if url is not None and not granted.allows("net", url):
+        host = permissions.host_of(url)
+        raise SglPermissionError(
+            f"the program's backend `{declared.uri}` sends prompts to `{host}`: "
+            f"that needs {granted.needed('net')}",
+            declared.span,
+            hint=f"give --allow-net={host}, or choose the backend yourself with --backend",
+        )
+    if file is not None:
+        path = permissions.resolved(file)
+        if not path.is_relative_to(program_dir) and not granted.allows("read", path):
+            raise SglPermissionError(
+                f"the program's backend `{declared.uri}` reads `{path}`, outside the "
+                f"program's folder: that needs {granted.needed('read')}",
+                declared.span,
+                hint="choose the backend yourself with --backend",
+            )
 
 
 def with_replay(backend: Backend, path: Path | None) -> Backend:
@@ -212,7 +254,7 @@ async def prepare_run(
     program's) and wrap it. With tracing, the backend is warmed up (the model loaded) so that
     the calls' times are their own. Raises `Refused`, and the `SglError` of an unknown param,
     a bad config file or a backend that cannot be made."""
-    loader = Loader()
+    loader = Loader(options.permissions)
     program = loader.load(path)
     if params is not None:
         _check_param_names(program, params)
@@ -220,7 +262,12 @@ async def prepare_run(
     if errors:
         raise Refused(errors)
     config = options.run_config(path)
-    backend = make_backend(backend_uri_of(program, options.backend_uri), config)
+    declared = None if options.backend_uri else program_backend(program)
+    if declared is not None:
+        check_program_backend(declared, path.resolve().parent, options.permissions)
+    backend = make_backend(
+        backend_uri_of(program, options.backend_uri), config, user_chosen=declared is None
+    )
     try:
         if not options.allow_unenforced:
             sites = program_sites(loader, program, backend.capabilities)

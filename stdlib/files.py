@@ -1,6 +1,8 @@
 """The `files` module: read and write UTF-8 text files and list paths; needs `--allow-read`/`--allow-write`.
 
-Paths are relative to the current working directory (where `sgl run` was started).
+Paths are relative to the current working directory (where `sgl run` was started). With a
+scoped grant (`--allow-read=DIR`) only the files below DIR can be read (written), and `glob`
+lists only those.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sgl_lang.errors import SglTypeError, SglValueError
+from sgl_lang.stdlib import permissions
 from sgl_lang.stdlib.permissions import require
 from sgl_lang.values import to_repr, type_name
 
@@ -34,6 +37,7 @@ def read(path: str) -> str:
     """read(path) -> str: the whole content of the UTF-8 text file at `path`. Needs --allow-read."""
     require("read")
     file = _path(path, "read")
+    require("read", file)
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -49,6 +53,7 @@ def write(path: str, text: str, append: bool = False) -> None:
     """
     require("write")
     file = _path(path, "write")
+    require("write", file)
     if not isinstance(text, str):
         raise SglTypeError(
             f"files.write() text must be a str, not `{type_name(text)}`; use str() or json_dumps()"
@@ -65,7 +70,8 @@ def glob(pattern: str) -> list[str]:
     require("read")
     if not isinstance(pattern, str):
         raise SglTypeError(f"files.glob() pattern must be a str, not `{type_name(pattern)}`")
-    return sorted(_glob.glob(pattern, recursive=True))
+    granted = permissions.current.get()
+    return sorted(p for p in _glob.glob(pattern, recursive=True) if granted.allows("read", p))
 
 
 EXPORTS = {"read": read, "write": write, "glob": glob}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -19,7 +20,7 @@ from sgl_lang.protocol import Backend, BackendError
 if TYPE_CHECKING:
     from sgl_lang.bridge.options import EngineOptions
 
-__all__ = ["BACKENDS", "ENGINE_SCHEMES", "get_backend"]
+__all__ = ["BACKENDS", "ENGINE_SCHEMES", "get_backend", "local_target", "reached_url"]
 
 # scheme -> "module:factory". `test` and `local` take an optional target (`local:PATH`), the
 # others need one; `http`/`https` receive the whole URI as their target.
@@ -39,21 +40,60 @@ _FORMS = (
     "openai:MODEL@http://HOST:PORT/v1, anthropic:MODEL, gemini:MODEL"
 )
 _TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL"}
+# Schemes whose URI may name the server: their factories take `user_chosen` and send the
+# user's key to that server only when the user (not a program) chose the URI.
+_URL_SCHEMES = frozenset({"http", "https", "openai"})
+# Where a URI without a server goes, unless the user's environment moves it (BASE_URL_ENVS).
+PROVIDER_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+BASE_URL_ENVS = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 
 
 def get_backend(
-    uri: str, *, engine_options: EngineOptions | None = None, model: Path | None = None
+    uri: str,
+    *,
+    engine_options: EngineOptions | None = None,
+    model: Path | None = None,
+    user_chosen: bool = True,
 ) -> Backend:
     """A new backend for `uri` (docs/backends.md). `engine_options` (how its engine is built)
     and `model` (the model of a URI that names none, as plain `local` does) go to the
     backends of `ENGINE_SCHEMES`; the others ignore them, so one config file serves every
-    backend. Raises `BackendError` for an unknown or malformed URI, and for a scheme whose
-    module is not part of this installation."""
+    backend. `user_chosen` is False for a URI a program wrote: then the user's API keys go
+    only to their provider's own host, never to a server the URI names. Raises
+    `BackendError` for an unknown or malformed URI, and for a scheme whose module is not
+    part of this installation."""
     scheme, target = _split(uri)
     factory = _factory(scheme)
     if scheme in ENGINE_SCHEMES:
         return factory(target, engine_options=engine_options, model=model)
+    if scheme in _URL_SCHEMES:
+        return factory(target, user_chosen=user_chosen)
     return factory(target)
+
+
+def reached_url(uri: str) -> str | None:
+    """The URL of the server a backend URI sends prompts to, or None for a backend that runs
+    here (`test`, `local`). Raises `BackendError` for a malformed URI."""
+    scheme, target = _split(uri)
+    if scheme in ENGINE_SCHEMES or scheme in _TARGET_OPTIONAL:
+        return None
+    if scheme in ("http", "https"):
+        return target
+    _, at, url = target.partition("?")[0].partition("@")
+    if at and url:
+        return url
+    moved = os.environ.get(BASE_URL_ENVS.get(scheme, ""))
+    return moved or PROVIDER_URLS[scheme]
+
+
+def local_target(uri: str) -> str | None:
+    """The file a `test:PATH` or `local:PATH` URI reads, else None."""
+    scheme, target = _split(uri)
+    return target if scheme in _TARGET_OPTIONAL and target else None
 
 
 def _split(uri: str) -> tuple[str, str]:

@@ -8,7 +8,8 @@ with the model's chat template and heals tokens exactly as `local` does) and wit
 which this client writes and the server reads.
 
 Many `sgl run` processes pointed at one server share its engine and its prefix cache. A key
-set with `SGL_API_KEY` is sent as a bearer token.
+set with `SGL_API_KEY` is sent as a bearer token, only to a server the user chose
+(`--backend`), never to one a program wrote.
 """
 
 from __future__ import annotations
@@ -39,19 +40,27 @@ NUM_CONNECT_RETRIES = 3  # a server that is still starting: 0.5 s, 1 s, 2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
-def create(target: str) -> HttpBackend:
-    """`http://HOST:PORT` or `https://...` (the whole URI is the target)."""
-    return HttpBackend(target)
+def create(target: str, *, user_chosen: bool = True) -> HttpBackend:
+    """`http://HOST:PORT` or `https://...` (the whole URI is the target); $SGL_API_KEY is
+    sent only when the user chose it (`user_chosen`)."""
+    return HttpBackend(target, api_key=os.environ.get(API_KEY_ENV) if user_chosen else None)
 
 
 class HttpBackend(Backend):
     """Generation, scoring and prefix hints on a remote `sgl serve`. Creating one opens no
     connection; an `httpx.AsyncClient` is opened on first use (one per event loop)."""
 
-    def __init__(self, url: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.name = url
         self.url = url.rstrip("/")
         self.capabilities = Capabilities(CONSTRAINT_KINDS, frozenset(SELECT_METHODS), images=False)
+        self._api_key = api_key  # sent as a bearer token
         self._transport = transport  # tests: an ASGI transport to an in-process server
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,9 +102,7 @@ class HttpBackend(Backend):
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:  # a client is bound to its loop
-            headers = (
-                {"Authorization": f"Bearer {key}"} if (key := os.environ.get(API_KEY_ENV)) else {}
-            )
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
             self._client = httpx.AsyncClient(
                 base_url=self.url, timeout=TIMEOUT, headers=headers, transport=self._transport
             )

@@ -13,8 +13,9 @@
   `logprobs` and `max_tokens: 0` on `/completions`: `sgl serve`, vLLM), by the methods of the
   `local` backend; only prompts without messages can be scored this way.
 - `top_k`, `min_p` and `ignore_eos` are sent only when set, as extensions.
-- The key is `$OPENAI_API_KEY` (required without URL); the SDK retries rate limits and
-  transient errors with backoff.
+- The key is `$OPENAI_API_KEY` (required without URL); it is sent to a URL only when the user
+  chose the URI (`--backend`), never to a URL a program wrote. The SDK retries rate limits
+  and transient errors with backoff.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ SCORING_OPTION = "select=logprobs"
 NEUTRAL_CONTEXT = "\n"  # what a choice follows when scored "without the prompt"
 
 
-def create(target: str) -> OpenAIBackend:
+def create(target: str, *, user_chosen: bool = True) -> OpenAIBackend:
     """`MODEL` (OpenAI's API, needs $OPENAI_API_KEY) or `MODEL@URL` (any compatible server),
-    optionally followed by `?select=logprobs`."""
+    optionally followed by `?select=logprobs`. $OPENAI_API_KEY goes to a URL only when the
+    user chose it (`user_chosen`); a URL a program wrote gets no key."""
     target, _, option = target.partition("?")
     if option not in ("", SCORING_OPTION):
         raise BackendError(
@@ -75,7 +77,7 @@ def create(target: str) -> OpenAIBackend:
         raise BackendError(
             "the `openai:` backend needs the `openai` package: pip install 'sgl-lang[openai]'"
         )
-    key = os.environ.get(API_KEY_ENV)
+    key = os.environ.get(API_KEY_ENV) if user_chosen or not url else None
     if not key and not url:
         raise BackendError(f"`openai:{model}` needs an API key: set ${API_KEY_ENV}")
     return OpenAIBackend(model, url or None, key or "no-key", scores=bool(option))
