@@ -1,23 +1,31 @@
-"""The files of `sgl run --batch IN --out OUT`: IN's rows, and OUT written row by row.
+"""The files and signals of `sgl run --batch IN --out OUT`: IN's rows, OUT written row by row.
 
 IN is split on `\\n` only (a JSON string may hold U+2028 or U+0085); a blank line is no row.
 A row that is not a JSON object is a `Row` with its located error, so the others still run.
 OUT is JSONL, one line per finished row, appended and flushed as each row ends (so it holds
 whole lines in completion order while the batch runs) and rewritten in input order when the
 batch completes. `recorded_rows` reads the rows an earlier, interrupted run finished.
+SIGINT/SIGTERM stop a batch (`Stopper`): no new row starts, the running ones are cancelled; a
+second signal stops it at once (for a row busy with no backend call); OUT keeps every finished row.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from sgl_lang.errors import SglValueError
 from sgl_lang.source import Source
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 JSON_BLANKS = " \t\r"  # JSON's whitespace, but for `\n`, which ends a line
 
 
@@ -110,9 +118,15 @@ class Output:
 
     def write(self, line: dict[str, Any]) -> None:
         """Append one finished row's line (it has an `index`) and flush it to the file."""
-        self._file.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+        data = json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n"
+        self.done[line["index"]] = line  # first: a signal's `flush` from here on still
+        self._file.write(data)  # puts the counted line on disk
         self._file.flush()
-        self.done[line["index"]] = line
+
+    def flush(self) -> None:
+        """Put every line `write` was given on disk (safe from a signal handler)."""
+        with suppress(OSError, RuntimeError, ValueError):  # reentrant in `write`, or closed
+            self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -126,6 +140,45 @@ class Output:
                 file.write(json.dumps(self.done[index], ensure_ascii=False).encode("utf-8"))
                 file.write(b"\n")
         os.replace(temporary, self.path)
+
+
+class Stopper:
+    """Within: SIGINT and SIGTERM stop the batch run by `rows_task`, writing to `output`. The
+    first one cancels the task (no new row starts, the running ones are cancelled at their
+    next await; `signal` is then set); a second one, for a row that never awaits, flushes
+    `output` and exits at once with `stopped(signal)` on stderr."""
+
+    def __init__(
+        self,
+        rows_task: asyncio.Future[Any],
+        output: Output,
+        stopped: Callable[[signal.Signals], str],
+    ) -> None:
+        self.rows_task = rows_task
+        self.output = output
+        self.stopped = stopped
+        self.signal: signal.Signals | None = None
+        self._loop = asyncio.get_running_loop()
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> Stopper:
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # On the main thread between two bytecodes: write with os.write, never with sys.stderr
+        if self.signal is not None:
+            self.output.flush()
+            os.write(2, f"\n{self.stopped(signal.Signals(signum))}\n".encode())
+            os._exit(128 + signum)
+        self.signal = signal.Signals(signum)
+        notice = "stopping: no new row starts, the running ones are cancelled (signal again: at once)"
+        os.write(2, f"\n{notice}\n".encode())
+        self._loop.call_soon_threadsafe(self.rows_task.cancel)
 
 
 def _recorded_line(raw: bytes) -> dict[str, Any] | None:

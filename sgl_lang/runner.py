@@ -24,7 +24,7 @@ from rich.progress import Progress
 from sgl_lang import nodes
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.replay import ReplayBackend
-from sgl_lang.batch import Output, Row, read_rows, recorded_rows
+from sgl_lang.batch import Output, Row, Stopper, read_rows, recorded_rows
 from sgl_lang.calls import DEFAULT_NUM_RETRIES, backend_errors
 from sgl_lang.config import RunConfig, RunOptions, Stream
 from sgl_lang.enforcement import ConstraintSite, constraint_sites
@@ -329,9 +329,6 @@ class _AfterStream(io.TextIOBase):
 # ---------------------------------------------------------------- batch
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 async def run_batch_file(
     path: Path,
     batch: Path,
@@ -354,6 +351,13 @@ async def run_batch_file(
         _report(refused.errors)
         return 1
     output = Output(out, done)
+
+    def stopped(signum: signal.Signals) -> str:
+        return (
+            f"stopped by {signum.name}: {len(output.done)} of {len(rows)} rows done, in {out}; "
+            f"to run the other {len(rows) - len(output.done)}, run the same command with --resume"
+        )
+
     todo = [row for row in rows if row.index not in output.done]
     started = time.perf_counter()
     try:
@@ -361,7 +365,7 @@ async def run_batch_file(
             if row.params is None:
                 output.write(_line(row, {"output": None, "printed": "", "error": row.error}))
         runnable = [row for row in todo if row.params is not None]
-        stopped_by = await _run_stoppable(run, runnable, params, parallel, output)
+        stopped_by = await _run_stoppable(run, runnable, params, parallel, output, stopped)
         if run.tracer is not None:
             run_totals = {"totals": totals(run.tracer, time.perf_counter() - started)}
             if options.trace:
@@ -371,13 +375,8 @@ async def run_batch_file(
     finally:
         output.close()
         await run.backend.close()
-    num_left = len(rows) - len(output.done)
     if stopped_by is not None:
-        print(
-            f"stopped by {stopped_by.name}: {len(output.done)} of {len(rows)} rows done, in "
-            f"{out}; to run the other {num_left}, run the same command with --resume",
-            file=sys.stderr,
-        )
+        print(stopped(stopped_by), file=sys.stderr)
         return 128 + stopped_by.value
     output.sort()
     num_failed = sum(line.get("error") is not None for line in output.done.values())
@@ -390,10 +389,15 @@ async def run_batch_file(
 
 
 async def _run_stoppable(
-    run: PreparedRun, rows: list[Row], params: dict[str, Any], parallel: int, output: Output
+    run: PreparedRun,
+    rows: list[Row],
+    params: dict[str, Any],
+    parallel: int,
+    output: Output,
+    stopped: Callable[[signal.Signals], str],
 ) -> signal.Signals | None:
-    """Run `rows`, writing each to `output` as it ends, until done or a stop signal (returned:
-    no new row starts, the running ones are cancelled)."""
+    """Run `rows`, writing each to `output` as it ends, until done or stopped by a signal
+    (`batch.Stopper`, with `stopped` its message; the signal is returned)."""
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("running", total=len(rows))
 
@@ -413,24 +417,13 @@ async def _run_stoppable(
                 on_result=finished,
             )
         )
-        stopped_by: list[signal.Signals] = []
-
-        def stop(signum: signal.Signals) -> None:
-            stopped_by.append(signum)
-            rows_task.cancel()
-
-        loop = asyncio.get_running_loop()
-        for signum in STOP_SIGNALS:
-            loop.add_signal_handler(signum, stop, signum)
-        try:
-            await rows_task
-        except asyncio.CancelledError:
-            if not stopped_by:
-                raise
-        finally:
-            for signum in STOP_SIGNALS:
-                loop.remove_signal_handler(signum)
-    return stopped_by[0] if stopped_by else None
+        with Stopper(rows_task, output, stopped) as stopper:
+            try:
+                await rows_task
+            except asyncio.CancelledError:
+                if stopper.signal is None:
+                    raise
+    return stopper.signal if rows_task.cancelled() else None
 
 
 def _line(row: Row, result: dict[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +58,7 @@ def logged(log: Path) -> list[int]:
     return [int(line) for line in log.read_text().split()] if log.exists() else []
 
 
-def wait_for_lines(out: Path, num_lines: int, process: subprocess.Popen[str]) -> None:
+def wait_for_lines(out: Path, num_lines: int, process: subprocess.Popen[Any]) -> None:
     deadline = time.monotonic() + 240  # generous: only a hung batch takes this long
     while time.monotonic() < deadline and process.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") >= num_lines:
@@ -105,6 +108,39 @@ def test_a_stopped_batch_keeps_its_rows_and_resume_runs_only_the_others(
     assert [line["index"] for line in lines] == list(range(NUM_ROWS))  # input order at the end
     assert [line["input"] for line in lines] == [{"i": i} for i in range(NUM_ROWS)]
     assert lines[:NUM_DONE_BEFORE_KILL] == sorted(done, key=lambda line: line["index"])
+
+
+def test_a_second_signal_stops_a_row_that_never_awaits(tmp_path: Path) -> None:
+    program = tmp_path / "busy.sgl"
+    program.write_text("param i\nwhile i == 3:\n    i = 3\nprint(i)\n")
+    rows = write_rows(tmp_path / "rows.jsonl", [{"i": i} for i in range(5)])
+    out = tmp_path / "out.jsonl"
+    args = [program, "--backend", "test", "--batch", rows, "--out", out, "--parallel", "1"]
+    process = subprocess.Popen(sgl(*args), cwd=ROOT, stderr=subprocess.PIPE)
+    wait_for_lines(out, 3, process)
+    process.send_signal(signal.SIGTERM)
+    stderr = read_until(process, b"(signal again: at once)")
+    process.send_signal(signal.SIGTERM)
+    stderr += process.communicate(timeout=120)[1]
+
+    assert process.returncode == 128 + signal.SIGTERM.value
+    assert b"stopped by SIGTERM: 3 of 5 rows done" in stderr, stderr
+    assert [line["printed"] for line in read_out(out)] == ["0\n", "1\n", "2\n"]
+
+
+def read_until(process: subprocess.Popen[bytes], text: bytes) -> bytes:
+    """What `process` writes on stderr up to `text` (it must come within a generous time)."""
+    assert process.stderr is not None
+    received = b""
+    deadline = time.monotonic() + 120
+    while text not in received:
+        ready, _, _ = select.select([process.stderr], [], [], deadline - time.monotonic())
+        chunk = os.read(process.stderr.fileno(), 4096) if ready else b""
+        if not chunk:
+            process.kill()
+            raise AssertionError(f"no {text!r} on stderr: {received!r}")
+        received += chunk
+    return received
 
 
 def test_resume_redoes_a_last_line_cut_short_by_a_crash(tmp_path: Path) -> None:
