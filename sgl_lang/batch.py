@@ -176,7 +176,9 @@ class Stopper:
             os.write(2, f"\n{self.stopped(signal.Signals(signum))}\n".encode())
             os._exit(128 + signum)
         self.signal = signal.Signals(signum)
-        notice = "stopping: no new row starts, the running ones are cancelled (signal again: at once)"
+        notice = (
+            "stopping: no new row starts, the running ones are cancelled (signal again: at once)"
+        )
         os.write(2, f"\n{notice}\n".encode())
         self._loop.call_soon_threadsafe(self.rows_task.cancel)
 
