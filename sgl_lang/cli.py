@@ -257,6 +257,11 @@ def main() -> None:
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Batch output JSONL.")
 @click.option(
+    "--resume",
+    is_flag=True,
+    help="With --batch: skip the rows --out already has (from a stopped run), run the others.",
+)
+@click.option(
     "--parallel",
     type=click.IntRange(min=1),
     default=8,
@@ -302,6 +307,7 @@ def run(
     batch: Path | None,
     out: Path | None,
     parallel: int,
+    resume: bool,
     debug: bool,
     **flags: Any,
 ) -> None:
@@ -311,11 +317,15 @@ def run(
     params = dict(parse_assignment(item) for item in assignments)
     if (batch is None) != (out is None):
         raise click.UsageError("--batch and --out go together")
+    if resume and batch is None:
+        raise click.UsageError("--resume goes with --batch")
     options = run_options(**flags)
     if batch is not None and out is not None:
         code = _guard(
             debug,
-            lambda: asyncio.run(runner.run_batch_file(file, batch, out, params, parallel, options)),
+            lambda: asyncio.run(
+                runner.run_batch_file(file, batch, out, params, parallel, options, resume=resume)
+            ),
         )
     else:
         code = _guard(debug, lambda: asyncio.run(runner.run_file(file, params, options)))

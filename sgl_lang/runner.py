@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,7 @@ from rich.progress import Progress
 from sgl_lang import nodes
 from sgl_lang.backends import get_backend, local_target, reached_url
 from sgl_lang.backends.replay import ReplayBackend
+from sgl_lang.batch import Output, Row, Stopper, read_rows, recorded_rows
 from sgl_lang.calls import DEFAULT_NUM_RETRIES, backend_errors
 from sgl_lang.config import RunConfig, RunOptions, Stream
 from sgl_lang.enforcement import ConstraintSite, constraint_sites
@@ -30,7 +32,6 @@ from sgl_lang.errors import (
     SglError,
     SglNameError,
     SglPermissionError,
-    SglValueError,
     SglWarning,
 )
 from sgl_lang.interpreter import Interpreter
@@ -375,30 +376,42 @@ class _AfterStream(io.TextIOBase):
 
 
 async def run_batch_file(
-    path: Path, batch: Path, out: Path, params: dict[str, Any], parallel: int, options: RunOptions
+    path: Path,
+    batch: Path,
+    out: Path,
+    params: dict[str, Any],
+    parallel: int,
+    options: RunOptions,
+    *,
+    resume: bool = False,
 ) -> int:
-    """Run a program once per JSONL row; failing rows are written with their error."""
+    """Run a program once per JSONL row of `batch`; each finished row (a failing or malformed
+    one with its error) is appended to `out` as it ends (`batch.Output`); with `resume`, the
+    rows `out` already has are skipped. SIGINT/SIGTERM stop it with `out` valid. Returns the
+    exit code: 1 if a row failed, 128 + the signal's number when stopped."""
+    rows = read_rows(batch)
+    done = recorded_rows(out, rows) if resume else None
     try:
         run = await prepare_run(path, options)
     except Refused as refused:
         _report(refused.errors)
         return 1
+    output = Output(out, done)
+
+    def stopped(signum: signal.Signals) -> str:
+        return (
+            f"stopped by {signum.name}: {len(output.done)} of {len(rows)} rows done, in {out}; "
+            f"to run the other {len(rows) - len(output.done)}, run the same command with --resume"
+        )
+
+    todo = [row for row in rows if row.index not in output.done]
     started = time.perf_counter()
     try:
-        inputs = _read_rows(batch)
-        rows = [{**params, **row} for row in inputs]
-        with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("running", total=len(rows))
-            results = await run_rows(
-                run.program,
-                run.loader,
-                run.backend,
-                rows,
-                run.config,
-                options=options,
-                parallel=parallel,
-                on_row_done=lambda: progress.advance(task),
-            )
+        for row in todo:
+            if row.params is None:
+                output.write(_line(row, {"output": None, "printed": "", "error": row.error}))
+        runnable = [row for row in todo if row.params is not None]
+        stopped_by = await _run_stoppable(run, runnable, params, parallel, output, stopped)
         if run.tracer is not None:
             run_totals = {"totals": totals(run.tracer, time.perf_counter() - started)}
             if options.trace:
@@ -406,14 +419,61 @@ async def run_batch_file(
             if options.trace_json:
                 write_json(run_totals, options.trace_json)
     finally:
+        output.close()
         await run.backend.close()
-    with out.open("w", encoding="utf-8") as file:
-        for index, (row, result) in enumerate(zip(inputs, results, strict=True)):
-            file.write(json.dumps({"index": index, "input": row, **result}, ensure_ascii=False))
-            file.write("\n")
-    num_failed = sum(result["error"] is not None for result in results)
-    print(f"{len(rows) - num_failed} of {len(rows)} rows ok; results in {out}", file=sys.stderr)
+    if stopped_by is not None:
+        print(stopped(stopped_by), file=sys.stderr)
+        return 128 + stopped_by.value
+    output.sort()
+    num_failed = sum(line.get("error") is not None for line in output.done.values())
+    earlier = f" ({len(rows) - len(todo)} from an earlier run)" if len(todo) < len(rows) else ""
+    print(
+        f"{len(rows) - num_failed} of {len(rows)} rows ok{earlier}; results in {out}",
+        file=sys.stderr,
+    )
     return 1 if num_failed else 0
+
+
+async def _run_stoppable(
+    run: PreparedRun,
+    rows: list[Row],
+    params: dict[str, Any],
+    parallel: int,
+    output: Output,
+    stopped: Callable[[signal.Signals], str],
+) -> signal.Signals | None:
+    """Run `rows`, writing each to `output` as it ends, until done or stopped by a signal
+    (`batch.Stopper`, with `stopped` its message; the signal is returned)."""
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("running", total=len(rows))
+
+        def finished(position: int, result: dict[str, Any]) -> None:
+            output.write(_line(rows[position], result))
+            progress.advance(task)
+
+        rows_task = asyncio.ensure_future(
+            run_rows(
+                run.program,
+                run.loader,
+                run.backend,
+                [{**params, **(row.params or {})} for row in rows],
+                run.config,
+                options=run.options,
+                parallel=parallel,
+                on_result=finished,
+            )
+        )
+        with Stopper(rows_task, output, stopped) as stopper:
+            try:
+                await rows_task
+            except asyncio.CancelledError:
+                if stopper.signal is None:
+                    raise
+    return stopper.signal if rows_task.cancelled() else None
+
+
+def _line(row: Row, result: dict[str, Any]) -> dict[str, Any]:
+    return {"index": row.index, "input": row.params, **result}
 
 
 async def run_rows(
@@ -426,12 +486,13 @@ async def run_rows(
     options: RunOptions | None = None,
     parallel: int = 8,
     prefix_hint: bool = True,
-    on_row_done: Callable[[], None] | None = None,
+    on_result: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run `program` once per row of params, at most `parallel` at once, with the permissions
-    and retries of `options`; each result is `{"output", "printed", "error"}`. With
+    and retries of `options`; each result is `{"output", "printed", "error"}` (any failure of
+    a row is its error), also given to `on_result` with the row's position as it ends. With
     `prefix_hint`, the program's constant leading prompt (`prefix.program_prefix`) is sent to
-    the backend once before the rows."""
+    the backend once before the rows. Cancelled, or when `on_result` raises, no row goes on."""
     options = options or RunOptions()
     prefix = program_prefix(program)
     if prefix_hint and len(rows) > 1 and not prefix.is_empty:
@@ -440,16 +501,21 @@ async def run_rows(
     limit = asyncio.Semaphore(parallel)
     run = PreparedRun(program, loader, config, backend, options)
 
-    async def one(row: dict[str, Any]) -> dict[str, Any]:
+    async def one(position: int, row: dict[str, Any]) -> dict[str, Any]:
         async with limit:
-            try:
-                with run.permitted():
-                    return await _run_row(run, row)
-            finally:
-                if on_row_done is not None:
-                    on_row_done()
+            with run.permitted():
+                result = await _run_row(run, row)
+        if on_result is not None:
+            on_result(position, result)
+        return result
 
-    return list(await asyncio.gather(*(one(row) for row in rows)))
+    tasks = [asyncio.ensure_future(one(position, row)) for position, row in enumerate(rows)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _run_row(run: PreparedRun, row: dict[str, Any]) -> dict[str, Any]:
@@ -464,23 +530,11 @@ async def _run_row(run: PreparedRun, row: dict[str, Any]) -> dict[str, Any]:
         return {"output": _jsonable(state.variables), "printed": printed.getvalue(), "error": None}
     except SglError as error:
         return {"output": None, "printed": printed.getvalue(), "error": error.render()}
+    except Exception as error:  # a bug or a Python limit met by this row: the row's error
+        message = f"internal error: {type(error).__name__}: {error}"
+        return {"output": None, "printed": printed.getvalue(), "error": message}
     finally:
         builtins.output.reset(token)
-
-
-def _read_rows(batch: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(batch.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SglValueError(f"{batch}:{number}: not a JSON line: {exc}") from None
-        if not isinstance(row, dict):
-            raise SglValueError(f"{batch}:{number}: each line must be a JSON object of params")
-        rows.append(row)
-    return rows
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
