@@ -211,3 +211,14 @@ def test_a_capped_loader_reports_a_large_import_without_reading_it(tmp_path: Pat
     assert problem.render().splitlines()[0] == (
         f"{path}:1:1: import error: cannot read `{tmp_path / 'big.sgl'}`: larger than 1000 bytes"
     )
+
+
+def test_a_nul_in_an_import_path_is_a_syntax_error(tmp_path: Path) -> None:
+    """Found by the fuzz test: a path with a NUL made resolving the import raise ValueError."""
+    path = tmp_path / "main.sgl"
+    path.write_text('import "lib\\0.sgl" as lib\n')
+    assert error_of(path).startswith(
+        f"{path}:1:8: syntax error: an import path cannot contain a NUL character\n"
+        '    import "lib\\0.sgl" as lib\n'
+        "           ^^^^^^^^^^^\n"
+    )
