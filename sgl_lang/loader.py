@@ -29,13 +29,16 @@ def _read_bytes(path: Path, max_bytes: int | None) -> bytes:
         return path.read_bytes()
     # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as file:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise SglImportError(f"cannot read `{path}`: not a regular file")
         if info.st_size > max_bytes:
             raise SglImportError(f"cannot read `{path}`: larger than {max_bytes} bytes")
-        data = file.read(max_bytes + 1)
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(max_bytes + 1)
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:  # it grew since fstat
         raise SglImportError(f"cannot read `{path}`: larger than {max_bytes} bytes")
     return data
