@@ -28,7 +28,7 @@ _LAYOUT_TOKENS = frozenset({"_NEWLINE", "_INDENT", "_DEDENT"})
 MAX_BRACKET_DEPTH = 200
 MAX_INDENT_LEVELS = 100
 MAX_EXPR_DEPTH = 2000
-_FRAMES_PER_LEVEL = 4  # the deepest walker, the interpreter, takes 2 Python frames a level
+_FRAMES_PER_LEVEL = 4  # twice what the deepest walker (the interpreter's eval) takes
 _RECURSION_LIMIT = _FRAMES_PER_LEVEL * (MAX_EXPR_DEPTH + MAX_INDENT_LEVELS) + 2000
 
 
@@ -77,7 +77,7 @@ def _lark() -> Lark:
 
 
 def _check_depth(body: tuple[nodes.Stmt, ...]) -> None:
-    """A syntax error at the first expression nested more than MAX_EXPR_DEPTH deep."""
+    """A syntax error at an expression nested more than MAX_EXPR_DEPTH deep."""
     pending: list[tuple[nodes.Node, int]] = [(stmt, 0) for stmt in body]
     while pending:
         node, depth = pending.pop()
