@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources
@@ -20,10 +21,23 @@ _OPEN_BRACKETS = frozenset({"LPAR", "LSQB", "LBRACE"})
 _CLOSE_BRACKETS = frozenset({"RPAR", "RSQB", "RBRACE"})
 _LAYOUT_TOKENS = frozenset({"_NEWLINE", "_INDENT", "_DEDENT"})
 
+# Limits on nesting (CPython's: 200 nested brackets, 100 indentation levels). Brackets and
+# blocks nest in the parser; operator chains (`1 + 1 + …`, `a.b.c…`, `- - x`) nest in the
+# tree, which the checkers and the interpreter walk recursively: MAX_EXPR_DEPTH bounds that
+# depth, and `parse` makes the recursion limit cover a walk of any tree it returns.
+MAX_BRACKET_DEPTH = 200
+MAX_INDENT_LEVELS = 100
+MAX_EXPR_DEPTH = 2000
+_FRAMES_PER_LEVEL = 4  # twice what the deepest walker (the interpreter's eval) takes
+_RECURSION_LIMIT = _FRAMES_PER_LEVEL * (MAX_EXPR_DEPTH + MAX_INDENT_LEVELS) + 2000
+
 
 def parse(source: Source) -> nodes.Program:
     """Parse a whole program."""
     body = _parse(source, source.text + "\n", "start", 0)
+    _check_depth(body)
+    if sys.getrecursionlimit() < _RECURSION_LIMIT:
+        sys.setrecursionlimit(_RECURSION_LIMIT)
     return nodes.Program(source, body)
 
 
@@ -43,7 +57,7 @@ def _parse(source: Source, text: str, start: str, offset: int) -> Any:
     try:
         with located(source, offset, parse_expr):
             return _lark().parse(text, start=start)
-    except (UnexpectedInput, IndentationProblem) as err:
+    except (UnexpectedInput, LayoutProblem) as err:
         raise _syntax_error(err, source, text, offset) from None
 
 
@@ -62,11 +76,25 @@ def _lark() -> Lark:
     )
 
 
+def _check_depth(body: tuple[nodes.Stmt, ...]) -> None:
+    """A syntax error at an expression nested more than MAX_EXPR_DEPTH deep."""
+    pending: list[tuple[nodes.Node, int]] = [(stmt, 0) for stmt in body]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, nodes.Expr):
+            depth += 1
+            if depth > MAX_EXPR_DEPTH:
+                message = f"expression nested too deeply (more than {MAX_EXPR_DEPTH} levels)"
+                hint = "split it into several statements"
+                raise SglSyntaxError(message, node.span, hint=hint)
+        pending.extend((child, depth) for child in nodes.children(node))
+
+
 # ---------------------------------------------------------------- indentation
 
 
-class IndentationProblem(LarkError):
-    """Bad indentation found by the postlexer, at offsets `start:end`."""
+class LayoutProblem(LarkError):
+    """Bad indentation or nesting found by the postlexer, at offsets `start:end`."""
 
     def __init__(self, message: str, start: int, end: int) -> None:
         super().__init__(message)
@@ -95,10 +123,13 @@ class Indenter(PostLex):
                     yield token
                     yield from _layout(token, levels, indent_chars)
             elif last is None and token.start_pos:
-                raise IndentationProblem("unexpected indent", 0, token.start_pos)
+                raise LayoutProblem("unexpected indent", 0, token.start_pos)
             else:
                 yield token
                 depth = _bracket_depth(token, depth)
+                if depth > MAX_BRACKET_DEPTH:
+                    message = f"too many nested brackets (more than {MAX_BRACKET_DEPTH})"
+                    raise LayoutProblem(message, *_offsets(token))
             last = token
         for _ in levels[1:]:
             yield _layout_token("_DEDENT", (last and last.end_pos) or 0)
@@ -119,8 +150,11 @@ def _layout(newline: Token, levels: list[int], indent_chars: set[str]) -> Iterat
     line_start = line_end - len(indent)
     indent_chars.update(indent)
     if len(indent_chars) > 1:
-        raise IndentationProblem("mixed tabs and spaces in indentation", line_start, line_end)
+        raise LayoutProblem("mixed tabs and spaces in indentation", line_start, line_end)
     if len(indent) > levels[-1]:
+        if len(levels) > MAX_INDENT_LEVELS:
+            message = f"too many levels of indentation (more than {MAX_INDENT_LEVELS})"
+            raise LayoutProblem(message, line_start, line_end)
         levels.append(len(indent))
         yield _layout_token("_INDENT", line_end)
         return
@@ -129,7 +163,7 @@ def _layout(newline: Token, levels: list[int], indent_chars: set[str]) -> Iterat
         yield _layout_token("_DEDENT", line_end)
     if len(indent) != levels[-1]:
         message = "unindent does not match any outer indentation level"
-        raise IndentationProblem(message, line_start, line_end)
+        raise LayoutProblem(message, line_start, line_end)
 
 
 def _layout_token(kind: str, pos: int) -> Token:
@@ -140,10 +174,10 @@ def _layout_token(kind: str, pos: int) -> Token:
 
 
 def _syntax_error(
-    err: UnexpectedInput | IndentationProblem, source: Source, text: str, offset: int
+    err: UnexpectedInput | LayoutProblem, source: Source, text: str, offset: int
 ) -> SglSyntaxError:
     """An SglSyntaxError located in `source` for a Lark error in `text` (parsed at `offset`)."""
-    if isinstance(err, IndentationProblem):
+    if isinstance(err, LayoutProblem):
         message, start, end = err.message, err.start, err.end
     elif isinstance(err, UnexpectedToken):
         message, start, end = _unexpected_token(err, text)
@@ -160,7 +194,8 @@ def _bad_character(text: str, pos: int) -> tuple[str, int, int]:
     if char in "\"'":
         quote_start = pos - 2 if text[pos - 2 : pos + 1] == char * 3 else pos
         return "unterminated string", quote_start, pos + 1
-    return f"unexpected character `{char}`", pos, pos + 1
+    shown = f"`{char}`" if char.isprintable() else f"U+{ord(char):04X}"
+    return f"unexpected character {shown}", pos, pos + 1
 
 
 _EXPRESSION_STARTS = frozenset({"NAME", "INT", "STRING", "LPAR", "LSQB"})

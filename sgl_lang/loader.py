@@ -2,22 +2,66 @@
 
 from __future__ import annotations
 
+import codecs
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from sgl_lang import nodes, resolve
-from sgl_lang.errors import SglError, SglImportError, SglPermissionError
+from sgl_lang.errors import SglError, SglImportError, SglPermissionError, SglSyntaxError
 from sgl_lang.grammar import parse
 from sgl_lang.source import Source
 from sgl_lang.stdlib.permissions import Permissions
 
 
-def read_source(path: Path) -> Source:
-    """A file as a Source; unreadable or non-UTF-8 files are import errors."""
+def read_source(path: Path, max_bytes: int | None = None) -> Source:
+    """A file as a Source, without a leading UTF-8 byte order mark. Unreadable files are
+    import errors, bytes that are not UTF-8 a syntax error at the first one. With `max_bytes`,
+    only a regular file of at most that size is read (nothing is read from anything else)."""
     try:
-        return Source(str(path), path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SglImportError(f"cannot read `{path}`: {exc}") from None
+        return decode_source(str(path), _read_bytes(path, max_bytes))
+    except OSError as exc:
+        raise SglImportError(f"cannot read `{path}`: {exc.strerror or exc}") from None
+
+
+def _read_bytes(path: Path, max_bytes: int | None) -> bytes:
+    if max_bytes is None:
+        return path.read_bytes()
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SglImportError(f"cannot read `{path}`: not a regular file")
+        if info.st_size > max_bytes:
+            raise SglImportError(f"cannot read `{path}`: larger than {max_bytes} bytes")
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew since fstat
+        raise SglImportError(f"cannot read `{path}`: larger than {max_bytes} bytes")
+    return data
+
+
+def decode_source(name: str, data: bytes) -> Source:
+    """The UTF-8 text of a file's bytes, without a leading byte order mark; a byte that is not
+    UTF-8 is a syntax error located at the first one."""
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return Source(name, _universal_newlines(data.decode("utf-8")))
+    except UnicodeDecodeError as error:
+        # the text before the bad byte is exact, so its length is the bad byte's offset
+        source = Source(name, _universal_newlines(data.decode("utf-8", errors="replace")))
+        offset = len(_universal_newlines(data[: error.start].decode("utf-8")))
+        message = f"invalid UTF-8: byte 0x{data[error.start]:02x} (a program file must be UTF-8)"
+        raise SglSyntaxError(message, source.span(offset, offset + 1)) from None
+
+
+def _universal_newlines(text: str) -> str:
+    """`\\r\\n` and a lone `\\r` as `\\n`, as Python's text files read them."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 class Loader:
@@ -25,11 +69,15 @@ class Loader:
 
     With `permissions` (a run's), an import may read only below the folder of the first
     program loaded (the one run) unless `--allow-read` grants the file; without (`sgl
-    check`, the REPL, the language server: the user reading their own files), any file."""
+    check`, the REPL, the language server: the user reading their own files), any file.
+    With `max_bytes` (the language server), only regular files of at most that size are read."""
 
-    def __init__(self, permissions: Permissions | None = None) -> None:
+    def __init__(
+        self, permissions: Permissions | None = None, max_bytes: int | None = None
+    ) -> None:
         self.programs: dict[Path, nodes.Program] = {}
         self.permissions = permissions
+        self.max_bytes = max_bytes
         self.root: Path | None = None  # the folder of the first program loaded
 
     def load(self, path: Path) -> nodes.Program:
@@ -37,7 +85,7 @@ class Loader:
         if self.root is None:
             self.root = key.parent
         if key not in self.programs:
-            self.programs[key] = parse(read_source(path))
+            self.programs[key] = parse(read_source(path, self.max_bytes))
         return self.programs[key]
 
     def _require_read(self, node: nodes.Import, path: Path) -> None:

@@ -162,6 +162,8 @@ class ToAst(Transformer[Token, Any]):
     def import_path(self, items: list[Item]) -> nodes.Import:
         keyword, path, _, alias = items
         text = _constant(path, "an import path")
+        if "\0" in text:
+            raise SglSyntaxError("an import path cannot contain a NUL character", _span(path, path))
         return nodes.Import(_span(keyword, alias), text, None, alias.value)
 
     def import_module(self, items: list[Item]) -> nodes.Import:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sgl_lang.lsp.analysis import MAX_IMPORT_BYTES
 from sgl_lang.runner import check_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,3 +284,40 @@ def test_document_symbols_list_defs_schemas_params_and_imports(
     ask = next(s for s in result if s["name"] == "ask")
     assert ask["selectionRange"]["start"] == {"line": 9, "character": 4}
     assert ask["range"]["end"]["line"] == 12
+
+
+def test_deep_nesting_gives_diagnostics_not_a_crash(client: LspClient, tmp_path: Path) -> None:
+    path = tmp_path / "deep.sgl"
+    assert client.open(path, "x = " + "+".join(["1"] * 1000) + "\nprint(x)\n") == []
+    change = {"textDocument": {"uri": path.as_uri(), "version": 2}, "contentChanges": []}
+    change["contentChanges"] = [{"text": "x = " + "[" * 500 + "]" * 500 + "\n"}]
+    client.notify("textDocument/didChange", change)
+    (diagnostic,) = client.diagnostics(path.as_uri())
+    assert diagnostic["message"] == "too many nested brackets (more than 200)"
+    assert diagnostic["range"]["start"] == {"line": 0, "character": 204}
+
+
+def test_imports_of_large_files_are_diagnostics_and_not_read(
+    client: LspClient, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.sgl"
+    big.write_text("x = 1\n" * (MAX_IMPORT_BYTES // 6 + 1))
+    path = tmp_path / "main.sgl"
+    text = 'import "big.sgl" as big\nprint(big.x)\n'
+    (diagnostic,) = client.open(path, text)
+    assert diagnostic["message"] == f"cannot read `{big}`: larger than {MAX_IMPORT_BYTES} bytes"
+    assert diagnostic["range"]["start"] == {"line": 0, "character": 0}
+    result = client.request("textDocument/completion", client.at(path, 1, 10))
+    assert result["items"] == []
+
+
+def test_imports_of_fifos_and_devices_are_never_read(client: LspClient, tmp_path: Path) -> None:
+    """Reading a FIFO without a writer would block the server forever; /dev/zero never ends."""
+    os.mkfifo(tmp_path / "fifo.sgl")
+    path = tmp_path / "main.sgl"
+    text = 'import "fifo.sgl" as f\nimport "/dev/zero" as z\nprint(f.x, z.x)\n'
+    problems = client.open(path, text)
+    assert [problem["range"]["start"]["line"] for problem in problems] == [0, 1]
+    for character in (8, 13):
+        result = client.request("textDocument/completion", client.at(path, 2, character))
+        assert result["items"] == []

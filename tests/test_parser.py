@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import os
+import tempfile
 import textwrap
 from dataclasses import fields
 from pathlib import Path
@@ -10,9 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgl_lang import nodes
-from sgl_lang.errors import SglSyntaxError
+from sgl_lang import nodes, resolve
+from sgl_lang.errors import SglError, SglSyntaxError
 from sgl_lang.grammar import parse, parse_text
+from sgl_lang.loader import Loader
+from sgl_lang.lsp.analysis import Document
 from sgl_lang.source import Source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -694,3 +699,115 @@ def test_program_slices_parse_or_fail_with_a_syntax_error(text: str) -> None:
 @given(st.lists(st.sampled_from(PIECES) | st.text(max_size=3), max_size=30).map("".join))
 def test_random_text_parses_or_fails_with_a_syntax_error(text: str) -> None:
     parse_or_syntax_error(text)
+
+
+# ---------------------------------------------------------------- hostile fuzzing: deep nesting, encodings
+
+
+parse_text(
+    ""
+)  # parse raises the recursion limit once; before hypothesis, which warns if a test does
+
+
+def check_or_located_errors(text: str, name: str = "fuzz.sgl") -> None:
+    """Parse and check `text`: every problem is an SglError with a location, never a crash;
+    the language server's analysis of the same text does not raise either."""
+    parse_or_syntax_error(text)
+    try:
+        program = parse_text(text, name)
+    except SglSyntaxError:
+        pass
+    else:
+        assert all(problem.span is not None for problem in resolve.check(program))
+    Document.analyse(Path(name), text)
+
+
+NESTING_OPENERS = ["(", "[", "{", "-", "not ", "f(", "x[", '"{', "'{", "a if b else ", "{1: "]
+CLOSERS = {"f(": ")", "x[": "]", '"{': '}"', "'{": "}'", "{1: ": "}", "(": ")", "[": "]", "{": "}"}
+CHAIN_OPERATORS = ["+", "-", "*", " and ", " or ", " < ", ".y", "()", "[0]", " if 1 else "]
+
+
+@st.composite
+def deeply_nested(draw: st.DrawFn) -> str:
+    """Brackets, signs and conditionals nested up to 3,000 deep, operator chains up to 3,000
+    long and blocks up to 150 deep, around the limits, sometimes cut or mutated."""
+    count = draw(st.integers(0, 3000) | st.sampled_from([199, 200, 201, 1999, 2000, 2001]))
+    kind = draw(st.sampled_from(["nest", "chain", "blocks"]))
+    if kind == "nest":
+        pattern = draw(st.lists(st.sampled_from(NESTING_OPENERS), min_size=1, max_size=3))
+        closing = "".join(CLOSERS.get(opener, "") for opener in reversed(pattern))
+        text = "x = " + "".join(pattern) * count + "1" + closing * count + "\n"
+    elif kind == "chain":
+        operator = draw(st.sampled_from(CHAIN_OPERATORS))
+        text = "print(" + operator.join(["1"] * (count + 1)) + ")\n"
+    else:
+        unit = draw(st.sampled_from([" ", "\t", "  "]))
+        header = draw(st.sampled_from(["if true:", "for i in [1]:", "def f():", "user:"]))
+        levels = count % 151
+        lines = [unit * level + header for level in range(levels)]
+        text = "\n".join([*lines, unit * levels + "pass"]) + "\n"
+    if draw(st.booleans()):
+        start = draw(st.integers(0, len(text)))
+        end = draw(st.integers(start, min(len(text), start + 5)))
+        text = text[:start] + draw(st.sampled_from(["", *PIECES])) + text[end:]
+    return text
+
+
+@FUZZ
+@given(deeply_nested())
+def test_deep_nesting_parses_or_fails_with_a_located_error(text: str) -> None:
+    check_or_located_errors(text)
+
+
+HOSTILE_BYTES = [
+    codecs.BOM_UTF8,
+    b"\xff",
+    b"\x80",
+    b"\xc0\x80",  # an overlong NUL
+    b"\xed\xa0\x80",  # an encoded surrogate
+    b"\xf4\x90\x80\x80",  # above U+10FFFF
+    b"\xe2\x80",  # a truncated sequence
+    b"\x00",
+    b"\r",
+    b"\r\n",
+    "\u2028".encode(),
+    "\u0085".encode(),
+    "\ufeff".encode(),
+]
+# lone surrogates in a path: the names of files whose names are not UTF-8
+HOSTILE_NAMES = ["prog.sgl", os.fsdecode(b"n\xff.sgl"), os.fsdecode(b"\xc3(\x80.sgl")]
+
+
+@st.composite
+def hostile_files(draw: st.DrawFn) -> bytes:
+    """A program's bytes with other line ends, a BOM, and invalid or invisible bytes."""
+    data = draw(st.sampled_from(CORPUS)).encode("utf-8")
+    data = data.replace(b"\n", draw(st.sampled_from([b"\n", b"\r\n", b"\r"])))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from(HOSTILE_BYTES) | st.binary(max_size=4)) + data[at:]
+    return codecs.BOM_UTF8 + data if draw(st.booleans()) else data
+
+
+@FUZZ
+@given(hostile_files(), st.sampled_from(HOSTILE_NAMES))
+def test_hostile_files_load_or_fail_with_located_errors(data: bytes, name: str) -> None:
+    """Read through the loader, as the main file and as an import: only located errors."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(data)
+        (Path(folder) / "lib.sgl").write_bytes(data)
+        main = Path(folder) / "main.sgl"
+        main.write_text('import "lib.sgl" as lib\n')
+        for program_path in (path, main):
+            loader = Loader()
+            try:
+                program = loader.load(program_path)
+            except SglError as error:
+                assert isinstance(error, SglSyntaxError)
+                assert error.span is not None
+                assert error.render().startswith(f"{program_path}:")
+                continue
+            assert all(problem.span is not None for problem in loader.check(program))
+        text = data.decode("utf-8", errors="surrogateescape")  # what an editor could send
+        check_or_located_errors(text, name)

@@ -15,11 +15,13 @@ from sgl_lang import nodes
 from sgl_lang.bindings import Binding, BindingTable, Scope, binding_table, name_span
 from sgl_lang.errors import SglError
 from sgl_lang.grammar import parse
-from sgl_lang.loader import Loader
+from sgl_lang.loader import Loader, read_source
 from sgl_lang.lsp import vocabulary
 from sgl_lang.source import Source, Span
 
 _RECOVERY_TRIES = 8
+MAX_IMPORT_BYTES = 1 << 20
+"""The largest file an `import` makes the server read (1 MiB); it reads regular files only."""
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -50,7 +52,7 @@ class Document:
         """Parse and check `text`. When it does not parse, names are kept from `previous`
         so completion still offers them."""
         document = cls(path, text)
-        loader = Loader()
+        loader = Loader(max_bytes=MAX_IMPORT_BYTES)
         try:
             program = parse(Source(str(path), text))
         except SglError as error:
@@ -97,9 +99,10 @@ class Document:
             return None
         target = self.path.parent / node.path
         try:
-            return Document.analyse(target, target.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
+            source = read_source(target, MAX_IMPORT_BYTES)
+        except SglError:
             return None
+        return Document.analyse(target, source.text)
 
     def attributes(self, name: str, offset: int) -> list[str]:
         """Attribute names of the value `name` refers to (a module, an imported file, a schema)."""
