@@ -19,8 +19,10 @@ from fastapi import HTTPException
 from starlette.requests import Request
 
 from sgl_lang.bridge.engine import BridgedEngine
+from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.bridge.registry import shared_engine
-from sgl_lang.protocol import BackendError, GenResult
+from sgl_lang.protocol import BackendError, Constraint, GenResult, Regex
+from sgl_lang.protocol.checks import constraint_problem
 from sgl_lang.runtime.engine import Engine
 
 T = TypeVar("T")
@@ -34,12 +36,20 @@ class ServedModel:
         self.name = name
         self.bridged = bridged
         self.engine: Engine = bridged.engine
+        self.context_len: int = self.engine.scheduler.max_context_len
+        self.vocab_size: int = self.engine.model_config.vocab_size
 
     @classmethod
-    def load(cls, model_path: Path | None, name: str | None = None) -> ServedModel:
-        """The process's shared engine for `model_path` (None: the embedded SmolLM2)."""
+    def load(
+        cls,
+        model_path: Path | None,
+        name: str | None = None,
+        options: EngineOptions | None = None,
+    ) -> ServedModel:
+        """The process's shared engine for `model_path` (None: the embedded SmolLM2) with
+        `options` (threads, KV budget, policy, cache, max running)."""
         default = "smollm2-135m-instruct" if model_path is None else model_path.stem
-        return cls(shared_engine(model_path), name or default)
+        return cls(shared_engine(model_path, options), name or default)
 
     @classmethod
     def of_engine(cls, engine: Engine, name: str = "test-model") -> ServedModel:
@@ -49,6 +59,7 @@ class ServedModel:
 
 async def stream_generate(
     generate: Callable[[Callable[[str], None]], Awaitable[GenResult]],
+    constraint: Constraint | None = None,
 ) -> AsyncIterator[str | GenResult]:
     """The text pieces of `generate(on_chunk)` as they come, then its `GenResult`. Errors are
     raised from the iteration; leaving it early (a client that went away) cancels the
@@ -59,12 +70,24 @@ async def stream_generate(
     try:
         while (piece := await pieces.get()) is not None:
             yield piece
-        yield task.result()
+        yield unsatisfiable(task.result(), constraint)
     finally:
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def unsatisfiable(result: GenResult, constraint: Constraint | None) -> GenResult:
+    """`result`, unless the grammar engine ended a regex-constrained output at an end of turn
+    that the regex does not accept: it found no way to complete the output (a regex that
+    accepts no string, or none from where the output went; a 400). A cut output ("length",
+    a stop string) is not a match and not an error."""
+    if not isinstance(constraint, Regex) or result.finish_reason != "eos":
+        return result
+    if (problem := constraint_problem(constraint, result.text)) is not None:
+        raise HTTPException(400, f"no output can satisfy the constraint: {problem}")
+    return result
 
 
 class ClientGone(Exception):
