@@ -167,11 +167,11 @@ def _generation(model: ServedModel, body: GenerateIn) -> AsyncIterator[str | Gen
         request = _gen_request(model, Prompt(()), body.sampling_params, heal=False)
         return stream_generate(
             functools.partial(model.bridged.generate_ids, body.input_ids, request),
-            request.constraint,
+            request,
         )
     prompt = _prompt_of(body.text, body.prompt)
     request = _gen_request(model, prompt, body.sampling_params, heal=body.prompt is not None)
-    return stream_generate(functools.partial(model.bridged.generate, request), request.constraint)
+    return stream_generate(functools.partial(model.bridged.generate, request), request)
 
 
 async def _generate_events(

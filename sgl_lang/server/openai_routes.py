@@ -225,7 +225,7 @@ async def _respond(
     shape = _Shape(
         model.name, chat, include_usage=bool((body.stream_options or {}).get("include_usage"))
     )
-    pieces = stream_generate(functools.partial(model.bridged.generate, gen), gen.constraint)
+    pieces = stream_generate(functools.partial(model.bridged.generate, gen), gen)
     # the first piece comes after admission: a request that cannot run is still a 400
     first = await unless_disconnected(request, anext(pieces))
     if not body.stream:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from sgl_lang.bridge.engine import BridgedEngine
 from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.bridge.registry import shared_engine
-from sgl_lang.protocol import BackendError, Constraint, GenResult, Regex
+from sgl_lang.protocol import BackendError, Choices, GenRequest, GenResult, Regex
 from sgl_lang.protocol.checks import constraint_problem
 from sgl_lang.runtime.engine import Engine
 
@@ -59,18 +59,19 @@ class ServedModel:
 
 async def stream_generate(
     generate: Callable[[Callable[[str], None]], Awaitable[GenResult]],
-    constraint: Constraint | None = None,
+    request: GenRequest | None = None,
 ) -> AsyncIterator[str | GenResult]:
     """The text pieces of `generate(on_chunk)` as they come, then its `GenResult`. Errors are
     raised from the iteration; leaving it early (a client that went away) cancels the
-    generation, which frees its KV slots."""
+    generation, which frees its KV slots. The result is checked against `request`'s
+    constraint (`unsatisfiable`)."""
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
     task = asyncio.ensure_future(generate(pieces.put_nowait))
     task.add_done_callback(lambda _: pieces.put_nowait(None))
     try:
         while (piece := await pieces.get()) is not None:
             yield piece
-        yield unsatisfiable(task.result(), constraint)
+        yield unsatisfiable(task.result(), request)
     finally:
         if not task.done():
             task.cancel()
@@ -78,12 +79,15 @@ async def stream_generate(
                 await task
 
 
-def unsatisfiable(result: GenResult, constraint: Constraint | None) -> GenResult:
-    """`result`, unless the grammar engine ended a regex-constrained output at an end of turn
-    that the regex does not accept: it found no way to complete the output (a regex that
-    accepts no string, or none from where the output went; a 400). A cut output ("length",
-    a stop string) is not a match and not an error."""
-    if not isinstance(constraint, Regex) or result.finish_reason != "eos":
+def unsatisfiable(result: GenResult, request: GenRequest | None) -> GenResult:
+    """`result`, unless the grammar engine ended a regex- or choices-constrained output (not
+    cut by its length or a stop string) with text the constraint does not accept: it found no
+    way to complete the output (a regex that accepts no string, or none from where the output
+    went, choices the tokenizer cannot spell; a 400)."""
+    constraint = None if request is None else request.constraint
+    if not isinstance(constraint, Regex | Choices) or result.finish_reason == "length":
+        return result
+    if request is not None and request.stop and result.finish_reason == "stop":
         return result
     if (problem := constraint_problem(constraint, result.text)) is not None:
         raise HTTPException(400, f"no output can satisfy the constraint: {problem}")
