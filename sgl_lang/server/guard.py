@@ -100,7 +100,8 @@ class Guard:
         return None, _replay([body], receive)
 
     def _too_large(self) -> str:
-        return f"the request body is larger than the server's limit ({self.config.max_body_bytes} bytes)"
+        limit = self.config.max_body_bytes
+        return f"the request body is larger than the server's limit ({limit} bytes)"
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -278,4 +278,3 @@ def test_serve_takes_the_engine_options(
     assert_error(send(app, "GET", "/v1/models", headers={"host": "evil.example"}), 400)
     big = {"text": "a" * 2000}
     assert_error(send(app, "POST", "/generate", json=big, headers={"host": "localhost"}), 413)
-
