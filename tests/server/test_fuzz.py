@@ -58,8 +58,10 @@ def test_generated_requests_get_no_5xx_and_leave_the_engine_idle(fuzz_app: FastA
     schema = schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 11  # every route: native and OpenAI
+    engine: Engine = fuzz_app.state.model.engine
     statuses: Counter[int] = Counter()
     faults: list[str] = []
+    stopped_by: list[str] = []  # the request after which the engine no longer served
     for operation in operations:
         cases = st.one_of(
             operation.as_strategy(GenerationMode.POSITIVE),
@@ -80,11 +82,14 @@ def test_generated_requests_get_no_5xx_and_leave_the_engine_idle(fuzz_app: FastA
             statuses[response.status_code] += 1
             if response.status_code >= 500:
                 faults.append(f"{case.method} {case.path}: {response.status_code} {case.body!r}")
+            if engine.loop.stopped and not stopped_by:
+                stopped_by.append(case.as_curl_command())
 
         send()
     print(f"fuzz: {statuses.total()} requests, statuses {dict(sorted(statuses.items()))}")
     assert statuses.total() >= MIN_REQUESTS
     assert faults == []
+    assert stopped_by == []
     assert get(fuzz_app, "/health").status_code == 200
     stats = get(fuzz_app, "/stats").json()
     assert stats["num_running"] == 0 and stats["num_waiting"] == 0
