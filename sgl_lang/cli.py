@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_USAGE = 0, 1, 2
+MAX_BODY_MB = 8.0  # sgl serve's request-size limit (server/guard.py's MAX_BODY_BYTES)
 
 
 def _fail(error: BaseException, debug: bool) -> int:
@@ -78,6 +79,16 @@ def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
 set_option = click.option(
     "--set", "assignments", multiple=True, metavar="NAME=VALUE", help="Set a param."
 )
+# The engine's knobs, shared by `sgl run`/`repl` (through `runtime_options`) and `sgl serve`.
+engine_options = _options(
+    click.option("--kv-cache-gb", type=click.FloatRange(min=0, min_open=True), help="KV budget."),
+    click.option("--policy", type=click.Choice(RUN_POLICIES), help="Scheduling policy."),
+    click.option("--cache/--no-cache", default=None, help="The radix prefix cache (default: on)."),
+    click.option(
+        "--max-running", type=click.IntRange(min=1), help="Max requests decoded together."
+    ),
+    click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
+)
 runtime_options = _options(
     click.option(
         "--config",
@@ -90,14 +101,8 @@ runtime_options = _options(
         type=click.Path(exists=True, path_type=Path),
         help="Model of the `local` backend (a HF folder or a .gguf).",
     ),
-    click.option("--kv-cache-gb", type=click.FloatRange(min=0, min_open=True), help="KV budget."),
-    click.option("--policy", type=click.Choice(RUN_POLICIES), help="Scheduling policy."),
-    click.option("--cache/--no-cache", default=None, help="The radix prefix cache (default: on)."),
-    click.option(
-        "--max-running", type=click.IntRange(min=1), help="Max requests decoded together."
-    ),
+    engine_options,
     click.option("--max-tokens", type=click.IntRange(min=1), help="Default max_tokens of `gen`."),
-    click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
 )
 SCOPED_FLAGS = {"read": "--allow-read", "write": "--allow-write", "net": "--allow-net"}
 SCOPE_SUFFIX = "-scope"
@@ -372,6 +377,21 @@ def check(files: tuple[Path, ...], backend_uri: str | None, strict: bool, debug:
 @click.option("--port", type=click.IntRange(1, 65535), default=30000, show_default=True)
 @click.option("--api-key", envvar="SGL_API_KEY", help="Require this key (env: SGL_API_KEY).")
 @click.option("--model-name", help="The model's name in /v1/models (default: from the path).")
+@engine_options
+@click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer this Host name (bound to loopback, only localhost/127.0.0.1/[::1] are).",
+)
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=MAX_BODY_MB,
+    show_default=True,
+    help="Largest request body; a larger one gets 413.",
+)
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 def serve(
     model_path: Path | None,
@@ -379,13 +399,38 @@ def serve(
     port: int,
     api_key: str | None,
     model_name: str | None,
+    kv_cache_gb: float | None,
+    policy: str | None,
+    cache: bool | None,
+    max_running: int | None,
+    threads: int | None,
+    allowed_hosts: tuple[str, ...],
+    max_body_mb: float,
     debug: bool,
 ) -> None:
     """Serve the runtime over HTTP (native and OpenAI-compatible endpoints)."""
+    from sgl_lang.bridge.options import EngineOptions
     from sgl_lang.server.app import serve as serve_http
 
+    options = EngineOptions(
+        kv_cache_gb=kv_cache_gb,
+        policy=policy,
+        enable_cache=cache is not False,
+        max_running_requests=max_running,
+        num_threads=threads,
+    )
     _guard(
-        debug, lambda: serve_http(model_path, host, port, api_key=api_key, model_name=model_name)
+        debug,
+        lambda: serve_http(
+            model_path,
+            host,
+            port,
+            api_key=api_key,
+            model_name=model_name,
+            engine_options=options,
+            allowed_hosts=allowed_hosts,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+        ),
     )
 
 

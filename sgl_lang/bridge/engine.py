@@ -4,6 +4,7 @@ healed, requests turned into sampling parameters, the engine's results and failu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -66,14 +67,20 @@ class BridgedEngine:
 
     async def generate(self, request: GenRequest, on_chunk: OnChunk | None = None) -> GenResult:
         """`Backend.generate`: the prompt rendered with the chat template, token-healed when
-        `request.heal` (healing.py)."""
+        `request.heal` (healing.py). Rendering and tokenizing run in a worker thread: a long
+        prompt does not stall the event loop's other work."""
+        prompt_ids, params, healed_text = await asyncio.to_thread(self._prepare, request)
+        return await self._generate(prompt_ids, params, on_chunk, healed_text=healed_text)
+
+    def _prepare(self, request: GenRequest) -> tuple[list[int], SamplingParams, str]:
+        """The prompt ids, sampling parameters and healed text of `request` (blocking)."""
         rendered = render_prompt(self.tokenizer, request.prompt)
         prompt_ids = encode(self.engine, rendered)
         heal = plan_healing(self._healing_masks, request, rendered, prompt_ids)
         if heal is None:
-            return await self._generate(prompt_ids, sampling_params(request), on_chunk)
+            return prompt_ids, sampling_params(request), ""
         params = sampling_params(request, heal.mask, heal_prefix=heal.text)
-        return await self._generate(prompt_ids[:-1], params, on_chunk, healed_text=heal.text)
+        return prompt_ids[:-1], params, heal.text
 
     async def generate_ids(
         self, prompt_ids: Sequence[int], request: GenRequest, on_chunk: OnChunk | None = None
@@ -83,13 +90,9 @@ class BridgedEngine:
         return await self._generate(list(prompt_ids), sampling_params(request), on_chunk)
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
-        """`Backend.score`: the engine's log-probs of each choice, scored by `method`."""
-        rendered = render_prompt(self.tokenizer, prompt)
-        if rendered.ends_with_content:  # "Answer: " + "yes" scores as "Answer:" + " yes"
-            text = rendered.text.rstrip(" ")
-            space = rendered.text[len(text) :]
-            rendered, choices = rendered._replace(text=text), [space + c for c in choices]
-        prefix_ids = self.tokenizer.encode(rendered.text, add_special_tokens=not rendered.is_chat)
+        """`Backend.score`: the engine's log-probs of each choice, scored by `method` (the
+        prompt tokenized in a worker thread)."""
+        prefix_ids, choices = await asyncio.to_thread(self._score_prefix, prompt, choices)
         unconditional = method == "unconditional"
         with engine_errors():
             scored = await self.engine.score(prefix_ids, list(choices), unconditional=unconditional)
@@ -99,13 +102,24 @@ class BridgedEngine:
                 [s.unconditional_logprobs or () for s in scored] if unconditional else None,
             )
 
+    def _score_prefix(
+        self, prompt: Prompt, choices: Sequence[str]
+    ) -> tuple[list[int], Sequence[str]]:
+        rendered = render_prompt(self.tokenizer, prompt)
+        if rendered.ends_with_content:  # "Answer: " + "yes" scores as "Answer:" + " yes"
+            text = rendered.text.rstrip(" ")
+            space = rendered.text[len(text) :]
+            rendered, choices = rendered._replace(text=text), [space + c for c in choices]
+        ids = self.tokenizer.encode(rendered.text, add_special_tokens=not rendered.is_chat)
+        return ids, choices
+
     async def cache_prefix(self, prompt: Prompt) -> None:
         """`Backend.cache_prefix`: compute the prompt's KV now. A hint only, so a prompt that
         cannot run is left for the request that follows to report."""
         with contextlib.suppress(BackendError):
-            rendered = render_prompt(self.tokenizer, prompt)
+            rendered = await asyncio.to_thread(render_prompt, self.tokenizer, prompt)
             if rendered.text:
-                await self.prefill(encode(self.engine, rendered))
+                await self.prefill(await asyncio.to_thread(encode, self.engine, rendered))
 
     async def prefill(self, prompt_ids: list[int], *, logprobs: bool = False) -> GenerationMeta:
         """Compute `prompt_ids`' KV into the prefix cache without generating; with `logprobs`,

@@ -3,39 +3,45 @@
 The routes are SGLang's native ones (`native.py`) and OpenAI's (`openai_routes.py`). Every
 error is a JSON body `{"error": {"message", "type", "code"}}` with a 4xx status (5xx only for
 server faults); a request that fails never affects another, and a client that disconnects
-cancels its request, which frees its KV slots.
+cancels its request, which frees its KV slots. The front door (`guard.py`) checks the `Host`
+header, the API key (on every path, /docs and /openapi.json included, but /health) and the
+body size before any route runs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
+from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.protocol import BackendError
 from sgl_lang.server import native, openai_routes
+from sgl_lang.server.guard import MAX_BODY_BYTES, Guard, GuardConfig, default_allowed_hosts
 from sgl_lang.server.serving import ClientGone, ServedModel, error_body
 
 API_KEY_ENV = "SGL_API_KEY"
-OPEN_PATHS = frozenset({"/health"})
 
 
-def create_app(model: ServedModel, *, api_key: str | None = None) -> FastAPI:
-    """The server's ASGI app on `model` (`api_key`, else `$SGL_API_KEY`: required as a
-    bearer token or `x-api-key` on every path but /health)."""
+def create_app(
+    model: ServedModel,
+    *,
+    api_key: str | None = None,
+    allowed_hosts: Collection[str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The server's ASGI app on `model`. `api_key` (else `$SGL_API_KEY`) is required as a
+    bearer token or `x-api-key` on every path but /health; `allowed_hosts` (None: any) are
+    the `Host` names answered; a body over `max_body_bytes` is refused with 413."""
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
-
-    async def check_key(request: Request) -> None:
-        if api_key is None or request.url.path in OPEN_PATHS:
-            return
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "")
-        if given.removeprefix("Bearer ").strip() != api_key:
-            raise HTTPException(401, "missing or wrong API key")
-
-    app = FastAPI(title="sgl serve", dependencies=[Depends(check_key)])
+    app = FastAPI(title="sgl serve")
+    hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
+    app.add_middleware(Guard, config=GuardConfig(api_key, hosts, max_body_bytes))
     app.state.model = model
     _add_error_handlers(app)
     app.include_router(native.router(model))
@@ -50,12 +56,22 @@ def serve(
     *,
     api_key: str | None = None,
     model_name: str | None = None,
+    engine_options: EngineOptions | None = None,
+    allowed_hosts: Collection[str] = (),
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> None:
-    """Load the model and serve until interrupted (blocking)."""
+    """Load the model and serve until interrupted (blocking). Bound to a loopback address,
+    the server answers only the loopback `Host` names and `allowed_hosts`."""
     import uvicorn
 
-    model = ServedModel.load(model_path, model_name)
-    uvicorn.run(create_app(model, api_key=api_key), host=host, port=port, log_level="info")
+    model = ServedModel.load(model_path, model_name, engine_options)
+    app = create_app(
+        model,
+        api_key=api_key,
+        allowed_hosts=default_allowed_hosts(host, allowed_hosts),
+        max_body_bytes=max_body_bytes,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -67,9 +83,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(error_body(problems, 400), status_code=400)
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # FastAPI's and Starlette's (404, 405)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail), exc.status_code), exc.status_code)
+        return JSONResponse(
+            error_body(str(exc.detail), exc.status_code), exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def server_fault(_: Request, exc: Exception) -> JSONResponse:
+        message = f"internal server error ({type(exc).__name__})"
+        return JSONResponse(error_body(message, 500, "server_error"), status_code=500)
 
     @app.exception_handler(BackendError)
     async def backend_error(_: Request, exc: BackendError) -> JSONResponse:

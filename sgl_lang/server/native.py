@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sgl_lang.protocol import GenRequest, GenResult, Prompt, Text
 from sgl_lang.protocol.wire import prompt_from_json, request_from_json, result_to_json
+from sgl_lang.server import bounds
 from sgl_lang.server.serving import (
     ServedModel,
     sse_stream,
@@ -36,32 +37,33 @@ from sgl_lang.server.serving import (
 
 class SamplingParamsIn(BaseModel):
     """SGLang's sampling parameters (unknown fields are ignored, as SGLang clients send many),
-    plus `heal` and `choices`. Values are checked by the runtime's SamplingParams."""
+    plus `heal` and `choices`. Ranges are checked here (bounds.py) and by the runtime's
+    SamplingParams; `max_new_tokens` at most the model's context, by the route."""
 
     model_config = ConfigDict(extra="ignore")
 
-    max_new_tokens: int = 128
+    max_new_tokens: bounds.MaxTokens = 128
     stop: str | list[str] | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1  # -1 (SGLang) or 0: off
-    min_p: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    sampling_seed: int | None = None  # SGLang's name for `seed`
+    temperature: bounds.Temperature = 1.0
+    top_p: bounds.TopP = 1.0
+    top_k: bounds.TopK = -1  # -1 (SGLang) or 0: off
+    min_p: bounds.MinP = 0.0
+    frequency_penalty: bounds.Penalty = 0.0
+    presence_penalty: bounds.Penalty = 0.0
+    seed: bounds.Seed | None = None
+    sampling_seed: bounds.Seed | None = None  # SGLang's name for `seed`
     ignore_eos: bool = False
     heal: bool | None = None  # default: on for a structured `prompt`, off for raw text/ids
     regex: str | None = None
     json_schema: str | dict[str, Any] | None = None
-    choices: list[str] | None = None
+    choices: bounds.Choices | None = None
 
 
 class GenerateIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text: str | None = None
-    input_ids: list[int] | None = None
+    input_ids: list[bounds.TokenId] | None = None
     prompt: dict[str, Any] | None = None
     sampling_params: SamplingParamsIn = SamplingParamsIn()
     stream: bool = False
@@ -70,13 +72,13 @@ class GenerateIn(BaseModel):
 class ScoreIn(BaseModel):
     text: str | None = None
     prompt: dict[str, Any] | None = None
-    choices: list[str]
+    choices: bounds.Choices
     method: str = "normalized"
 
 
 class CachePrefixIn(BaseModel):
     text: str | None = None
-    input_ids: list[int] | None = None
+    input_ids: list[bounds.TokenId] | None = None
     prompt: dict[str, Any] | None = None
 
 
@@ -111,12 +113,13 @@ def router(model: ServedModel) -> APIRouter:
     @api.post("/cache_prefix")
     async def cache_prefix(body: CachePrefixIn) -> dict[str, Any]:
         if body.input_ids is not None:
+            bounds.check_ids(body.input_ids, model.vocab_size)
             meta = await bridged.prefill(body.input_ids)
             return {"prompt_tokens": meta.prompt_tokens, "cached_tokens": meta.cached_tokens}
         await bridged.cache_prefix(_prompt_of(body.text, body.prompt))
         return {}
 
-    @api.api_route("/flush_cache", methods=["GET", "POST"])
+    @api.post("/flush_cache")  # a state change: POST only (GET is 405)
     async def flush_cache() -> dict[str, int]:
         return {"num_tokens_freed": await asyncio.to_thread(engine.flush_cache)}
 
@@ -143,11 +146,15 @@ def _prompt_of(text: str | None, prompt: dict[str, Any] | None) -> Prompt:
     return Prompt((Text(text or ""),))
 
 
-def _gen_request(prompt: Prompt, params: SamplingParamsIn, heal: bool) -> GenRequest:
+def _gen_request(
+    model: ServedModel, prompt: Prompt, params: SamplingParamsIn, heal: bool
+) -> GenRequest:
     try:
-        return request_from_json(prompt, params.model_dump(), heal=heal)
+        request = request_from_json(prompt, params.model_dump(), heal=heal)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+    bounds.check_max_tokens("max_new_tokens", request.max_tokens, model.context_len)
+    return request
 
 
 def _generation(model: ServedModel, body: GenerateIn) -> AsyncIterator[str | GenResult]:
@@ -156,13 +163,15 @@ def _generation(model: ServedModel, body: GenerateIn) -> AsyncIterator[str | Gen
     if sum(given) != 1:
         raise HTTPException(400, "give exactly one of `text`, `input_ids` and `prompt`")
     if body.input_ids is not None:  # no rendering, no healing
-        request = _gen_request(Prompt(()), body.sampling_params, heal=False)
+        bounds.check_ids(body.input_ids, model.vocab_size)
+        request = _gen_request(model, Prompt(()), body.sampling_params, heal=False)
         return stream_generate(
-            functools.partial(model.bridged.generate_ids, body.input_ids, request)
+            functools.partial(model.bridged.generate_ids, body.input_ids, request),
+            request,
         )
     prompt = _prompt_of(body.text, body.prompt)
-    request = _gen_request(prompt, body.sampling_params, heal=body.prompt is not None)
-    return stream_generate(functools.partial(model.bridged.generate, request))
+    request = _gen_request(model, prompt, body.sampling_params, heal=body.prompt is not None)
+    return stream_generate(functools.partial(model.bridged.generate, request), request)
 
 
 async def _generate_events(

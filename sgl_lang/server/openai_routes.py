@@ -13,6 +13,7 @@ prefix-cache hit.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import time
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt, Text
 from sgl_lang.protocol.wire import request_from_json
+from sgl_lang.server import bounds
 from sgl_lang.server.serving import (
     ServedModel,
     sse_stream,
@@ -50,29 +52,29 @@ class _CommonIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = ""
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
+    max_tokens: bounds.MaxTokens | None = None
+    temperature: bounds.Temperature = 1.0
+    top_p: bounds.TopP = 1.0
+    top_k: bounds.TopK = 0
+    min_p: bounds.MinP = 0.0
+    frequency_penalty: bounds.Penalty = 0.0
+    presence_penalty: bounds.Penalty = 0.0
+    seed: bounds.Seed | None = None
     stop: str | list[str] | None = None
-    n: int = 1
+    n: int = Field(1, ge=1, le=bounds.INT32_MAX)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logprobs: bool | int | None = None
     ignore_eos: bool = False
     regex: str | None = None
     guided_regex: str | None = None
-    guided_choice: list[str] | None = None
+    guided_choice: bounds.Choices | None = None
     guided_json: dict[str, Any] | None = None
 
 
 class ChatIn(_CommonIn):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: bounds.MaxTokens | None = None
     response_format: dict[str, Any] | None = None
     continue_final_message: bool = False
 
@@ -136,7 +138,7 @@ async def _echo(model: ServedModel, body: CompletionIn, prompt: Prompt) -> dict[
     if body.max_tokens != 0 or body.stream or body.n != 1:
         raise HTTPException(400, "`echo` needs `max_tokens: 0` (no generation) and no `stream`")
     bridged = model.bridged
-    ids = bridged.prompt_ids(prompt)
+    ids = await asyncio.to_thread(bridged.prompt_ids, prompt)  # a long prompt: off the loop
     meta = await bridged.prefill(ids, logprobs=bool(body.logprobs))
     logprobs = None
     if body.logprobs:
@@ -162,7 +164,7 @@ def _prompt_logprobs(tokenizer: Any, ids: list[int], logprobs: Sequence[float]) 
     }
 
 
-def _gen_request(body: _CommonIn, prompt: Prompt) -> GenRequest:
+def _gen_request(model: ServedModel, body: _CommonIn, prompt: Prompt) -> GenRequest:
     """The request of an OpenAI body: its fields in the wire format's names (SGLang's)."""
     if body.n != 1:
         raise HTTPException(400, "`n` must be 1 (one completion per request)")
@@ -178,6 +180,7 @@ def _gen_request(body: _CommonIn, prompt: Prompt) -> GenRequest:
     max_tokens = body.max_tokens
     if isinstance(body, ChatIn) and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
+    bounds.check_max_tokens("max_tokens", max_tokens or 0, model.context_len)
     params = {
         "max_new_tokens": max_tokens or 256,
         "stop": body.stop,
@@ -218,11 +221,11 @@ def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
 async def _respond(
     model: ServedModel, body: _CommonIn, prompt: Prompt, request: Request, *, chat: bool
 ) -> Response | dict[str, Any]:
-    gen = _gen_request(body, prompt)
+    gen = _gen_request(model, body, prompt)
     shape = _Shape(
         model.name, chat, include_usage=bool((body.stream_options or {}).get("include_usage"))
     )
-    pieces = stream_generate(functools.partial(model.bridged.generate, gen))
+    pieces = stream_generate(functools.partial(model.bridged.generate, gen), gen)
     # the first piece comes after admission: a request that cannot run is still a 400
     first = await unless_disconnected(request, anext(pieces))
     if not body.stream:

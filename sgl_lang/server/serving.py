@@ -19,8 +19,10 @@ from fastapi import HTTPException
 from starlette.requests import Request
 
 from sgl_lang.bridge.engine import BridgedEngine
+from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.bridge.registry import shared_engine
-from sgl_lang.protocol import BackendError, GenResult
+from sgl_lang.protocol import BackendError, Choices, GenRequest, GenResult, Regex
+from sgl_lang.protocol.checks import constraint_problem
 from sgl_lang.runtime.engine import Engine
 
 T = TypeVar("T")
@@ -34,12 +36,20 @@ class ServedModel:
         self.name = name
         self.bridged = bridged
         self.engine: Engine = bridged.engine
+        self.context_len: int = self.engine.scheduler.max_context_len
+        self.vocab_size: int = self.engine.model_config.vocab_size
 
     @classmethod
-    def load(cls, model_path: Path | None, name: str | None = None) -> ServedModel:
-        """The process's shared engine for `model_path` (None: the embedded SmolLM2)."""
+    def load(
+        cls,
+        model_path: Path | None,
+        name: str | None = None,
+        options: EngineOptions | None = None,
+    ) -> ServedModel:
+        """The process's shared engine for `model_path` (None: the embedded SmolLM2) with
+        `options` (threads, KV budget, policy, cache, max running)."""
         default = "smollm2-135m-instruct" if model_path is None else model_path.stem
-        return cls(shared_engine(model_path), name or default)
+        return cls(shared_engine(model_path, options), name or default)
 
     @classmethod
     def of_engine(cls, engine: Engine, name: str = "test-model") -> ServedModel:
@@ -49,22 +59,39 @@ class ServedModel:
 
 async def stream_generate(
     generate: Callable[[Callable[[str], None]], Awaitable[GenResult]],
+    request: GenRequest | None = None,
 ) -> AsyncIterator[str | GenResult]:
     """The text pieces of `generate(on_chunk)` as they come, then its `GenResult`. Errors are
     raised from the iteration; leaving it early (a client that went away) cancels the
-    generation, which frees its KV slots."""
+    generation, which frees its KV slots. The result is checked against `request`'s
+    constraint (`unsatisfiable`)."""
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
     task = asyncio.ensure_future(generate(pieces.put_nowait))
     task.add_done_callback(lambda _: pieces.put_nowait(None))
     try:
         while (piece := await pieces.get()) is not None:
             yield piece
-        yield task.result()
+        yield unsatisfiable(task.result(), request)
     finally:
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def unsatisfiable(result: GenResult, request: GenRequest | None) -> GenResult:
+    """`result`, unless the grammar engine ended a regex- or choices-constrained output (not
+    cut by its length or a stop string) with text the constraint does not accept: it found no
+    way to complete the output (a regex that accepts no string, or none from where the output
+    went, choices the tokenizer cannot spell; a 400)."""
+    constraint = None if request is None else request.constraint
+    if not isinstance(constraint, Regex | Choices) or result.finish_reason == "length":
+        return result
+    if request is not None and request.stop and result.finish_reason == "stop":
+        return result
+    if (problem := constraint_problem(constraint, result.text)) is not None:
+        raise HTTPException(400, f"no output can satisfy the constraint: {problem}")
+    return result
 
 
 class ClientGone(Exception):
