@@ -233,8 +233,7 @@ class Interpreter:
         token = current_limits.set(self.limits)
         timeout_s = self.limits.timeout_s
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        loop_deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-        timer = asyncio.timeout(loop_deadline)
+        timer = asyncio.timeout(timeout_s)
         try:
             async with timer:
                 await self.exec_block(program.body, ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import threading
@@ -112,7 +113,10 @@ def check_format_spec(spec: str, what: str) -> None:
 @contextmanager
 def interruptible() -> Iterator[None]:
     """Within: SIGINT raises KeyboardInterrupt at once, also inside C code that checks for signals
-    (the regex engine), instead of waiting for the asyncio handler's cancellation."""
+    (the regex engine), instead of waiting for the asyncio handler's cancellation. A
+    cancellation already requested (a Ctrl-C just before) stops here."""
+    if _cancelling():
+        raise asyncio.CancelledError
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
@@ -122,3 +126,11 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _cancelling() -> bool:
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop
+        return False
+    return task is not None and task.cancelling() > 0
