@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from typing import Any, TextIO
 
 from sgl_lang.errors import SglTypeError, SglValueError
-from sgl_lang.limits import check_num_items, check_size
+from sgl_lang.limits import check_num_items, check_size, check_text_len
 from sgl_lang.values import to_str, type_name
 
 output: ContextVar[TextIO | None] = ContextVar("sgl_output", default=None)
@@ -279,8 +279,17 @@ def json_dumps(value: Any, indent: Any = None) -> str:
     """json_dumps(x, indent=none) -> str: `x` as JSON text; non-ASCII characters are kept as is."""
     if indent is not None and (not isinstance(indent, int) or isinstance(indent, bool)):
         raise SglTypeError(f"json_dumps() indent must be an int, not `{type_name(indent)}`")
+    if indent is not None:
+        check_text_len(indent, "json_dumps() indent")
+    encoder = json.JSONEncoder(indent=indent, ensure_ascii=False)
+    pieces = []
+    num_chars = 0
     try:
-        return json.dumps(value, indent=indent, ensure_ascii=False)
+        for piece in encoder.iterencode(value):
+            num_chars += len(piece)
+            check_text_len(num_chars, "json_dumps()")
+            pieces.append(piece)
+        return "".join(pieces)
     except TypeError:
         raise SglTypeError(f"json_dumps() cannot encode {_unencodable(value)}") from None
     except ValueError as exc:  # a list that contains itself

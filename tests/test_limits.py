@@ -113,6 +113,23 @@ def test_builtins_and_modules_check_what_they_build() -> None:
     assert run('import re\ny = re.sub("(a)", r"<\\1>", "ab")\n').scope.vars["y"] == "<a>b"
 
 
+@pytest.mark.parametrize(
+    "use",
+    [
+        'y = "{xs}"',
+        "y = str(xs)",
+        "print(xs)",
+        "y = json_dumps(xs)",
+        "y = json_dumps([[1]], indent=2000)",
+    ],
+    ids=["interpolation", "str", "print", "json", "json-indent"],
+)
+def test_a_list_holding_one_long_str_many_times_is_bounded_as_text(use: str) -> None:
+    error = limit_error(f'xs = ["x" * 600] * 5\n{use}\n')
+    assert located(error).startswith("2:")
+    assert "(max_text_len)" in error.message
+
+
 def test_the_prompt_of_a_state_is_bounded_too() -> None:
     error = limit_error('while true:\n    "0123456789"\n')
     assert "appending to the prompt" in error.message and located(error) == "2:5"
