@@ -84,6 +84,18 @@ def check_num_items(num_items: int, what: str) -> None:
         )
 
 
+def check_int_bits(num_bits: int, what: str) -> None:
+    """Refuse to build an int with more decimal digits than `max_text_len`."""
+    limit = current.get().max_text_len
+    num_digits = num_bits * 30103 // 100000  # log10(2) = 0.30103
+    if num_digits > limit:
+        raise limit_error(
+            f"{what} would build an int too large: about {num_digits:,} digits, "
+            f"over the limit of {limit:,} (max_text_len)",
+            "max_text_len",
+        )
+
+
 def check_size(value: object, num_units: int, what: str) -> None:
     """`check_text_len` for a str, `check_num_items` for a list (other values: nothing)."""
     if isinstance(value, str):

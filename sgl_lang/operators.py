@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sgl_lang.errors import SglTypeError, SglValueError
-from sgl_lang.limits import check_size
+from sgl_lang.limits import check_int_bits, check_size
 from sgl_lang.objects import check_error
 from sgl_lang.values import type_name
 
@@ -58,6 +58,8 @@ def compare(op: str, left: Any, right: Any) -> bool:
 def _check_result_size(op: str, left: Any, right: Any) -> None:
     if op == "+" and isinstance(left, (str, list)) and type(left) is type(right):
         check_size(left, len(left) + len(right), "`+`")
+    elif op == "*" and isinstance(left, int) and isinstance(right, int):
+        check_int_bits(left.bit_length() + right.bit_length(), "`*`")
     elif op == "*":
         for seq, count in ((left, right), (right, left)):
             if isinstance(seq, (str, list)) and isinstance(count, int):

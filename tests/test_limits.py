@@ -102,6 +102,13 @@ def test_growing_a_list_in_a_loop_stops_at_the_limit(step: str) -> None:
     assert "over the limit of 100 (max_items)" in error.message
 
 
+def test_squaring_an_int_in_a_loop_stops_at_the_limit() -> None:
+    error = limit_error("n = 3\nwhile true:\n    n = n * n\n")
+    assert located(error) == "3:9"
+    assert "`*` would build an int too large: about" in error.message
+    assert run("n = -2 * 3\n").scope.vars["n"] == -6
+
+
 def test_builtins_and_modules_check_what_they_build() -> None:
     assert "range()" in limit_error("xs = range(101)\n").message
     assert "join()" in limit_error('y = ",".join(["x" * 30] * 50)\n').message
