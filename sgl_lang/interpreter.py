@@ -31,7 +31,7 @@ from sgl_lang.errors import (
     SglValueError,
 )
 from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args
-from sgl_lang.limits import DEFAULT_LIMITS, Limits, check_text_len, limit_error
+from sgl_lang.limits import DEFAULT_LIMITS, Limits, check_num_items, check_text_len, limit_error
 from sgl_lang.limits import current as current_limits
 from sgl_lang.objects import (
     Function,
@@ -431,6 +431,7 @@ class Interpreter:
                 raise SglTypeError(
                     f"cannot set attributes of `{type_name(container)}`", target.span
                 )
+            _check_new_key(container, target.attr)
             container[target.attr] = value
             return
         key = await self.eval(_as_expr(target.index), ctx)
@@ -439,6 +440,7 @@ class Interpreter:
                 f"`{type_name(container)}` does not support item assignment", target.span
             )
         try:
+            _check_new_key(container, key)
             container[key] = value
         except (IndexError, TypeError) as exc:
             raise check_error(exc).at(target.span) from None
@@ -901,6 +903,12 @@ def _batch_arguments(
     if not isinstance(parallel, int) or parallel < 1:
         raise SglValueError("run_batch's `parallel` must be a positive int")
     return func, rows, parallel
+
+
+def _check_new_key(container: list[Any] | dict[Any, Any], key: Any) -> None:
+    """A dict that would grow past `max_items` is a limit error (lists do not grow here)."""
+    if isinstance(container, dict) and key not in container:
+        check_num_items(len(container) + 1, "a new dict key")
 
 
 def _timeout_error(limits: Limits) -> SglError:

@@ -102,6 +102,14 @@ def test_growing_a_list_in_a_loop_stops_at_the_limit(step: str) -> None:
     assert "over the limit of 100 (max_items)" in error.message
 
 
+def test_growing_a_dict_in_a_loop_stops_at_the_limit() -> None:
+    error = limit_error("d = {}\ni = 0\nwhile true:\n    d[i] = i\n    i = i + 1\n")
+    assert located(error).startswith("4:") and "a new dict key" in error.message
+    error = limit_error("d = {}\nfor k in range(100):\n    d[k] = 1\nd.extra = 2\n")
+    assert located(error).startswith("4:")
+    assert run("d = {1: 0}\nfor k in range(100):\n    d[1] = k\n").scope.vars["d"] == {1: 99}
+
+
 def test_squaring_an_int_in_a_loop_stops_at_the_limit() -> None:
     error = limit_error("n = 3\nwhile true:\n    n = n * n\n")
     assert located(error) == "3:9"
