@@ -22,7 +22,7 @@ class Limits:
     Invalid values raise ValueError naming the field."""
 
     max_text_len: int = 10_000_000
-    """Characters of one str, and of the text of one prompt state."""
+    """Characters of one str, and of the text of one prompt state (also digits of an int)."""
     max_items: int = 1_000_000
     """Items of one list or dict."""
     max_fork_width: int = 1_000
@@ -30,7 +30,9 @@ class Limits:
     regex_timeout_s: float = 5.0
     """Seconds one call of the `re` module may run."""
     max_steps: int | None = None
+    """Statements and expressions one run may execute."""
     timeout_s: float | None = None
+    """Seconds one run may take."""
 
     def __post_init__(self) -> None:
         for name in ("max_text_len", "max_items", "max_fork_width", "max_steps"):
