@@ -201,6 +201,8 @@ def run_options(
     replay: Path | None = None,
     allow_unenforced: bool = False,
     num_retries: int = DEFAULT_NUM_RETRIES,
+    max_steps: int | None = None,
+    timeout: float | None = None,
 ) -> RunOptions:
     """The `RunOptions` of the flags of `sgl run`, or of the part of them `sgl repl` takes.
     The runtime flags become `RunConfig` overrides (None: not given)."""
@@ -224,6 +226,8 @@ def run_options(
             "max_running_requests": max_running,
             "max_tokens": max_tokens,
             "threads": threads,
+            "max_steps": max_steps,
+            "timeout_s": timeout,
         },
         replay=replay,
         allow_unenforced=allow_unenforced,
@@ -302,6 +306,17 @@ def main() -> None:
     default=DEFAULT_NUM_RETRIES,
     show_default=True,
     help="With --allow-unenforced: retries of a gen whose output fails its constraint.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    help="Stop the program after this many statements and expressions (default: no limit).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop the program after this many seconds (default: no limit).",
 )
 @runtime_options
 @permission_options

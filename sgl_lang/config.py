@@ -12,6 +12,12 @@ read, and the CLI's flags override it. Every key is optional:
     max_running_requests = 64       # requests decoded together
     max_tokens = 256                # default `max_tokens` of `gen`
     threads = 2                     # torch threads
+    max_steps = 1000000             # statements and expressions a run may execute (default: no limit)
+    timeout_s = 60                  # seconds a run may take (default: no limit)
+    max_text_len = 10000000         # characters of one str or prompt (default 10,000,000)
+    max_items = 1000000             # items of one list or dict (default 1,000,000)
+    max_fork_width = 1000           # branches of one `fork` (default 1,000)
+    regex_timeout_s = 5.0           # seconds one call of the `re` module may run (default 5)
 
 The engine options apply to the `local` backend; `model` only when the backend is plain `local`.
 """
@@ -32,6 +38,7 @@ import platformdirs
 from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglValueError
+from sgl_lang.limits import Limits
 from sgl_lang.runtime.config import POLICIES
 from sgl_lang.source import Source, Span
 from sgl_lang.stdlib.permissions import Permissions
@@ -93,8 +100,15 @@ class RunConfig:
     max_running_requests: int | None = None
     max_tokens: int | None = None
     threads: int | None = None
+    max_steps: int | None = None
+    timeout_s: float | None = None
+    max_text_len: int | None = None
+    max_items: int | None = None
+    max_fork_width: int | None = None
+    regex_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
+        Limits(**self._limit_settings())  # raises ValueError naming a bad limit
         if self.model is not None and not isinstance(self.model, Path):
             raise ValueError(f"`model` must be a path, got {self.model!r}")
         if self.model is not None and not self.model.exists():
@@ -120,6 +134,15 @@ class RunConfig:
     def override(self, **changes: Any) -> RunConfig:
         """A validated copy with every change that is not None applied."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def limits(self) -> Limits:
+        """The resource limits of a run: the ones set here, the defaults of `Limits` else."""
+        return Limits(**self._limit_settings())
+
+    def _limit_settings(self) -> dict[str, Any]:
+        given = {limit.name: getattr(self, limit.name) for limit in fields(Limits)}
+        return {name: value for name, value in given.items() if value is not None}
 
     @property
     def engine_options(self) -> EngineOptions:

@@ -115,3 +115,9 @@ class SglWarning(SglError):
     """A problem `sgl check` reports that does not stop a program from running."""
 
     kind = "warning"
+
+
+class SglLimitError(SglValueError):
+    """A resource limit was hit (`limits.Limits`): a value too large, too many steps, too long."""
+
+    kind = "limit error"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +31,8 @@ from sgl_lang.errors import (
     SglValueError,
 )
 from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args
+from sgl_lang.limits import DEFAULT_LIMITS, Limits, check_num_items, check_text_len, limit_error
+from sgl_lang.limits import current as current_limits
 from sgl_lang.objects import (
     Function,
     Record,
@@ -132,10 +135,16 @@ META = _ContextBuiltin("meta")
 RUN_BATCH = _ContextBuiltin("run_batch")
 
 
+STEPS_PER_CHECK = 1_000
+"""Statements and expressions run between two checks of the step and time limits; each check
+also yields to the event loop, so that a cancellation (one Ctrl-C) stops a busy loop."""
+
+
 class Interpreter:
     """Runs programs against one backend. Keeps every state and backend call for `--trace`.
     A constraint the backend cannot enforce is checked after the fact, and a `gen` whose
-    output fails is retried up to `num_retries` times (see `calls.py`)."""
+    output fails is retried up to `num_retries` times (see `calls.py`). `limits` bound what
+    a run may build, its steps and its time (`limits.py`)."""
 
     def __init__(
         self,
@@ -148,8 +157,14 @@ class Interpreter:
         on_chunk: Callable[[str], None] | None = None,
         on_warning: Callable[[str], None] | None = None,
         load_program: ProgramLoader | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.backend = backend
+        self.limits = limits
+        self.num_steps = 0
+        self._next_check = STEPS_PER_CHECK
+        self._deadline: float | None = None
+        self._stmt_span: Span | None = None  # of the statement that ran last
         self.params = dict(params or {})
         self.default_max_tokens = default_max_tokens
         self.max_recursion = max_recursion
@@ -208,18 +223,37 @@ class Interpreter:
     # ------------------------------------------------------------ entry points
 
     async def run_program(self, program: nodes.Program) -> State:
-        """Run a program's main body on a fresh state; returns that state."""
+        """Run a program's main body on a fresh state; returns that state. Within the run's
+        `timeout_s`, if any: a backend call still running then fails at its statement."""
         self.program = program
         # Each `.sgl` call nests a few dozen Python frames (coroutines included).
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 40 * self.max_recursion + 2000))
         state = State()
         self.states.append(state)
-        await self.exec_block(program.body, Context(state, self.scope))
+        ctx = Context(state, self.scope)
+        token = current_limits.set(self.limits)
+        timeout_s = self.limits.timeout_s
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        timer = asyncio.timeout(timeout_s)
+        try:
+            async with timer:
+                await self.exec_block(program.body, ctx)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            error = _timeout_error(self.limits)  # a backend call still running at the deadline
+            raise (error.at(self._stmt_span) if self._stmt_span else error) from None
+        finally:
+            current_limits.reset(token)
         return state
 
     async def exec_block(self, body: Sequence[nodes.Stmt], ctx: Context) -> None:
         for stmt in body:
             try:
+                self.num_steps += 1
+                self._stmt_span = stmt.span
+                if self.num_steps >= self._next_check:
+                    await self._check_limits()
                 await self._exec[type(stmt)](stmt, ctx)
             except SglError as error:
                 raise _located(error, stmt.span, ctx) from None
@@ -228,14 +262,36 @@ class Interpreter:
         if isinstance(expr, nodes.Const):
             return expr.value
         try:
+            self.num_steps += 1
+            if self.num_steps >= self._next_check:
+                await self._check_limits()
             return await self._eval[type(expr)](expr, ctx)
         except SglError as error:
             raise _located(error, expr.span, ctx) from None
 
+    async def _check_limits(self) -> None:
+        """Every `STEPS_PER_CHECK` steps (and at `max_steps`): the step and time limits, and a
+        yield to the event loop, where a pending cancellation (Ctrl-C) is delivered."""
+        max_steps = self.limits.max_steps
+        if max_steps is not None and self.num_steps > max_steps:
+            raise limit_error(
+                f"the program ran more than {max_steps:,} steps "
+                "(statements and expressions; max_steps)",
+                "max_steps",
+            )
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise _timeout_error(self.limits)
+        self._next_check = self.num_steps + STEPS_PER_CHECK
+        if max_steps is not None:
+            self._next_check = min(self._next_check, max_steps + 1)
+        await asyncio.sleep(0)
+
     # ------------------------------------------------------------ prompt statements
 
     async def _append(self, node: nodes.Append, ctx: Context) -> None:
-        ctx.state.append(to_str(await self.eval(node.value, ctx)))
+        text = to_str(await self.eval(node.value, ctx))
+        check_text_len(ctx.state.num_chars + len(text), "appending to the prompt")
+        ctx.state.append(text)
 
     async def _role(self, node: nodes.Role, ctx: Context) -> None:
         if ctx.in_role:
@@ -380,6 +436,7 @@ class Interpreter:
                 raise SglTypeError(
                     f"cannot set attributes of `{type_name(container)}`", target.span
                 )
+            _check_new_key(container, target.attr)
             container[target.attr] = value
             return
         key = await self.eval(_as_expr(target.index), ctx)
@@ -388,6 +445,7 @@ class Interpreter:
                 f"`{type_name(container)}` does not support item assignment", target.span
             )
         try:
+            _check_new_key(container, key)
             container[key] = value
         except (IndexError, TypeError) as exc:
             raise check_error(exc).at(target.span) from None
@@ -526,9 +584,21 @@ class Interpreter:
                 raise SglTypeError(f"`fork N:` needs a non-negative int, not {to_repr(count)}").at(
                     node.count.span
                 )
+            self._check_fork_width(count)
             return list(range(count))
         assert node.iter is not None
-        return list(iterate(await self.eval(node.iter, ctx)))
+        items = iterate(await self.eval(node.iter, ctx))
+        self._check_fork_width(len(items))
+        return items
+
+    def _check_fork_width(self, num_branches: int) -> None:
+        limit = self.limits.max_fork_width
+        if num_branches > limit:
+            raise limit_error(
+                f"`fork` of {num_branches:,} branches is over the limit of {limit:,} "
+                "(max_fork_width)",
+                "max_fork_width",
+            )
 
     async def _branch(self, node: nodes.Fork, item: Any, ctx: Context) -> Record:
         state = ctx.state.copy()
@@ -593,6 +663,7 @@ class Interpreter:
 
     async def _str(self, node: nodes.Str, ctx: Context) -> str:
         pieces = []
+        num_chars = 0
         for part in node.parts:
             if isinstance(part, str):
                 pieces.append(part)
@@ -600,8 +671,10 @@ class Interpreter:
                 value = await self.eval(part.expr, ctx)
                 try:
                     pieces.append(format_value(value, part.spec))
+                    check_text_len(num_chars + len(pieces[-1]), "this string")
                 except SglError as error:
                     raise error.at(part.span) from None
+            num_chars += len(pieces[-1])
         return "".join(pieces)
 
     async def _name(self, node: nodes.Name, ctx: Context) -> Any:
@@ -835,6 +908,19 @@ def _batch_arguments(
     if not isinstance(parallel, int) or parallel < 1:
         raise SglValueError("run_batch's `parallel` must be a positive int")
     return func, rows, parallel
+
+
+def _check_new_key(container: list[Any] | dict[Any, Any], key: Any) -> None:
+    """A dict that would grow past `max_items` is a limit error (lists do not grow here)."""
+    if isinstance(container, dict) and key not in container:
+        check_num_items(len(container) + 1, "a new dict key")
+
+
+def _timeout_error(limits: Limits) -> SglError:
+    return limit_error(
+        f"the program ran longer than its time limit of {limits.timeout_s:g} s (timeout_s)",
+        "timeout_s",
+    )
 
 
 def _branch_error(exc: BaseException | None, node: nodes.Fork, item: Any) -> BaseException:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sgl_lang import nodes
 from sgl_lang.errors import SglError, SglTypeError, SglValueError
+from sgl_lang.limits import check_format_spec, check_num_items, check_text_len
 from sgl_lang.values import to_str, type_name
 
 
@@ -153,7 +154,7 @@ def get_attribute(value: Any, name: str) -> Any:
     if isinstance(value, str) and name in STR_METHODS:
         return _str_method(value, name)
     if isinstance(value, list) and name in LIST_METHODS:
-        return getattr(value, name)
+        return _list_method(value, name)
     known: frozenset[str] = getattr(value, "sgl_attributes", frozenset[str]())
     if name in known:
         return getattr(value, name)
@@ -174,19 +175,57 @@ def _dict_method(value: dict[Any, Any], name: str) -> Callable[..., Any]:
     return lambda: [[k, v] for k, v in value.items()]
 
 
+def _list_method(value: list[Any], name: str) -> Callable[..., Any]:
+    """A list method; the ones that grow the list check `max_items` first."""
+    if name in ("append", "insert"):
+        return _growing(value, name)
+    if name == "extend":
+        return lambda items: _extend(value, items)
+    method: Callable[..., Any] = getattr(value, name)
+    return method
+
+
+def _growing(value: list[Any], name: str) -> Callable[..., None]:
+    method = getattr(value, name)
+
+    def grow(*args: Any) -> None:
+        check_num_items(len(value) + 1, f"{name}()")
+        method(*args)
+
+    return grow
+
+
+def _extend(value: list[Any], items: Any) -> None:
+    if isinstance(items, (list, str, dict)):
+        check_num_items(len(value) + len(items), "extend()")
+    value.extend(items)
+
+
 def _str_method(value: str, name: str) -> Callable[..., Any]:
+    """A str method; the ones that build text check `max_text_len` first."""
     if name == "format":
-        return lambda *args, **kwargs: _FORMATTER.vformat(
-            value, tuple(map(_formattable, args)), {k: _formattable(v) for k, v in kwargs.items()}
-        )
+        return lambda *args, **kwargs: _format(value, args, kwargs)
     if name == "join":
-        return lambda items: value.join(_joinable(items))
-    return getattr(value, name)
+        return lambda items: _join(value, _joinable(items))
+    if name == "replace":
+        return lambda old, new, count=-1: _replace(value, old, new, count)
+    method: Callable[..., Any] = getattr(value, name)
+    return method
 
 
-class _Formatter(string.Formatter):
-    """`str.format` under the language's attribute rules: `{0.name}` is `get_attribute`
-    (no dunders, no private names), `{0[key]}` indexes as Python does."""
+def _format(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return _SizedFormatter().vformat(
+        template, tuple(map(_formattable, args)), {k: _formattable(v) for k, v in kwargs.items()}
+    )
+
+
+class _SizedFormatter(string.Formatter):
+    """`str.format` under the language's rules: `{0.name}` is `get_attribute` (no dunders, no
+    private names), `{0[key]}` indexes as Python does; each field's spec, and the text of the
+    fields so far, are checked against `max_text_len` before more is built."""
+
+    def __init__(self) -> None:
+        self.num_chars = 0
 
     def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         first, rest = _string.formatter_field_name_split(field_name)
@@ -195,8 +234,27 @@ class _Formatter(string.Formatter):
             value = get_attribute(value, key) if is_attribute else value[key]
         return value, first
 
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        check_format_spec(format_spec, "format()")
+        text = super().format_field(value, format_spec)
+        self.num_chars += len(text)
+        check_text_len(self.num_chars, "format()")
+        return text
 
-_FORMATTER = _Formatter()
+
+def _join(separator: str, items: list[str]) -> str:
+    num_chars = sum(map(len, items)) + len(separator) * max(len(items) - 1, 0)
+    check_text_len(num_chars, "join()")
+    return separator.join(items)
+
+
+def _replace(text: str, old: Any, new: Any, count: Any = -1) -> str:
+    if isinstance(old, str) and isinstance(new, str) and isinstance(count, int):
+        num_found = len(text) + 1 if old == "" else text.count(old)
+        if count >= 0:
+            num_found = min(num_found, count)
+        check_text_len(len(text) + num_found * (len(new) - len(old)), "replace()")
+    return text.replace(old, new, count)
 
 
 def _formattable(value: Any) -> Any:
@@ -220,6 +278,7 @@ def format_value(value: Any, spec: str | None) -> str:
     """An interpolation `{value:spec}`."""
     if not spec:
         return to_str(value)
+    check_format_spec(spec, "the format spec")
     try:
         return format(value, spec)
     except (ValueError, TypeError) as exc:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sgl_lang.errors import SglTypeError, SglValueError
+from sgl_lang.limits import check_int_bits, check_size
 from sgl_lang.objects import check_error
 from sgl_lang.values import type_name
 
@@ -28,14 +29,12 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "in": lambda a, b: a in b,
     "not in": lambda a, b: a not in b,
 }
-MAX_REPEAT_LEN = 100_000_000
-"""The longest string or list `*` may build, so a program cannot exhaust memory by accident."""
 
 
 def binary(op: str, left: Any, right: Any) -> Any:
-    """`left op right` for the arithmetic operators `+ - * / // %`."""
-    if op == "*" and _too_long(left, right):
-        raise SglValueError("repetition would create a value that is too large")
+    """`left op right` for the arithmetic operators `+ - * / // %`. A str or list it would
+    build over the limits (`limits.py`) is refused before it is built."""
+    _check_result_size(op, left, right)
     try:
         return _BINARY[op](left, right)
     except TypeError:
@@ -56,11 +55,15 @@ def compare(op: str, left: Any, right: Any) -> bool:
         ) from None
 
 
-def _too_long(left: Any, right: Any) -> bool:
-    for seq, count in ((left, right), (right, left)):
-        if isinstance(seq, (str, list)) and isinstance(count, int):
-            return len(seq) * count > MAX_REPEAT_LEN
-    return False
+def _check_result_size(op: str, left: Any, right: Any) -> None:
+    if op == "+" and isinstance(left, (str, list)) and type(left) is type(right):
+        check_size(left, len(left) + len(right), "`+`")
+    elif op == "*" and isinstance(left, int) and isinstance(right, int):
+        check_int_bits(left.bit_length() + right.bit_length(), "`*`")
+    elif op == "*":
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, (str, list)) and isinstance(count, int):
+                check_size(seq, len(seq) * max(count, 0), "`*`")
 
 
 def iterate(value: Any) -> list[Any]:

@@ -116,8 +116,9 @@ def new_interpreter(
     on_chunk: Callable[[str], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> Interpreter:
-    """An interpreter on `backend` as runs are set up: `gen`'s default `max_tokens` from
-    `config`, imports loaded by `loader`, warnings to `on_warning` (default: stderr)."""
+    """An interpreter on `backend` as runs are set up: `gen`'s default `max_tokens` and the
+    resource limits from `config`, imports loaded by `loader`, warnings to `on_warning`
+    (default: stderr)."""
     return Interpreter(
         backend,
         params=params,
@@ -126,6 +127,7 @@ def new_interpreter(
         on_chunk=on_chunk,
         on_warning=on_warning or _warn,
         load_program=loader.load_import,
+        limits=config.limits,
     )
 
 

@@ -28,6 +28,8 @@ class State:
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     open_role: str | None = None
     num_messages: int = 0
+    num_chars: int = 0
+    """Characters of text appended so far."""
 
     def copy(self) -> State:
         return State(
@@ -36,6 +38,7 @@ class State:
             dict(self.meta),
             self.open_role,
             self.num_messages,
+            self.num_chars,
         )
 
     def append(self, text: str, *, generated: bool = False) -> None:
@@ -44,6 +47,7 @@ class State:
             return
         message = self.num_messages - 1 if self.open_role else None
         self.pieces.append(Piece(text, self.open_role, message, generated))
+        self.num_chars += len(text)
 
     def append_image(self, source: str | bytes) -> None:
         message = self.num_messages - 1 if self.open_role else None

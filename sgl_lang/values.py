@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from sgl_lang.limits import check_text_len
 
 
 def to_str(value: Any) -> str:
@@ -23,10 +26,22 @@ def to_repr(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(to_repr(item) for item in value) + "]"
+        return "[" + _joined(to_repr(item) for item in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{to_repr(k)}: {to_repr(v)}" for k, v in value.items()) + "}"
+        return "{" + _joined(f"{to_repr(k)}: {to_repr(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+def _joined(parts: Iterable[str]) -> str:
+    """`", ".join(parts)`, refused as soon as it would pass `max_text_len` (a list that holds one
+    long str many times is small in memory but not as text)."""
+    pieces: list[str] = []
+    num_chars = 2
+    for part in parts:
+        num_chars += len(part) + 2
+        check_text_len(num_chars, "the text of this value")
+        pieces.append(part)
+    return ", ".join(pieces)
 
 
 def _quote(text: str) -> str:

@@ -10,13 +10,11 @@ from contextvars import ContextVar
 from typing import Any, TextIO
 
 from sgl_lang.errors import SglTypeError, SglValueError
+from sgl_lang.limits import check_num_items, check_size, check_text_len
 from sgl_lang.values import to_str, type_name
 
 output: ContextVar[TextIO | None] = ContextVar("sgl_output", default=None)
 """Where `print` writes; `None` means the process's current `sys.stdout`."""
-
-MAX_RANGE_LEN = 10_000_000
-"""`range()` builds a list, so it refuses to build one longer than this."""
 
 _NOTHING: Any = object()  # marks an argument that was not given
 
@@ -150,8 +148,7 @@ def range_(*args: Any) -> list[int]:
         numbers = range(*args)
     except ValueError as exc:
         raise SglValueError(f"range(): {exc}") from None
-    if len(numbers) > MAX_RANGE_LEN:
-        raise SglValueError(f"range() of {len(numbers)} numbers is too long (max {MAX_RANGE_LEN})")
+    check_num_items(len(numbers), "range()")
     return list(numbers)
 
 
@@ -236,6 +233,8 @@ def sum_(value: Any, start: Any = 0) -> Any:
     for item in _items(value, "sum"):
         if isinstance(item, str):
             raise SglTypeError('sum() cannot add strings; use "".join(xs)')
+        if isinstance(total, list) and isinstance(item, list):
+            check_size(total, len(total) + len(item), "sum()")
         try:
             total = total + item
         except TypeError:
@@ -280,8 +279,17 @@ def json_dumps(value: Any, indent: Any = None) -> str:
     """json_dumps(x, indent=none) -> str: `x` as JSON text; non-ASCII characters are kept as is."""
     if indent is not None and (not isinstance(indent, int) or isinstance(indent, bool)):
         raise SglTypeError(f"json_dumps() indent must be an int, not `{type_name(indent)}`")
+    if indent is not None:
+        check_text_len(indent, "json_dumps() indent")
+    encoder = json.JSONEncoder(indent=indent, ensure_ascii=False)
+    pieces = []
+    num_chars = 0
     try:
-        return json.dumps(value, indent=indent, ensure_ascii=False)
+        for piece in encoder.iterencode(value):
+            num_chars += len(piece)
+            check_text_len(num_chars, "json_dumps()")
+            pieces.append(piece)
+        return "".join(pieces)
     except TypeError:
         raise SglTypeError(f"json_dumps() cannot encode {_unencodable(value)}") from None
     except ValueError as exc:  # a list that contains itself

@@ -14,6 +14,7 @@ import textwrap
 from typing import Any
 
 from sgl_lang.errors import SglTypeError, SglValueError
+from sgl_lang.limits import check_num_items, check_text_len
 from sgl_lang.values import type_name
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -75,13 +76,15 @@ def chunk(text: str, size: int, overlap: int = 0) -> list[str]:
             f"text.chunk() overlap ({num_shared}) must be less than size ({num_words})"
         )
     words = list(_WORD.finditer(subject))
-    pieces = []
+    spans = []
     for first in range(0, len(words), num_words - num_shared):
         last = min(first + num_words, len(words)) - 1
-        pieces.append(subject[words[first].start() : words[last].end()])
+        spans.append((words[first].start(), words[last].end()))
         if last == len(words) - 1:
             break
-    return pieces
+    check_num_items(len(spans), "text.chunk()")
+    check_text_len(sum(end - start for start, end in spans), "text.chunk() (its pieces together)")
+    return [subject[start:end] for start, end in spans]
 
 
 EXPORTS = {

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from sgl_lang.errors import SglTypeError, SglValueError
+from sgl_lang.limits import Limits
 from sgl_lang.stdlib import BUILTIN_NAMES
-from sgl_lang.stdlib.builtins import BUILTINS, MAX_RANGE_LEN, output
+from sgl_lang.stdlib.builtins import BUILTINS, output
 
 
 def call(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -48,7 +49,7 @@ def test_range_returns_a_list() -> None:
     with pytest.raises(SglValueError, match="must not be zero"):
         call("range", 0, 3, 0)
     with pytest.raises(SglValueError, match="too long"):
-        call("range", MAX_RANGE_LEN + 1)
+        call("range", Limits().max_items + 1)
     with pytest.raises(SglTypeError, match="1 to 3 arguments"):
         call("range")
 
