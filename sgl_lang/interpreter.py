@@ -7,11 +7,10 @@ import inspect
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from sgl_lang import nodes
-from sgl_lang.bindings import ScopeKind
 from sgl_lang.calls import (
     DEFAULT_NUM_RETRIES,
     CallRecord,
@@ -45,6 +44,15 @@ from sgl_lang.objects import (
 from sgl_lang.operators import binary, compare, iterate, unpack
 from sgl_lang.prefix import function_prefix
 from sgl_lang.protocol import Backend, Choices, GenRequest, GenResult
+from sgl_lang.scopes import (
+    BreakLoop,
+    Context,
+    ContinueLoop,
+    ReturnValue,
+    Scope,
+    located,
+    scope_chain,
+)
 from sgl_lang.source import Span
 from sgl_lang.state import State
 from sgl_lang.stdlib import permissions
@@ -54,69 +62,6 @@ from sgl_lang.values import to_repr, to_str, type_name
 
 ProgramLoader = Callable[[nodes.Program, nodes.Import], nodes.Program]
 """Finds and parses the program an `import "path"` names (see `loader.py`)."""
-
-
-class Scope:
-    """Variables of a module, a function call, a fork branch or a comprehension: at run time,
-    one of the scopes of `bindings.py`."""
-
-    __slots__ = ("kind", "parent", "vars")
-
-    def __init__(self, kind: ScopeKind, parent: Scope | None = None) -> None:
-        self.kind = kind
-        self.parent = parent
-        self.vars: dict[str, Any] = {}
-
-    def find(self, name: str) -> Scope | None:
-        scope: Scope | None = self
-        while scope is not None:
-            if name in scope.vars:
-                return scope
-            scope = scope.parent
-        return None
-
-    def assign(self, name: str, value: Any) -> None:
-        if self.kind == "branch" and name not in self.vars:
-            owner = self.parent.find(name) if self.parent else None
-            if (owner is not None and owner.kind != "module") or _branch_sees_global(self, name):
-                raise SglNameError(
-                    f"a fork branch cannot rebind `{name}` from the enclosing scope; "
-                    "bind a new name and read it from the branch"
-                )
-        self.vars[name] = value
-
-
-def _branch_sees_global(scope: Scope, name: str) -> bool:
-    """True when the branch was forked at module level and `name` is a module variable."""
-    parent = scope.parent
-    while parent is not None and parent.kind in ("branch", "comp"):
-        parent = parent.parent
-    return parent is not None and parent.kind == "module" and name in parent.vars
-
-
-@dataclass(frozen=True)
-class Context:
-    """Where statements run: the state they append to and the scope they bind in."""
-
-    state: State
-    scope: Scope
-    stack: tuple[Frame, ...] = ()
-    in_role: bool = False
-    streams: bool = True
-    importing: bool = False
-
-
-class _Break(Exception):
-    pass
-
-
-class _Continue(Exception):
-    pass
-
-
-class _Return(Exception):
-    def __init__(self, value: Any) -> None:
-        self.value = value
 
 
 class _ContextBuiltin:
@@ -256,7 +201,7 @@ class Interpreter:
                     await self._check_limits()
                 await self._exec[type(stmt)](stmt, ctx)
             except SglError as error:
-                raise _located(error, stmt.span, ctx) from None
+                raise located(error, stmt.span, ctx) from None
 
     async def eval(self, expr: nodes.Expr, ctx: Context) -> Any:
         if isinstance(expr, nodes.Const):
@@ -267,7 +212,7 @@ class Interpreter:
                 await self._check_limits()
             return await self._eval[type(expr)](expr, ctx)
         except SglError as error:
-            raise _located(error, expr.span, ctx) from None
+            raise located(error, expr.span, ctx) from None
 
     async def _check_limits(self) -> None:
         """Every `STEPS_PER_CHECK` steps (and at `max_steps`): the step and time limits, and a
@@ -464,18 +409,18 @@ class Interpreter:
             self._bind_targets(node.targets, item, ctx.scope)
             try:
                 await self.exec_block(node.body, ctx)
-            except _Break:
+            except BreakLoop:
                 break
-            except _Continue:
+            except ContinueLoop:
                 continue
 
     async def _while(self, node: nodes.While, ctx: Context) -> None:
         while await self.eval(node.test, ctx):
             try:
                 await self.exec_block(node.body, ctx)
-            except _Break:
+            except BreakLoop:
                 break
-            except _Continue:
+            except ContinueLoop:
                 continue
 
     def _bind_targets(self, targets: tuple[str, ...], item: Any, scope: Scope) -> None:
@@ -486,10 +431,10 @@ class Interpreter:
             scope.assign(name, value)
 
     async def _break(self, node: nodes.Break, ctx: Context) -> None:
-        raise _Break
+        raise BreakLoop
 
     async def _continue(self, node: nodes.Continue, ctx: Context) -> None:
-        raise _Continue
+        raise ContinueLoop
 
     async def _pass(self, node: nodes.Node, ctx: Context) -> None:
         return None
@@ -502,7 +447,7 @@ class Interpreter:
             raise SglAssertionError(message, node.span)
 
     async def _return(self, node: nodes.Return, ctx: Context) -> None:
-        raise _Return(await self.eval(node.value, ctx) if node.value else None)
+        raise ReturnValue(await self.eval(node.value, ctx) if node.value else None)
 
     async def _fork(self, node: nodes.Fork, ctx: Context) -> None:
         await self._run_fork(node, ctx)
@@ -527,7 +472,7 @@ class Interpreter:
     async def _schema(self, node: nodes.SchemaDecl, ctx: Context) -> None:
         known = {
             name: value
-            for scope in _chain(ctx.scope)
+            for scope in scope_chain(ctx.scope)
             for name, value in scope.vars.items()
             if isinstance(value, Schema)
         }
@@ -820,7 +765,7 @@ class Interpreter:
         inner = replace(ctx, scope=scope, stack=(*ctx.stack, Frame(func.name, span)))
         try:
             await self.exec_block(func.node.body, inner)
-        except _Return as ret:
+        except ReturnValue as ret:
             return ret.value
         return None
 
@@ -867,23 +812,6 @@ def _runs_on_import(stmt: nodes.Stmt) -> bool:
     return isinstance(
         stmt, (nodes.FuncDef, nodes.SchemaDecl, nodes.Import, nodes.Assign, nodes.ParamDecl)
     )
-
-
-def _located(error: SglError, span: Span, ctx: Context) -> SglError:
-    """Give an error its innermost location and the `.sgl` call stack where it was raised."""
-    if error.span is None:
-        error.span = span
-    if not error.stack:
-        error.stack = ctx.stack
-    return error
-
-
-def _chain(scope: Scope | None) -> list[Scope]:
-    chain = []
-    while scope is not None:
-        chain.append(scope)
-        scope = scope.parent
-    return chain[::-1]
 
 
 def _as_expr(index: nodes.Expr | nodes.Slice) -> nodes.Expr:

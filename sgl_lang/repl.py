@@ -22,13 +22,14 @@ from sgl_lang import nodes
 from sgl_lang.config import RunConfig, resolve_config
 from sgl_lang.errors import SglError, SglNameError, SglWarning
 from sgl_lang.grammar import parse
-from sgl_lang.interpreter import Context, Interpreter
+from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader, read_source
 from sgl_lang.lsp.vocabulary import Completion, complete
 from sgl_lang.objects import DICT_METHODS, LIST_METHODS, STR_METHODS, Record, Schema
 from sgl_lang.protocol import Backend
 from sgl_lang.resolve import check
 from sgl_lang.runner import make_backend, new_interpreter
+from sgl_lang.scopes import Context
 from sgl_lang.source import Source
 from sgl_lang.state import State
 from sgl_lang.stdlib import BUILTIN_NAMES, builtins, permissions
