@@ -87,7 +87,7 @@ def router(model: ServedModel) -> APIRouter:
     api = APIRouter()
     bridged, engine = model.bridged, model.engine
 
-    @api.get("/health")
+    @api.get("/health", response_model=None)
     async def health() -> Response | dict[str, str]:
         """{"status": "ok"} while the engine serves; 503 with the error body when it cannot
         (closed, or stopped by an internal error)."""
