@@ -12,6 +12,13 @@ A background thread runs `step()` while there is work:
     logits = runner.run(batch.forward)    # one forward over the paged KV pool
     scheduler.postprocess(batch, logits)  # sample, stop, stream, finish, cache
 
+One bad request fails alone (FinishReason.ERROR, a plain message) and the engine serves the
+others: ids outside the vocabulary are refused at submit; a constraint compiles on a worker
+thread within the grammar engine's limits and a time limit; a constraint or sampler that raises
+fails its request; a forward that raises is re-run request by request, and a step that still
+fails gives its requests' slots and locks back (`check_integrity()` clean). Only a cache left
+inconsistent stops the engine; `health()` says whether it can serve.
+
 Other threads (an asyncio loop, a blocking script) never touch the scheduler: they send it
 commands through a queue (`engine_loop.py`) and read each request's chunks from its
 OutputStream. Every prompt and every answer stays in the prefix cache (`radix_cache.py`; with

@@ -222,12 +222,13 @@ class Scheduler:
         for req, token_id, logprob, error in zip(
             reqs, token_ids, logprobs, result.errors, strict=True
         ):
-            try:  # a request's constraint or decoder that raises fails that request alone
-                if error is not None:
-                    raise error
-                self._append_token(req, token_id, logprob)
+            try:  # a request whose constraint, processor or decoder raises fails alone
+                if error is None:
+                    self._append_token(req, token_id, logprob)
             except Exception as exc:
-                self._finish(req, FinishReason.ERROR, request_error(exc))
+                error = exc
+            if error is not None:
+                self._finish(req, FinishReason.ERROR, request_error(error))
 
     def _append_token(self, req: Request, token_id: int, logprob: float) -> None:
         """Append a sampled token, then the tokens its constraint forces (jump-forward)."""
@@ -288,11 +289,8 @@ class Scheduler:
         """Finish every queued and admitted request with ERROR, leaving the memory as it is
         (the engine is stopping: its state is not trusted any more)."""
         for req in self.waiting + self.active_requests():
-            req.status, req.finish_reason, req.error = (
-                RequestStatus.FINISHED,
-                FinishReason.ERROR,
-                error,
-            )
+            req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ERROR
+            req.error = error
             req.emit_final()
         self.waiting, self.prefilling, self.running = [], [], []
 

@@ -4,6 +4,7 @@ engine keeps serving the others with the same outputs, and no slot or lock is le
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -245,3 +246,33 @@ def test_one_hundred_requests_ten_poisoned(
               f"{sum(isinstance(s, str) for s in survived)} survived with baseline outputs, "
               f"{sum(isinstance(f, BaseException) for f in failed)} failed alone, "
               f"{engine.stats().num_failed_steps} failed steps, integrity clean, 0 slots leaked")  # fmt: skip
+
+
+def test_a_compile_past_its_time_limit_fails_that_request_and_blocks_nothing(
+    make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compile runs on a worker thread: while it hangs, the event loop and the engine serve
+    other requests; past `grammar_compile_timeout` the request fails with a plain message."""
+    engine = make_engine(threaded=True, grammar_compile_timeout=0.2)
+    release = threading.Event()
+    real_get = engine.constraints.get
+
+    def hanging_get(spec: ConstraintSpec) -> Any:
+        if spec.source == "hangs":
+            release.wait(timeout=30)  # (the code before this change compiled on the loop)
+        return real_get(spec)
+
+    monkeypatch.setattr(engine.constraints, "get", hanging_get)
+    prompt = token_ids(50, 10)
+
+    async def main() -> list[str | BaseException]:
+        hanging = greedy(4, constraint=ConstraintSpec.regex("hangs"))
+        done = await outcomes(engine, [(prompt, hanging), (prompt, greedy(4))])
+        release.set()  # asyncio.run waits for its worker threads at the end
+        return done
+
+    failed, text = asyncio.run(main())
+    assert isinstance(failed, ValueError)
+    assert str(failed) == "the regex constraint took longer than 0.2 s to compile"
+    assert text == run_all(make_engine(), [prompt], greedy(4))[0].text
+    assert_serving_and_clean(engine)
