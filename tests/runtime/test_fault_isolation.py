@@ -259,7 +259,7 @@ def test_a_compile_past_its_time_limit_fails_that_request_and_blocks_nothing(
 
     def hanging_get(spec: ConstraintSpec) -> Any:
         if spec.source == "hangs":
-            release.wait(timeout=30)  # (the code before this change compiled on the loop)
+            release.wait(timeout=30)  # bounded, should it run on the event loop
         return real_get(spec)
 
     monkeypatch.setattr(engine.constraints, "get", hanging_get)
