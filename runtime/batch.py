@@ -62,6 +62,14 @@ class ScheduledBatch:
             if samples
         ]
 
+    def split(self) -> list[ScheduledBatch]:
+        """One batch per request, laid out as in this one (its slots are allocated already,
+        their KV not computed yet): to run the requests of a failed forward alone."""
+        pairs = zip(self.requests, self.forward.extend_lens, strict=True)
+        if self.kind is BatchKind.EXTEND:
+            return [extend_batch([ExtendChunk(req, num)]) for req, num in pairs]
+        return [decode_batch([req], req.slots[req.kv_len - num :], [num]) for req, num in pairs]
+
 
 def extend_batch(chunks: list[ExtendChunk]) -> ScheduledBatch:
     """Each request extends its last `num` slots (already allocated, not yet computed)."""

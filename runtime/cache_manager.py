@@ -66,6 +66,12 @@ class CacheManager:
             self.prefix_cache.unlock(req.last_node)
         req.slots, req.tree_len, req.last_node = req.slots[:0], 0, None
 
+    def discard(self, req: Request) -> None:
+        """Free `req`'s own slots without caching them (their KV is not trusted); it keeps its
+        cached prefix, still locked."""
+        self.allocator.free(req.own_slots)
+        req.slots = req.slots[: req.tree_len]
+
     def check_integrity(self, active: list[Request]) -> None:
         """Raise IntegrityError if a slot is leaked or owned twice, or a lock count is off."""
         self.prefix_cache.check_integrity(

@@ -42,6 +42,7 @@ class EngineConfig:
     default_max_new_tokens: int = 256
     grammar_engine: str = "llguidance"  # constrained decoding: or "xgrammar" (optional extra)
     jump_forward: bool = True  # append tokens a constraint forces without a decode step
+    grammar_compile_timeout: float = 30.0  # seconds; a constraint compiling longer fails
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -64,6 +65,11 @@ class EngineConfig:
         if not 0 < self.new_token_ratio <= 1:
             raise ValueError(
                 f"EngineConfig.new_token_ratio must be in (0, 1], got {self.new_token_ratio}"
+            )
+        if not self.grammar_compile_timeout > 0:
+            raise ValueError(
+                "EngineConfig.grammar_compile_timeout must be > 0, "
+                f"got {self.grammar_compile_timeout}"
             )
         positive = ("kv_cache_tokens", "prefill_chunk_tokens", "max_running_requests",
                     "num_threads", "max_queue_match", "aging_steps", "in_batch_share_min_tokens",

@@ -163,10 +163,14 @@ class TokenConstraint:
         return int(token_ids[0, 0]) if len(token_ids) == 1 else None
 
     def advance(self, token_id: int) -> None:
-        """Consume a token. A token the mask excluded is a bug: it raises."""
+        """Consume a token. Raises ValueError if the grammar fails on it (a resource limit of
+        the grammar engine; or a token the mask excluded, which is a bug)."""
         started = time.perf_counter()
         if not self._matcher.consume(token_id):
-            raise RuntimeError(f"constraint rejected token {token_id}: {self._matcher.error()}")
+            raise ValueError(
+                f"the constraint failed at output token {self.num_consumed_tokens + 1} "
+                f"(id {token_id}): {self._matcher.error()}"
+            )
         self._allowed = None
         self.num_consumed_tokens += 1
         self.advance_seconds += time.perf_counter() - started
@@ -213,7 +217,8 @@ class ConstraintCache:
         self._lock = threading.Lock()
 
     def get(self, spec: ConstraintSpec) -> Constraint:
-        """The compiled `spec`; raises ValueError naming the problem if it does not compile."""
+        """The compiled `spec`; raises ValueError naming the problem if it does not compile.
+        Compiles run outside the lock: a slow one holds up no other."""
         with self._lock:
             if (hit := self._compiled.get(spec)) is not None:
                 self._compiled.move_to_end(spec)
@@ -222,12 +227,13 @@ class ConstraintCache:
                 self._engine = make_grammar_engine(
                     self.engine_name, self._tokenizer, self.vocab_size, self._eos_token_ids
                 )
-            grammar = self._engine.compile(spec)
-            compiled = Constraint(spec, grammar, self.vocab_size, self._eos_token_ids)
+            engine = self._engine
+        compiled = Constraint(spec, engine.compile(spec), self.vocab_size, self._eos_token_ids)
+        with self._lock:
             self._compiled[spec] = compiled
             if len(self._compiled) > self._max_size:
                 self._compiled.popitem(last=False)
-            return compiled
+        return compiled
 
 
 class ConstrainedDecoder:

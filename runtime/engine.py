@@ -12,6 +12,13 @@ A background thread runs `step()` while there is work:
     logits = runner.run(batch.forward)    # one forward over the paged KV pool
     scheduler.postprocess(batch, logits)  # sample, stop, stream, finish, cache
 
+One bad request fails alone (FinishReason.ERROR, a plain message) and the engine serves the
+others: ids outside the vocabulary are refused at submit; a constraint compiles on a worker
+thread within the grammar engine's limits and a time limit; a constraint or sampler that raises
+fails its request; a forward that raises is re-run request by request, and a step that still
+fails gives its requests' slots and locks back (`check_integrity()` clean). Only a cache left
+inconsistent stops the engine; `health()` says whether it can serve.
+
 Other threads (an asyncio loop, a blocking script) never touch the scheduler: they send it
 commands through a queue (`engine_loop.py`) and read each request's chunks from its
 OutputStream. Every prompt and every answer stays in the prefix cache (`radix_cache.py`; with
@@ -23,7 +30,8 @@ Public API (all thread-safe):
   async generate(prompt, params, *, rid=None) -> AsyncIterator[Chunk]   (raises RequestError)
   async score(prefix, choices, *, unconditional=False) -> list[ChoiceLogprobs]
   async cache_prefix(prompt) -> GenerationMeta                          (a fork/batch hint)
-  cancel(rid), flush_cache() -> int, stats() -> EngineStats, close()
+  async compile_constraint(spec) -> Constraint          (off the event loop, time-limited)
+  cancel(rid), flush_cache() -> int, stats() -> EngineStats, health() -> EngineHealth, close()
   generate_many(prompts, params) -> list[Completion]                    (blocking, no raise)
 A prompt is text, token ids, or chat messages ([{"role": ..., "content": ...}], rendered with
 the tokenizer's chat template).
@@ -41,8 +49,14 @@ from typing import Any
 
 import torch
 
+from sgl_lang.runtime.batch import ScheduledBatch
 from sgl_lang.runtime.config import EngineConfig
-from sgl_lang.runtime.constrained import ConstrainedDecoder, ConstraintCache
+from sgl_lang.runtime.constrained import (
+    ConstrainedDecoder,
+    Constraint,
+    ConstraintCache,
+    ConstraintSpec,
+)
 from sgl_lang.runtime.detokenizer import IncrementalDecoder
 from sgl_lang.runtime.engine_loop import EngineLoop
 from sgl_lang.runtime.kv_pool import KVPool
@@ -63,7 +77,7 @@ from sgl_lang.runtime.request import (
 )
 from sgl_lang.runtime.sampling import Sampler, SamplingParams
 from sgl_lang.runtime.scheduler import BatchKind, Scheduler
-from sgl_lang.runtime.stats import EngineStats, snapshot
+from sgl_lang.runtime.stats import EngineHealth, EngineStats, snapshot
 
 Messages = Sequence[Mapping[str, str]]
 Prompt = str | Sequence[int] | Messages
@@ -123,15 +137,46 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------
 
     def step(self) -> bool:
-        """Run one batch: schedule -> run -> postprocess. False when there was nothing to do."""
+        """Run one batch: schedule -> run -> postprocess. False when there was nothing to do.
+        A step that raises fails its own requests and the engine goes on (`_run`)."""
         self.loop.run_commands()
-        if (batch := self.scheduler.schedule()) is None:
+        try:
+            batch = self.scheduler.schedule()
+        except Exception as exc:
+            self._fail_step(None, exc, kv_computed=False)
+            return True
+        if batch is None:
             return False
         started = time.perf_counter()
-        logits = self.runner.run(batch.forward)
-        self.scheduler.postprocess(batch, logits)
+        self._run(batch)
         self._busy_seconds[batch.kind] += time.perf_counter() - started
         return True
+
+    def _run(self, batch: ScheduledBatch) -> None:
+        """Forward `batch`, then postprocess its logits. When the forward of several requests
+        raises, each runs alone, so only a request whose own forward raises fails; when
+        postprocessing raises, the batch's unfinished requests fail."""
+        try:
+            logits = self.runner.run(batch.forward)
+        except Exception as exc:
+            if len(batch.requests) == 1:
+                self._fail_step(batch, exc, kv_computed=False)
+            else:
+                for alone in batch.split():
+                    self._run(alone)
+            return
+        try:
+            self.scheduler.postprocess(batch, logits)
+        except Exception as exc:
+            self._fail_step(batch, exc, kv_computed=True)
+
+    def _fail_step(
+        self, batch: ScheduledBatch | None, exc: Exception, *, kv_computed: bool
+    ) -> None:
+        """Fail the requests of a step that raised (`Scheduler.fail_step`), then check the
+        cache: an IntegrityError escapes and stops the engine."""
+        self.scheduler.fail_step(batch, exc, kv_computed=kv_computed)
+        self.check_integrity()
 
     def close(self) -> None:
         """Abort what is still queued or running and stop the loop thread (idempotent)."""
@@ -155,11 +200,12 @@ class Engine:
         logprob_start_len: int | None = None,
         rid: str | None = None,
     ) -> Request:
-        """Queue one request (thread-safe); its chunks go to `stream`. An invalid
-        `params.constraint` raises ValueError here."""
+        """Queue one request (thread-safe); its chunks go to `stream`. A token id outside the
+        vocabulary or an invalid `params.constraint` raises ValueError here."""
         params = params or SamplingParams(max_new_tokens=self.config.default_max_new_tokens)
-        arrival = next(self._arrivals)
         prompt_ids = self.encode(prompt)
+        self._check_ids(prompt_ids)
+        arrival = next(self._arrivals)
         generate = kind is RequestKind.GENERATE
         decoder = IncrementalDecoder(self.tokenizer, params.stop, prompt_ids) if generate else None
         constraint = None
@@ -191,6 +237,8 @@ class Engine:
         cannot run (longer than the context or the KV pool) raises RequestError. Leaving the
         iteration early cancels the request and frees its slots."""
         stream = OutputStream(asyncio.get_running_loop())
+        if params is not None and params.constraint is not None:
+            await self.compile_constraint(params.constraint)  # then `submit` finds it cached
         req = self.submit(prompt, params, stream=stream, rid=rid)
         try:
             while True:
@@ -203,6 +251,20 @@ class Engine:
         finally:
             if not req.finished and not self.loop.stopped:
                 self.cancel(req.rid)
+
+    async def compile_constraint(self, spec: ConstraintSpec) -> Constraint:
+        """Compile `spec` on a worker thread (neither the caller's event loop nor the engine's
+        thread waits on it); ValueError if it is invalid, exceeds the grammar engine's limits
+        or takes longer than `EngineConfig.grammar_compile_timeout`."""
+        timeout = self.config.grammar_compile_timeout
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self.constraints.get, spec), timeout=timeout
+            )
+        except TimeoutError:
+            raise ValueError(
+                f"the {spec.kind} constraint took longer than {timeout:g} s to compile"
+            ) from None
 
     async def cache_prefix(self, prompt: Prompt) -> GenerationMeta:
         """Compute `prompt`'s KV into the cache without generating (a fork / batch hint)."""
@@ -283,6 +345,16 @@ class Engine:
             return self.tokenizer.encode(text, add_special_tokens=False)
         return [int(i) for i in items]  # type: ignore[arg-type]
 
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        """Raise ValueError naming the first id the model has no embedding for."""
+        vocab_size = self.model_config.vocab_size
+        for position, token_id in enumerate(ids):
+            if not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"token id {token_id} (prompt position {position}) is not in the "
+                    f"vocabulary: ids go from 0 to {vocab_size - 1}"
+                )
+
     def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(
             [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
@@ -297,6 +369,11 @@ class Engine:
     def stats(self) -> EngineStats:
         """Queues, KV use, cache hit rate and tokens/s so far (a snapshot; see stats.py)."""
         return snapshot(self.scheduler, self._busy_seconds)
+
+    def health(self) -> EngineHealth:
+        """Whether the engine can serve requests, and if not why (closed, or stopped by an
+        internal error it could not recover from)."""
+        return self.loop.health()
 
     def check_integrity(self) -> None:
         """Raise if a KV slot is leaked or owned twice, or a lock count is off (tests)."""

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
-from sgl_lang.runtime.request import FinishReason, RequestStatus
 from sgl_lang.runtime.scheduler import Scheduler
+from sgl_lang.runtime.stats import EngineHealth
 
 T = TypeVar("T")
 Command = Callable[[], object]
@@ -21,8 +21,10 @@ class EngineLoop:
     command arrives when it has none. Unthreaded (`threaded=False`), the caller steps and
     commands run at the start of each step (or in `run_commands`).
 
-    Commands run on the loop's thread in the order they were sent. A bug in a step fails every
-    request (finish reason ERROR) and stops the loop; `send` then raises.
+    Commands run on the loop's thread in the order they were sent. A step fails its own
+    requests when it raises (`Engine.step`); an exception that escapes it (the cache could not
+    be restored) fails every request (finish reason ERROR) and stops the loop; `send` then
+    raises and `health()` says why.
     """
 
     def __init__(self, scheduler: Scheduler, step: Callable[[], bool], *, threaded: bool) -> None:
@@ -45,6 +47,18 @@ class EngineLoop:
         """Closed, or failed: no command will run any more."""
         return self._closed or self._failure is not None
 
+    def health(self) -> EngineHealth:
+        """Whether commands still run: not closed, not failed, its thread alive."""
+        if self._failure is not None:
+            return EngineHealth(
+                False, f"the engine stopped after an internal error: {self._failure!r}"
+            )
+        if self._closed:
+            return EngineHealth(False, "the engine is closed")
+        if self._thread is not None and not self._thread.is_alive():
+            return EngineHealth(False, "the engine thread is not running")
+        return EngineHealth(True)
+
     def send(self, command: Command) -> None:
         """Queue `command` for the loop's thread (thread-safe)."""
         if self._failure is not None:
@@ -56,7 +70,14 @@ class EngineLoop:
     def call(self, fn: Callable[[], T]) -> T:
         """Run `fn` on the loop's thread after every command sent before; block for its result."""
         done: Future[T] = Future()
-        self.send(lambda: done.set_result(fn()))
+
+        def run() -> None:  # the caller gets `fn`'s exception; the loop goes on
+            try:
+                done.set_result(fn())
+            except Exception as exc:
+                done.set_exception(exc)
+
+        self.send(run)
         if self._thread is None:
             self.run_commands()
         return done.result()
@@ -98,7 +119,4 @@ class EngineLoop:
 
     def _fail(self, exc: BaseException) -> None:
         self._failure = exc
-        for req in self.scheduler.waiting + self.scheduler.active_requests():
-            req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ERROR
-            req.error = f"engine failure: {exc!r}"
-            req.emit_final()
+        self.scheduler.fail_all(f"engine failure: {exc!r}")

@@ -29,6 +29,15 @@ from sgl_lang.runtime.config import GRAMMAR_ENGINES
 if TYPE_CHECKING:
     from sgl_lang.runtime.constrained import ConstraintSpec
 
+# llguidance's resource limits (its defaults, stated): a grammar that needs more fails with a
+# ValueError at compile or, if the limit is reached while decoding, fails its request alone
+GRAMMAR_LIMITS = {
+    "max_grammar_size": 500_000,  # symbols in the grammar's productions
+    "initial_lexer_fuel": 1_000_000,  # building the regex ASTs (~50k/ms)
+    "step_lexer_fuel": 200_000,  # lexer work per token mask (~14k/ms)
+    "step_max_items": 50_000,  # Earley items per token mask (~20k/ms)
+    "max_lexer_states": 250_000,  # lexer states (~1-2 kB each)
+}
 JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 JSON_SEPARATORS = (", ", ": ")
 
@@ -37,7 +46,8 @@ class GrammarMatcher(Protocol):
     """One request's position in a grammar. Not thread-safe: the engine thread owns it."""
 
     def fill_bitmask(self, bitmask: Tensor) -> None:
-        """Write the tokens allowed next into `bitmask` (EOS only on a complete match)."""
+        """Write the tokens allowed next into `bitmask` (EOS only on a complete match); raise
+        ValueError if the grammar fails here (a resource limit, a grammar with no way on)."""
 
     def consume(self, token_id: int) -> bool:
         """Advance over `token_id`; False (and an error state) if it was not allowed."""
@@ -88,12 +98,14 @@ class _LLGuidanceMatcher:
     def fill_bitmask(self, bitmask: Tensor) -> None:
         # not llguidance.torch: importing it starts torch.compile
         self._matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.numel() * 4)
+        if self._matcher.is_error():
+            raise ValueError(f"the constraint failed: {self.error()}")
 
     def consume(self, token_id: int) -> bool:
         return bool(self._matcher.consume_token(token_id))
 
     def error(self) -> str:
-        return str(self._matcher.get_error())
+        return _llguidance_error(self._matcher)
 
 
 class _LLGuidanceGrammar:
@@ -106,7 +118,9 @@ class _LLGuidanceGrammar:
 
 class LLGuidanceEngine(GrammarEngine):
     """llguidance: a matcher in its start state per spec, deep-copied for every request. The
-    llguidance tokenizer (~0.4 s to build) is made on the first compile."""
+    llguidance tokenizer (~0.4 s to build) is made on the first compile. Compiling computes the
+    first mask too, so a grammar that fails at once (a schema that only refers to itself, a
+    regex past the lexer's limits) fails to compile; `GRAMMAR_LIMITS` bound the work."""
 
     name = "llguidance"
     _ll_tokenizer: Any = None
@@ -120,10 +134,24 @@ class LLGuidanceEngine(GrammarEngine):
                 self.tokenizer, n_vocab=self.vocab_size, eos_token=self.eos_token_ids or None
             )
         started = time.perf_counter()
-        matcher = llguidance.LLMatcher(self._ll_tokenizer, llguidance_grammar(spec), log_level=0)
+        limits = llguidance.LLParserLimits(verbose_errors=False, **GRAMMAR_LIMITS)
+        grammar = llguidance_grammar(spec)
+        matcher = llguidance.LLMatcher(self._ll_tokenizer, grammar, log_level=0, limits=limits)
         if matcher.is_error():
-            raise ValueError(f"invalid {spec.kind} constraint: {matcher.get_error()}")
+            raise ValueError(f"invalid {spec.kind} constraint: {_llguidance_error(matcher)}")
+        bitmask = torch.zeros((self.vocab_size + 31) // 32, dtype=torch.int32)
+        matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.numel() * 4)
+        if matcher.is_error():
+            raise ValueError(
+                f"invalid {spec.kind} constraint: no output can start to match it "
+                f"({_llguidance_error(matcher)})"
+            )
         return _LLGuidanceGrammar(matcher, time.perf_counter() - started)
+
+
+def _llguidance_error(matcher: Any) -> str:
+    """A matcher's error without llguidance's `<non-verbose/>` marker."""
+    return str(matcher.get_error()).replace("<non-verbose/>", "").strip()
 
 
 def llguidance_grammar(spec: ConstraintSpec) -> str:

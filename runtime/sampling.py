@@ -91,8 +91,9 @@ class SamplingParams:
 
 
 class SampleResult(NamedTuple):
-    token_ids: Tensor  # [B] int64
+    token_ids: Tensor  # [B] int64 (0 in a failed row)
     logprobs: Tensor  # [B] fp32, log p(token) under the model
+    errors: tuple[Exception | None, ...] = ()  # per row: why it failed (its request's fault)
 
 
 class Sampler:
@@ -104,13 +105,25 @@ class Sampler:
         params: Sequence[SamplingParams],
         output_ids: Sequence[Sequence[int]],
         generators: Sequence[torch.Generator | None],
+        *,
+        row_errors: bool = False,
     ) -> SampleResult:
+        """One token per row. A row whose penalties, mask or processor raise raises here, or with
+        `row_errors` is reported in `SampleResult.errors` while the other rows are sampled as if
+        it were not there (the engine: one request's constraint fails that request alone)."""
         logits = logits.float()
         model_logprobs = torch.log_softmax(logits, dim=-1)
-        token_ids = torch.empty(len(params), dtype=torch.int64)
+        token_ids = torch.zeros(len(params), dtype=torch.int64)
+        errors: list[Exception | None] = [None] * len(params)
         for row, (p, ids, gen) in enumerate(zip(params, output_ids, generators, strict=True)):
-            token_ids[row] = self._sample_row(logits[row], p, ids, gen)
-        return SampleResult(token_ids, model_logprobs.gather(1, token_ids[:, None])[:, 0])
+            try:  # a row's mask or processor (its constraint) fails that row alone
+                token_ids[row] = self._sample_row(logits[row], p, ids, gen)
+            except Exception as exc:
+                if not row_errors:
+                    raise
+                errors[row] = exc
+        logprobs = model_logprobs.gather(1, token_ids[:, None])[:, 0]
+        return SampleResult(token_ids, logprobs, tuple(errors))
 
     def _sample_row(
         self,

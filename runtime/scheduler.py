@@ -216,10 +216,19 @@ class Scheduler:
             [r.params for r in reqs],
             [r.output_ids for r in reqs],
             [r.generator for r in reqs],
+            row_errors=True,
         )
         token_ids, logprobs = result.token_ids.tolist(), result.logprobs.tolist()
-        for req, token_id, logprob in zip(reqs, token_ids, logprobs, strict=True):
-            self._append_token(req, token_id, logprob)
+        for req, token_id, logprob, error in zip(
+            reqs, token_ids, logprobs, result.errors, strict=True
+        ):
+            try:  # a request whose constraint, processor or decoder raises fails alone
+                if error is None:
+                    self._append_token(req, token_id, logprob)
+            except Exception as exc:
+                error = exc
+            if error is not None:
+                self._finish(req, FinishReason.ERROR, request_error(error))
 
     def _append_token(self, req: Request, token_id: int, logprob: float) -> None:
         """Append a sampled token, then the tokens its constraint forces (jump-forward)."""
@@ -254,6 +263,37 @@ class Scheduler:
         req.emit(text, (token_id,), (logprob,) if params.return_logprobs else None)
         return reason
 
+    # -- failures ------------------------------------------------------------------------
+
+    def fail_step(self, batch: ScheduledBatch | None, exc: Exception, *, kv_computed: bool) -> None:
+        """A step raised: finish its unfinished requests with ERROR, giving back their slots and
+        unlocking their prefix nodes. Without `kv_computed` (the forward did not complete, or
+        `schedule` raised: `batch` is None) their own slots' KV is not trusted: it is freed, not
+        cached. With no batch, the step's requests are the admitted ones and the waiting ones
+        that hold slots."""
+        if batch is None:
+            held = [r for r in self.waiting if r.kv_len or r.last_node is not None]
+            reqs = self.active_requests() + held
+        else:
+            reqs = batch.requests
+        self.counters.num_failed_steps += 1
+        error = f"internal error in an engine step: {request_error(exc)}"
+        for req in reqs:
+            if req.finished:
+                continue
+            if not kv_computed:
+                self.memory.discard(req)
+            self._finish(req, FinishReason.ERROR, error)
+
+    def fail_all(self, error: str) -> None:
+        """Finish every queued and admitted request with ERROR, leaving the memory as it is
+        (the engine is stopping: its state is not trusted any more)."""
+        for req in self.waiting + self.active_requests():
+            req.status, req.finish_reason = RequestStatus.FINISHED, FinishReason.ERROR
+            req.error = error
+            req.emit_final()
+        self.waiting, self.prefilling, self.running = [], [], []
+
     def _finish(self, req: Request, reason: FinishReason, error: str | None = None) -> None:
         for queue in (self.waiting, self.prefilling, self.running):
             if req in queue:
@@ -265,6 +305,11 @@ class Scheduler:
         if req.decoder is not None and not req.decoder.stopped and reason is not FinishReason.ERROR:
             tail = req.decoder.flush()
         req.emit_final(tail)
+
+
+def request_error(exc: Exception) -> str:
+    """What a request that failed on `exc` reports: the message, or the exception's name."""
+    return str(exc).strip() or type(exc).__name__
 
 
 def _progress(req: Request) -> tuple[int, int]:

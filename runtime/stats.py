@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sgl_lang.runtime.batch import BatchKind, ScheduledBatch
 
@@ -26,6 +26,7 @@ class SchedulerCounters:
     num_extend_steps: int = 0
     num_retracted: int = 0
     num_finished: int = 0
+    num_failed_steps: int = 0  # steps that raised (their requests failed, the others went on)
     decode_batch_sizes: Counter[int] = field(default_factory=Counter)
 
     def count_batch(self, batch: ScheduledBatch) -> None:
@@ -37,6 +38,14 @@ class SchedulerCounters:
         else:
             self.num_extend_steps += 1
             self.num_extend_tokens += batch.forward.num_tokens
+
+
+class EngineHealth(NamedTuple):
+    """Whether the engine can serve: its loop runs (not closed, not stopped by a failure it
+    could not recover from); `error` says why not."""
+
+    serving: bool
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class EngineStats:
     num_retracted: int
     num_finished: int
     num_forced_tokens: int = 0  # output tokens a constraint forced (jump-forward: no own step)
+    num_failed_steps: int = 0  # steps that raised: their requests failed, the others went on
 
     @property
     def cache_hit_rate(self) -> float:
@@ -95,4 +105,5 @@ def snapshot(scheduler: Scheduler, busy_seconds: Mapping[BatchKind, float]) -> E
         decode_batch_sizes=dict(counters.decode_batch_sizes),
         num_retracted=counters.num_retracted,
         num_finished=counters.num_finished,
+        num_failed_steps=counters.num_failed_steps,
     )

@@ -7,7 +7,8 @@
     POST /score          {"prompt" | "text", "choices", "method"} -> {"scores": [...]}
     POST /cache_prefix   {"prompt" | "text" | "input_ids"}  (a fork/batch hint)
     POST /flush_cache    -> {"num_tokens_freed"}
-    GET  /health, /get_model_info, /stats (JSON), /metrics (Prometheus text)
+    GET  /health         -> {"status": "ok"}, or 503 and the error body when the engine cannot serve
+    GET  /get_model_info, /stats (JSON), /metrics (Prometheus text)
 
 `prompt` and `sampling_params` are the wire format of `sgl_lang.protocol.wire` (the `http`
 backend's); a `prompt` is rendered and healed exactly as the `local` backend does.
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from sgl_lang.protocol import GenRequest, GenResult, Prompt, Text
@@ -29,6 +30,7 @@ from sgl_lang.protocol.wire import prompt_from_json, request_from_json, result_t
 from sgl_lang.server import bounds
 from sgl_lang.server.serving import (
     ServedModel,
+    error_body,
     sse_stream,
     stream_generate,
     unless_disconnected,
@@ -87,8 +89,14 @@ def router(model: ServedModel) -> APIRouter:
     api = APIRouter()
     bridged, engine = model.bridged, model.engine
 
-    @api.get("/health")
-    async def health() -> dict[str, str]:
+    @api.get("/health", response_model=None)
+    async def health() -> Response | dict[str, str]:
+        """{"status": "ok"} while the engine serves; 503 with the error body when it cannot
+        (closed, or stopped by an internal error)."""
+        state = engine.health()
+        if not state.serving:
+            body = error_body(state.error or "the engine cannot serve", 503, "server_error")
+            return JSONResponse(body, status_code=503)
         return {"status": "ok"}
 
     @api.get("/get_model_info")
