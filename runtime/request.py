@@ -13,7 +13,7 @@ import torch
 
 if TYPE_CHECKING:
     from sgl_lang.runtime.prefix_cache import TreeNode
-    from sgl_lang.runtime.sampling import SamplingParams
+    from sgl_lang.runtime.sampling import SamplingParams, TopLogprobs
 
 
 class RequestStatus(Enum):
@@ -45,6 +45,7 @@ class GenerationMeta(NamedTuple):
     finish_reason: FinishReason
     output_ids: tuple[int, ...] = ()
     output_logprobs: tuple[float, ...] | None = None  # when params.return_logprobs
+    output_top_logprobs: tuple[TopLogprobs, ...] | None = None  # when top_logprobs_num
     prompt_logprobs: tuple[float, ...] | None = None  # of prompt_ids[logprob_start_len:]
     error: str | None = None
 
@@ -146,6 +147,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     prompt_logprobs: list[float] = field(default_factory=list)
     slots: torch.Tensor = field(default_factory=lambda: _NO_SLOTS)
     tree_len: int = 0
@@ -199,6 +201,9 @@ class Request:
             finish_reason=self.finish_reason or FinishReason.ABORT,
             output_ids=tuple(self.output_ids),
             output_logprobs=tuple(self.output_logprobs) if self.params.return_logprobs else None,
+            output_top_logprobs=(
+                tuple(self.output_top_logprobs) if self.params.top_logprobs_num else None
+            ),
             prompt_logprobs=(
                 tuple(self.prompt_logprobs) if self.logprob_start_len is not None else None
             ),

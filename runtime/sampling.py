@@ -46,6 +46,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     return_logprobs: bool = False
+    top_logprobs_num: int = 0  # the k most likely tokens of each step go into the meta
     logits_mask: LogitsMask | None = None
     logits_processor: LogitsProcessor | None = None
     constraint: ConstraintSpec | None = None
@@ -72,6 +73,11 @@ class SamplingParams:
                 raise ValueError(
                     f"SamplingParams.{name} must be in [-2, 2], got {getattr(self, name)}"
                 )
+        if not isinstance(self.top_logprobs_num, int) or not 0 <= self.top_logprobs_num <= 20:
+            raise ValueError(
+                f"SamplingParams.top_logprobs_num must be an int in [0, 20], "
+                f"got {self.top_logprobs_num!r}"
+            )
         if any(not s for s in self.stop):
             raise ValueError("SamplingParams.stop: stop strings must not be empty")
         if self.constraint is not None:
@@ -90,10 +96,15 @@ class SamplingParams:
         return self.temperature == 0 or self.top_k == 1
 
 
+TopLogprobs = tuple[tuple[int, float], ...]
+"""The k most likely tokens of one step, as (token id, log-prob), most likely first."""
+
+
 class SampleResult(NamedTuple):
     token_ids: Tensor  # [B] int64 (0 in a failed row)
     logprobs: Tensor  # [B] fp32, log p(token) under the model
     errors: tuple[Exception | None, ...] = ()  # per row: why it failed (its request's fault)
+    top_logprobs: tuple[TopLogprobs, ...] = ()  # per row: its `top_logprobs_num` best tokens
 
 
 class Sampler:
@@ -123,7 +134,9 @@ class Sampler:
                     raise
                 errors[row] = exc
         logprobs = model_logprobs.gather(1, token_ids[:, None])[:, 0]
-        return SampleResult(token_ids, logprobs, tuple(errors))
+        return SampleResult(
+            token_ids, logprobs, tuple(errors), top_logprobs(model_logprobs, params)
+        )
 
     def _sample_row(
         self,
@@ -144,6 +157,26 @@ class Sampler:
             return int(logits.argmax())
         probs = filtered_probs(logits / p.temperature, p.top_k, p.top_p, p.min_p)
         return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def top_logprobs(
+    model_logprobs: Tensor, params: Sequence[SamplingParams]
+) -> tuple[TopLogprobs, ...]:
+    """Per row, the `top_logprobs_num` most likely tokens under the model (before filters)."""
+    k = max((p.top_logprobs_num for p in params), default=0)
+    if not k:
+        return tuple(() for _ in params)
+    values, ids = model_logprobs.topk(k, dim=-1)
+    return tuple(
+        tuple(
+            zip(
+                ids[row, : p.top_logprobs_num].tolist(),
+                values[row, : p.top_logprobs_num].tolist(),
+                strict=True,
+            )
+        )
+        for row, p in enumerate(params)
+    )
 
 
 def apply_penalties(

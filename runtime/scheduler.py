@@ -37,7 +37,7 @@ from sgl_lang.runtime.config import EngineConfig
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.prefix_cache import PrefixCache
 from sgl_lang.runtime.request import FinishReason, Request, RequestKind, RequestStatus
-from sgl_lang.runtime.sampling import Sampler
+from sgl_lang.runtime.sampling import Sampler, TopLogprobs
 from sgl_lang.runtime.stats import SchedulerCounters
 
 
@@ -219,21 +219,24 @@ class Scheduler:
             row_errors=True,
         )
         token_ids, logprobs = result.token_ids.tolist(), result.logprobs.tolist()
-        for req, token_id, logprob, error in zip(
-            reqs, token_ids, logprobs, result.errors, strict=True
+        for req, token_id, logprob, top, error in zip(
+            reqs, token_ids, logprobs, result.top_logprobs, result.errors, strict=True
         ):
             try:  # a request whose constraint, processor or decoder raises fails alone
                 if error is None:
-                    self._append_token(req, token_id, logprob)
+                    self._append_token(req, token_id, logprob, top)
             except Exception as exc:
                 error = exc
             if error is not None:
                 self._finish(req, FinishReason.ERROR, request_error(error))
 
-    def _append_token(self, req: Request, token_id: int, logprob: float) -> None:
+    def _append_token(
+        self, req: Request, token_id: int, logprob: float, top: TopLogprobs = ()
+    ) -> None:
         """Append a sampled token, then the tokens its constraint forces (jump-forward)."""
-        reason = self._push_token(req, token_id, logprob)
-        jump = self.config.jump_forward and not req.params.return_logprobs
+        reason = self._push_token(req, token_id, logprob, top)
+        params = req.params
+        jump = self.config.jump_forward and not (params.return_logprobs or params.top_logprobs_num)
         while reason is None and jump and req.constraint is not None:
             if (forced_id := req.constraint.forced_token()) is None:
                 break
@@ -242,12 +245,16 @@ class Scheduler:
         if reason is not None:
             self._finish(req, reason)
 
-    def _push_token(self, req: Request, token_id: int, logprob: float) -> FinishReason | None:
+    def _push_token(
+        self, req: Request, token_id: int, logprob: float, top: TopLogprobs = ()
+    ) -> FinishReason | None:
         """Record and stream one output token; why the request must finish now, if it must."""
         req.output_ids.append(token_id)
         params = req.params
         if params.return_logprobs:
             req.output_logprobs.append(logprob)
+        if params.top_logprobs_num:
+            req.output_top_logprobs.append(top)
         reason, text = None, ""
         is_eos = token_id in self.eos_token_ids and not params.ignore_eos
         if is_eos or token_id in params.stop_token_ids:

@@ -273,3 +273,24 @@ def test_real_model_scores_choices_by_every_method(real_model: Any, make_engine:
         best = max(range(3), key=scores.__getitem__)
         assert choices[best] == " Paris", (method, scores)
     assert engine.stats().num_cached_tokens > 0  # the prefix was computed once per method
+
+
+def test_top_logprobs_list_the_most_likely_tokens_of_every_step(make_engine: Any) -> None:
+    prompts = [token_ids(7, 12), token_ids(8, 9)]
+    params = [greedy(6, return_logprobs=True, top_logprobs_num=3), greedy(6)]
+    with_top, without = run_all(make_engine(), prompts, params)
+    meta = with_top.meta
+    assert meta.output_top_logprobs is not None and without.meta.output_top_logprobs is None
+    assert len(meta.output_top_logprobs) == meta.completion_tokens == 6
+    for token_id, logprob, top in zip(
+        meta.output_ids, meta.output_logprobs or (), meta.output_top_logprobs, strict=True
+    ):
+        assert len(top) == 3 and [lp for _, lp in top] == sorted(
+            (lp for _, lp in top), reverse=True
+        )
+        assert top[0] == (token_id, pytest.approx(logprob))  # greedy picks the most likely
+
+
+def test_top_logprobs_num_is_bounded() -> None:
+    with pytest.raises(ValueError, match="top_logprobs_num"):
+        greedy(4, top_logprobs_num=21)
