@@ -33,9 +33,8 @@ from rich.table import Table
 from suite import LEFT_OUT, WORKLOADS, Item, Workload
 from systems import SYSTEMS, System, TokenCounts, Unavailable, make_system
 
-from sgl_lang.errors import SglError, SglWarning
-from sgl_lang.interpreter import Interpreter
-from sgl_lang.loader import Loader
+import sgl_lang
+from sgl_lang.errors import SglError
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_SYSTEMS = ("sgl", "sgl-nocache", "sgl-fcfs", "transformers", "vllm", "llamacpp")
@@ -74,12 +73,8 @@ class Result:
 
 async def run_workload(system: System, workload: Workload, items: Sequence[Item]) -> Result:
     """Run every item's program at once (at most `system.parallel` in flight) and time it."""
-    loader = Loader()
-    program = loader.load(workload.path)
-    problems = [p for p in loader.check(program, items[0].params) if not isinstance(p, SglWarning)]
-    if problems:
-        raise problems[0]
     backend = system.backend()
+    program = sgl_lang.load(workload.path, backend=backend, allow_unenforced=True)
     limit = asyncio.Semaphore(system.parallel)
     before = system.token_counts()
     call_counts = [0, 0]
@@ -87,16 +82,14 @@ async def run_workload(system: System, workload: Workload, items: Sequence[Item]
     async def one(item: Item) -> tuple[float, dict[str, Any] | None, str | None]:
         async with limit:
             started = time.perf_counter()
-            interpreter = Interpreter(backend, params=item.params, load_program=loader.load_import)
             try:
-                state = await interpreter.run_program(program)
-                output, error = state.variables, None
+                result = await program.arun(**item.params)
             except SglError as exc:
-                output, error = None, exc.render()
-            for call in interpreter.calls:
+                return time.perf_counter() - started, None, exc.render()
+            for call in result.calls:
                 call_counts[0] += call.prompt_tokens
                 call_counts[1] += call.cached_tokens
-            return time.perf_counter() - started, output, error
+            return time.perf_counter() - started, result.variables, None
 
     started = time.perf_counter()
     try:

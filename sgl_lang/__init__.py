@@ -1,3 +1,20 @@
-"""sgl-lang: a language and runtime for LLM programs."""
+"""sgl-lang: a language and runtime for LLM programs.
+
+`sgl_lang.load(path, ...)` loads a `.sgl` program to run from Python (docs/python.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["Program", "RunResult", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    """The Python API, imported on first use (the command line does not need it)."""
+    if name in __all__:
+        from sgl_lang import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sgl_lang' has no attribute {name!r}")

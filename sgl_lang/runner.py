@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from rich.console import Console
@@ -25,7 +26,7 @@ from sgl_lang import nodes
 from sgl_lang.backends import get_backend, local_target, reached_url
 from sgl_lang.backends.replay import ReplayBackend
 from sgl_lang.batch import Output, Row, Stopper, read_rows, recorded_rows
-from sgl_lang.calls import DEFAULT_NUM_RETRIES, backend_errors
+from sgl_lang.calls import DEFAULT_NUM_RETRIES, CallRecord, backend_errors
 from sgl_lang.config import RunConfig, RunOptions, Stream
 from sgl_lang.enforcement import ConstraintSite, constraint_sites
 from sgl_lang.errors import (
@@ -36,6 +37,7 @@ from sgl_lang.errors import (
 )
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader
+from sgl_lang.objects import Function, Schema
 from sgl_lang.prefix import program_prefix
 from sgl_lang.protocol import Backend, BackendError, Capabilities
 from sgl_lang.state import State
@@ -135,7 +137,8 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _declared_params(program: nodes.Program) -> list[str]:
+def declared_params(program: nodes.Program) -> list[str]:
+    """The names `program` declares with `param`, in order."""
     return [stmt.name for stmt in program.body if isinstance(stmt, nodes.ParamDecl)]
 
 
@@ -257,25 +260,10 @@ async def prepare_run(
     program's) and wrap it. With tracing, the backend is warmed up (the model loaded) so that
     the calls' times are their own. Raises `Refused`, and the `SglError` of an unknown param,
     a bad config file or a backend that cannot be made."""
-    loader = Loader(options.permissions)
-    program = loader.load(path)
-    if params is not None:
-        _check_param_names(program, params)
-    errors = _errors_only(loader.check(program, params))
-    if errors:
-        raise Refused(errors)
+    program, loader = load_checked(path, options, params)
     config = options.run_config(path)
-    declared = None if options.backend_uri else program_backend(program)
-    if declared is not None:
-        check_program_backend(declared, path.resolve().parent, options.permissions)
-    backend = make_backend(
-        backend_uri_of(program, options.backend_uri), config, user_chosen=declared is None
-    )
+    backend = await open_backend(program, loader, path, options, config)
     try:
-        if not options.allow_unenforced:
-            sites = program_sites(loader, program, backend.capabilities)
-            if refused := unenforced_errors(sites, backend):
-                raise Refused(refused)
         backend = with_replay(backend, options.replay)
         tracer = TracingBackend(backend) if options.tracing else None
         if tracer is not None:
@@ -287,10 +275,55 @@ async def prepare_run(
     return PreparedRun(program, loader, config, tracer or backend, options, tracer)
 
 
-def _check_param_names(program: nodes.Program, params: dict[str, Any]) -> None:
-    unknown = sorted(set(params) - set(_declared_params(program)))
+def load_checked(
+    path: Path, options: RunOptions, params: dict[str, Any] | None = None
+) -> tuple[nodes.Program, Loader]:
+    """The program at `path` and the loader of its imports, checked with `params` (None: not
+    yet known). Raises `Refused` with the check's errors, and the `SglError` of a file that
+    cannot be read or parsed or of an unknown param."""
+    loader = Loader(options.permissions)
+    program = loader.load(path)
+    if params is not None:
+        check_param_names(program, params)
+    errors = _errors_only(loader.check(program, params))
+    if errors:
+        raise Refused(errors)
+    return program, loader
+
+
+async def open_backend(
+    program: nodes.Program, loader: Loader, path: Path, options: RunOptions, config: RunConfig
+) -> Backend:
+    """The backend a run of `program` uses (`options.backend_uri`, else the program's own,
+    which must stay within the run's permissions), refused (`Refused`) when it cannot enforce
+    the program's constraints and the options do not allow that."""
+    declared = None if options.backend_uri else program_backend(program)
+    if declared is not None:
+        check_program_backend(declared, path.resolve().parent, options.permissions)
+    backend = make_backend(
+        backend_uri_of(program, options.backend_uri), config, user_chosen=declared is None
+    )
+    try:
+        if not options.allow_unenforced:
+            refuse_unenforced(loader, program, backend)
+    except BaseException:
+        await backend.close()
+        raise
+    return backend
+
+
+def refuse_unenforced(loader: Loader, program: nodes.Program, backend: Backend) -> None:
+    """Raise `Refused` with one error per constraint of the program `backend` cannot enforce."""
+    sites = program_sites(loader, program, backend.capabilities)
+    if refused := unenforced_errors(sites, backend):
+        raise Refused(refused)
+
+
+def check_param_names(program: nodes.Program, params: dict[str, Any]) -> None:
+    """Raise `SglNameError` for a param `program` does not declare."""
+    unknown = sorted(set(params) - set(declared_params(program)))
     if unknown:
-        declared = ", ".join(_declared_params(program)) or "none"
+        declared = ", ".join(declared_params(program)) or "none"
         raise SglNameError(f"unknown param `{unknown[0]}` (the program declares: {declared})")
 
 
@@ -478,6 +511,23 @@ def _line(row: Row, result: dict[str, Any]) -> dict[str, Any]:
     return {"index": row.index, "input": row.params, **result}
 
 
+class RowResult(NamedTuple):
+    """One run of a program among many: its main state (None when it failed), its module's
+    data variables with the state's generated ones, what it printed, its backend calls, and
+    its error (an `SglError`, or any other exception as an internal error)."""
+
+    state: State | None
+    variables: dict[str, Any]
+    printed: str
+    calls: list[CallRecord]
+    error: Exception | None
+
+    def as_json(self) -> dict[str, Any]:
+        """`{"output", "printed", "error"}` as `--batch` writes a row."""
+        output = None if self.state is None else _jsonable(self.state.variables)
+        return {"output": output, "printed": self.printed, "error": _error_text(self.error)}
+
+
 async def run_rows(
     program: nodes.Program,
     loader: Loader,
@@ -490,23 +540,42 @@ async def run_rows(
     prefix_hint: bool = True,
     on_result: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run `program` once per row of params, at most `parallel` at once, with the permissions
-    and retries of `options`; each result is `{"output", "printed", "error"}` (any failure of
-    a row is its error), also given to `on_result` with the row's position as it ends. With
-    `prefix_hint`, the program's constant leading prompt (`prefix.program_prefix`) is sent to
-    the backend once before the rows. Cancelled, or when `on_result` raises, no row goes on."""
-    options = options or RunOptions()
-    prefix = program_prefix(program)
+    """`row_results` as `--batch` writes them: each `{"output", "printed", "error"}` (any
+    failure of a row is its error), also given to `on_result` with the row's position."""
+    on_row = None if on_result is None else lambda pos, row: on_result(pos, row.as_json())
+    results = await row_results(
+        PreparedRun(program, loader, config, backend, options or RunOptions()),
+        rows,
+        parallel=parallel,
+        prefix_hint=prefix_hint,
+        on_result=on_row,
+    )
+    return [result.as_json() for result in results]
+
+
+async def row_results(
+    run: PreparedRun,
+    rows: Sequence[dict[str, Any]],
+    *,
+    parallel: int = 8,
+    prefix_hint: bool = True,
+    on_result: Callable[[int, RowResult], None] | None = None,
+) -> list[RowResult]:
+    """Run the program once per row of params, at most `parallel` at once, with the
+    permissions and retries of its options; each result is also given to `on_result` with the
+    row's position as it ends. With `prefix_hint`, the program's constant leading prompt
+    (`prefix.program_prefix`) is sent to the backend once before the rows. Cancelled, or when
+    `on_result` raises, no row goes on."""
+    prefix = program_prefix(run.program)
     if prefix_hint and len(rows) > 1 and not prefix.is_empty:
         with backend_errors():
-            await backend.cache_prefix(prefix.prompt)
+            await run.backend.cache_prefix(prefix.prompt)
     limit = asyncio.Semaphore(parallel)
-    run = PreparedRun(program, loader, config, backend, options)
 
-    async def one(position: int, row: dict[str, Any]) -> dict[str, Any]:
+    async def one(position: int, row: dict[str, Any]) -> RowResult:
         async with limit:
             with run.permitted():
-                result = await _run_row(run, row)
+                result = await run_row(run, row)
         if on_result is not None:
             on_result(position, result)
         return result
@@ -520,23 +589,39 @@ async def run_rows(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run_row(run: PreparedRun, row: dict[str, Any]) -> dict[str, Any]:
+async def run_row(run: PreparedRun, row: dict[str, Any]) -> RowResult:
+    """Run the program once with the params of `row` that it declares (checked first),
+    capturing what it prints; any failure is the result's error."""
     printed = io.StringIO()
     token = builtins.output.set(printed)
-    params = {name: row[name] for name in _declared_params(run.program) if name in row}
+    params = {name: row[name] for name in declared_params(run.program) if name in row}
+    interpreter = run.interpreter(params)
     try:
         errors = _errors_only(run.loader.check(run.program, params))
         if errors:
             raise errors[0]
-        state = await run.interpreter(params).run_program(run.program)
-        return {"output": _jsonable(state.variables), "printed": printed.getvalue(), "error": None}
-    except SglError as error:
-        return {"output": None, "printed": printed.getvalue(), "error": error.render()}
-    except Exception as error:  # a bug or a Python limit met by this row: the row's error
-        message = f"internal error: {type(error).__name__}: {error}"
-        return {"output": None, "printed": printed.getvalue(), "error": message}
+        state = await interpreter.run_program(run.program)
+        variables = {**_data(interpreter.scope.vars), **state.variables}
+        return RowResult(state, variables, printed.getvalue(), interpreter.calls, None)
+    except Exception as error:  # an SglError, or a bug or a Python limit met by this row
+        return RowResult(None, {}, printed.getvalue(), interpreter.calls, error)
     finally:
         builtins.output.reset(token)
+
+
+def _data(variables: dict[str, Any]) -> dict[str, Any]:
+    """The variables that hold data: not functions, schemas or imported modules."""
+    return {
+        name: value
+        for name, value in variables.items()
+        if not (callable(value) or isinstance(value, (Function, Schema, ModuleType)))
+    }
+
+
+def _error_text(error: Exception | None) -> str | None:
+    if error is None or isinstance(error, SglError):
+        return None if error is None else error.render()
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
