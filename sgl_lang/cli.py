@@ -8,6 +8,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -379,6 +380,44 @@ def check(files: tuple[Path, ...], backend_uri: str | None, strict: bool, debug:
     if problems:
         click.echo(f"{num_errors} error(s), {num_warnings} warning(s)", err=True)
     sys.exit(EXIT_PROGRAM_ERROR if num_errors or (strict and problems) else EXIT_OK)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--check", is_flag=True, help="Change no file; exit 1 if one would change.")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks.")
+def fmt(paths: tuple[Path, ...], check: bool, debug: bool) -> None:
+    """Rewrite programs in the canonical layout (a folder: every .sgl file in it)."""
+    files = [f for p in paths for f in (sorted(p.rglob("*.sgl")) if p.is_dir() else [p])]
+    results = [_guard(debug, partial(_format_file, file, check)) for file in files]
+    changed, failed = results.count("changed"), results.count("failed")
+    verb = "would be reformatted" if check else "reformatted"
+    click.echo(f"{changed} file(s) {verb}, {len(files) - changed - failed} unchanged", err=True)
+    sys.exit(EXIT_PROGRAM_ERROR if failed or (check and changed) else EXIT_OK)
+
+
+def _format_file(file: Path, check: bool) -> str:
+    """Format one file (or, with `check`, say it would change): "changed", "same" or
+    "failed" (its error printed)."""
+    from sgl_lang.fmt import format_source
+
+    try:
+        text = file.read_text("utf-8")
+        formatted = format_source(text, str(file))
+    except SglError as error:
+        click.echo(error.render(), err=True)
+        return "failed"
+    except (OSError, UnicodeDecodeError) as error:
+        click.echo(f"{file}: error: cannot read: {error}", err=True)
+        return "failed"
+    if formatted == text:
+        return "same"
+    if check:
+        click.echo(f"would reformat {file}", err=True)
+    else:
+        file.write_text(formatted, "utf-8")
+        click.echo(f"reformatted {file}", err=True)
+    return "changed"
 
 
 @main.command()

@@ -61,6 +61,12 @@ def _parse(source: Source, text: str, start: str, offset: int) -> Any:
         raise _syntax_error(err, source, text, offset) from None
 
 
+def layout_tokens(text: str) -> list[Token]:
+    """The tokens of `text` as the parser reads them: indentation as _INDENT/_DEDENT, and
+    comments inside the _NEWLINE tokens (or, within brackets, between tokens)."""
+    return list(_lark().lex(text))
+
+
 @cache
 def _lark() -> Lark:
     grammar = resources.files("sgl_lang.grammars").joinpath("sgl.lark").read_text("utf-8")
