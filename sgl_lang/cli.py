@@ -199,6 +199,7 @@ def run_options(
     stream: bool | None = None,
     trace: bool = False,
     trace_json: Path | None = None,
+    trace_html: Path | None = None,
     replay: Path | None = None,
     allow_unenforced: bool = False,
     num_retries: int = DEFAULT_NUM_RETRIES,
@@ -218,6 +219,7 @@ def run_options(
         stream=_stream_mode(stream),
         trace=trace,
         trace_json=trace_json,
+        trace_html=trace_html,
         config_path=config_path,
         settings={
             "model": model.resolve() if model else None,
@@ -289,6 +291,11 @@ def main() -> None:
     "--trace-json",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the trace as JSON to this file.",
+)
+@click.option(
+    "--trace-html",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the trace as one self-contained HTML page to this file.",
 )
 @click.option(
     "--replay",

@@ -72,6 +72,7 @@ class RunOptions:
     stream: Stream = Stream.OFF
     trace: bool = False
     trace_json: Path | None = None
+    trace_html: Path | None = None
     config_path: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     replay: Path | None = None
@@ -80,8 +81,9 @@ class RunOptions:
 
     @property
     def tracing(self) -> bool:
-        """Whether the run's backend calls are recorded (`--trace`, `--trace-json`)."""
-        return self.trace or self.trace_json is not None
+        """Whether the run's backend calls are recorded (`--trace`, `--trace-json`,
+        `--trace-html`)."""
+        return self.trace or self.trace_json is not None or self.trace_html is not None
 
     def run_config(self, program: Path | None) -> RunConfig:
         """The runtime options of a run of `program` (`resolve_config`)."""

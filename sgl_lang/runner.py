@@ -43,6 +43,7 @@ from sgl_lang.protocol import Backend, BackendError, Capabilities
 from sgl_lang.state import State
 from sgl_lang.stdlib import builtins, permissions
 from sgl_lang.trace import TracingBackend, print_report, totals, trace_report, write_json
+from sgl_lang.trace_html import write_html
 from sgl_lang.values import to_repr
 
 DEFAULT_BACKEND = "local"
@@ -353,6 +354,8 @@ async def run_file(path: Path, params: dict[str, Any], options: RunOptions) -> i
                 print_report(report, Console(stderr=True))
             if options.trace_json:
                 write_json(report, options.trace_json)
+            if options.trace_html:
+                write_html(report, options.trace_html, path.name)
         await run.backend.close()
     return 0
 
@@ -453,6 +456,8 @@ async def run_batch_file(
                 Console(stderr=True).print_json(data=run_totals)
             if options.trace_json:
                 write_json(run_totals, options.trace_json)
+            if options.trace_html:
+                write_html(run_totals, options.trace_html, f"{path.name} --batch {batch.name}")
     finally:
         output.close()
         await run.backend.close()

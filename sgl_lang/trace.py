@@ -23,6 +23,7 @@ from rich.text import Text
 from sgl_lang.backends.replay import Replayed, ReplayedScores
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.protocol import Backend, CachedSplit, EngineTotals, GenRequest, GenResult, Prompt
+from sgl_lang.state import Piece, State
 
 CACHED_MARK = "‖"  # ends the cached part of a traced prompt
 
@@ -39,6 +40,7 @@ class TracedCall:
     prompt_tokens: int | None
     cached_tokens: int | None
     completion_tokens: int
+    started: float  # time.perf_counter() when the call was made
     seconds: float
     scores: dict[str, float] | None = None
     replayed: bool = False
@@ -66,6 +68,7 @@ class TracingBackend(Backend):
                 result.prompt_tokens,
                 result.cached_tokens,
                 result.completion_tokens,
+                started,
                 time.perf_counter() - started,
                 replayed=isinstance(result, Replayed),
             )
@@ -80,7 +83,7 @@ class TracingBackend(Backend):
         by_choice = dict(zip(choices, scores, strict=True))
         replayed = isinstance(scores, ReplayedScores)
         self.calls.append(
-            TracedCall("score", prompt, best, None, None, 0, elapsed, by_choice, replayed)
+            TracedCall("score", prompt, best, None, None, 0, started, elapsed, by_choice, replayed)
         )
         return scores
 
@@ -88,7 +91,7 @@ class TracingBackend(Backend):
         started = time.perf_counter()
         await self.inner.cache_prefix(prompt)
         elapsed = time.perf_counter() - started
-        self.calls.append(TracedCall("prefix", prompt, "", None, None, 0, elapsed))
+        self.calls.append(TracedCall("prefix", prompt, "", None, None, 0, started, elapsed))
 
     async def warm_up(self) -> None:
         await self.inner.warm_up()
@@ -109,8 +112,13 @@ class TracingBackend(Backend):
 def trace_report(
     interpreter: Interpreter, backend: TracingBackend, wall_seconds: float
 ) -> dict[str, Any]:
-    """Everything `--trace` shows, as JSON-ready data."""
+    """Everything `--trace` shows, as JSON-ready data: the states (each with its `parent`, the
+    state it was forked from), the calls (each with its `state` and its `start` in seconds
+    after the first call) and the totals."""
     records = iter(interpreter.calls)  # one per gen/score call, in the same order
+    texts = [state.text() for state in interpreter.states]
+    parents = _parents(interpreter.states)
+    first_start = min((call.started for call in backend.calls), default=0.0)
     calls = []
     for call in backend.calls:
         record = next(records, None) if call.kind != "prefix" else None
@@ -131,19 +139,65 @@ def trace_report(
                 "prompt_tokens": call.prompt_tokens,
                 "cached_tokens": call.cached_tokens,
                 "completion_tokens": call.completion_tokens,
+                "start": round(call.started - first_start, 4),
                 "seconds": round(call.seconds, 4),
                 "replayed": call.replayed,
+                "state": _state_of(call, texts, parents),
             }
         )
     states = [
-        [
-            {"text": p.text, "role": p.role, "generated": p.generated, "image": p.image is not None}
-            for p in state.pieces
-            if p.text or p.image is not None
-        ]
-        for state in interpreter.states
+        {
+            "parent": parent,
+            "pieces": [
+                {
+                    "text": p.text,
+                    "role": p.role,
+                    "generated": p.generated,
+                    "image": p.image is not None,
+                }
+                for p in state.pieces
+                if p.text or p.image is not None
+            ],
+        }
+        for state, parent in zip(interpreter.states, parents, strict=True)
     ]
     return {"states": states, "calls": calls, "totals": totals(backend, wall_seconds)}
+
+
+def _parents(states: Sequence[State]) -> list[int | None]:
+    """Each state's parent: the earlier state it shares the most leading pieces with (a fork
+    branch starts as a copy of its parent's pieces; the earliest wins a tie, so a sibling
+    never does); a state sharing none (a `run` state) hangs under the main state."""
+    parents: list[int | None] = []
+    for index, state in enumerate(states):
+        shared = [(_num_shared(state.pieces, states[i].pieces), -i) for i in range(index)]
+        best = max(shared, default=(0, 0))
+        parents.append(None if index == 0 else -best[1] if best[0] else 0)
+    return parents
+
+
+def _num_shared(a: Sequence[Piece], b: Sequence[Piece]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x is not y:
+            break
+        count += 1
+    return count
+
+
+def _state_of(call: TracedCall, texts: Sequence[str], parents: Sequence[int | None]) -> int:
+    """The state that made `call`: the one nearest the main state whose text goes on from the
+    call's prompt with its output (the branches forked after it inherit both)."""
+    made = call.prompt.plain_text() + (call.output if call.kind == "gen" else "")
+    having = [i for i, text in enumerate(texts) if text.startswith(made)]
+    return min(having, key=lambda i: (_depth(i, parents), i), default=0)
+
+
+def _depth(index: int, parents: Sequence[int | None]) -> int:
+    depth = 0
+    while (parent := parents[index]) is not None:
+        index, depth = parent, depth + 1
+    return depth
 
 
 def totals(backend: TracingBackend, wall_seconds: float) -> dict[str, Any]:
@@ -183,7 +237,8 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 def print_report(report: dict[str, Any], console: Console) -> None:
     """States with generated text highlighted, each call with its cached prompt part marked,
     a table of the calls and the totals."""
-    for number, pieces in enumerate(report["states"]):
+    for number, state in enumerate(report["states"]):
+        pieces = state["pieces"]
         console.rule(f"state {number}")
         text = Text()
         role: str | None = None
