@@ -427,7 +427,7 @@ def run_benchmark_workload(name: str, quick: bool, threads: int) -> None:
     from systems import make_system
 
     workload = WORKLOADS[name]
-    items = workload.items(quick, token_counter(["sgl"]))
+    items = workload.items("quick" if quick else "default", token_counter(["sgl"]))
     system = make_system("sgl")
     system.start()
     engine: Engine = system._shared.engine  # type: ignore[attr-defined]

@@ -1,20 +1,24 @@
 """Run the SGLang-paper workloads (`benchmarks/workloads/*.sgl`) on sgl-lang and its peers,
 side by side in one run, and report throughput, latency, cache hit rate and accuracy.
 
-    python benchmarks/run.py                                  # everything (~30 min here)
+    python benchmarks/run.py                                  # everything, default sizes
     python benchmarks/run.py --quick                          # a slice of every workload
+    python benchmarks/run.py --sizes paper --systems sgl,vllm # the SGLang paper's sizes
     python benchmarks/run.py --workloads mmlu,hellaswag --systems sgl,sgl-nocache
     python benchmarks/run.py --quick --systems test           # the harness only, no model
 
-Every system runs the same programs through the interpreter on its own backend; ratios
-are against the no-cache baseline (`sgl-nocache`) measured in the same run. Results go to
-`benchmarks/results/<date>.json` and a bar chart `<date>.png` (when matplotlib is there)."""
+Every system runs the same programs through the Python API on its own backend; ratios are
+against the no-cache baseline (`sgl-nocache`) measured in the same run, and each system's
+answers are compared item by item with the first system's (`agree`: the share of identical
+outputs; a system below 100% is flagged). Results go to `benchmarks/results/<date>.json` and
+one bar chart per metric, `<date>-<metric>.png` (when matplotlib is there)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -22,7 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rich.console import Console
 from rich.table import Table
-from suite import LEFT_OUT, WORKLOADS, Item, Workload
+from suite import LEFT_OUT, SIZES, WORKLOADS, Item, Workload
 from systems import SYSTEMS, System, TokenCounts, Unavailable, make_system
 
 import sgl_lang
@@ -61,6 +65,8 @@ class Result:
     skipped: str | None = None  # why the system could not run this workload
     first_error: str | None = None
     sample_output: str | None = None  # the first program's variables, cut short
+    output_digests: list[str | None] = field(default_factory=list)  # per item, None: failed
+    agreement: float | None = None  # share of items answered as the first system did
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -116,6 +122,7 @@ async def run_workload(system: System, workload: Workload, items: Sequence[Item]
     )
     result.programs_per_s = len(items) / seconds
     result.latency_p50_s = statistics.median(latency for latency, _, _ in outcomes)
+    result.output_digests = [_digest(output) for _, output, _ in outcomes]
     first_output = outcomes[0][1]
     if first_output is not None:
         result.sample_output = json.dumps(first_output, default=str)[:SAMPLE_CHARS]
@@ -128,6 +135,29 @@ async def run_workload(system: System, workload: Workload, items: Sequence[Item]
             for item, (_, output, _) in zip(items, outcomes, strict=True)
         )
     return result
+
+
+def _digest(output: dict[str, Any] | None) -> str | None:
+    """A fingerprint of one program's variables, to compare answers between systems."""
+    if output is None:
+        return None
+    text = json.dumps(output, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def agreement(results: Sequence[Result]) -> None:
+    """Set each result's `agreement`: the share of its items whose outputs equal those of the
+    first system that ran the workload (None for that system and for skipped runs)."""
+    reference: dict[str, list[str | None]] = {}
+    for r in results:
+        if r.skipped is not None or not r.output_digests:
+            continue
+        mine = reference.setdefault(r.workload, r.output_digests)
+        if mine is not r.output_digests:
+            same = sum(
+                a == b and a is not None for a, b in zip(mine, r.output_digests, strict=False)
+            )
+            r.agreement = same / len(mine)
 
 
 def token_counter(system_names: Sequence[str]) -> Any:
@@ -145,14 +175,14 @@ def token_counter(system_names: Sequence[str]) -> Any:
 def run_all(
     system_names: Sequence[str],
     workloads: Sequence[Workload],
-    quick: bool,
+    size: str,
     limit: int | None,
     on_result: Callable[[list[Result]], None],
 ) -> list[Result]:
     """Every workload on every system, one system at a time; `on_result` sees the results so
     far after each one (so an interrupted run keeps what it measured)."""
     count_tokens = token_counter(system_names)
-    items = {w.name: w.items(quick, count_tokens, limit) for w in workloads}
+    items = {w.name: w.items(size, count_tokens, limit) for w in workloads}
     results = []
     for name in system_names:
         system = make_system(name)
@@ -180,6 +210,7 @@ def run_all(
                 except Exception as exc:  # a broken peer must not lose the other results
                     result = Result(name, workload.name, skipped=f"crashed: {exc!r}"[:300])
                 results.append(result)
+                agreement(results)
                 console.print(f"  {workload.name}: {_summary(result)}")
                 on_result(results)
         finally:
@@ -218,13 +249,16 @@ def print_table(results: Sequence[Result]) -> None:
         "p50 s",
         "cache hit",
         "accuracy",
+        "agree",
         "failed",
-        title="programs per second (higher is better)",
+        title="programs per second (higher is better); agree: outputs equal to the first system's",
     )
     by_ratio = ratios(results)
     for r in results:
         if r.skipped is not None:
-            table.add_row(r.workload, r.system, "-", "-", "-", "-", "-", f"skipped: {r.skipped}")
+            table.add_row(
+                r.workload, r.system, "-", "-", "-", "-", "-", "-", f"skipped: {r.skipped}"
+            )
             continue
         ratio = by_ratio.get((r.system, r.workload))
         table.add_row(
@@ -235,18 +269,27 @@ def print_table(results: Sequence[Result]) -> None:
             f"{r.latency_p50_s:.2f}",
             f"{r.cache_hit_rate:.0%}" if r.cache_hit_rate is not None else "-",
             f"{r.accuracy:.0%} ({r.num_correct}/{r.num_graded})" if r.accuracy is not None else "-",
+            _agree(r.agreement),
             f"{r.num_failed}/{r.num_programs}" if r.num_failed else "",
         )
     Console(width=160).print(table)
 
 
-def write_results(results: Sequence[Result], path: Path, quick: bool) -> None:
-    stamp = path.stem.removesuffix("-quick")
+def _agree(share: float | None) -> str:
+    """A system's agreement with the first one, flagged when some answers differ."""
+    if share is None:
+        return "-"
+    return f"{share:.0%}" + (" ⚠ differs" if share < 1 else "")
+
+
+def write_results(results: Sequence[Result], path: Path, size: str) -> None:
+    stamp = path.stem.removesuffix(f"-{size}")
     by_ratio = ratios(results)
     document = {
         "date": stamp,
         "command": " ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
-        "quick": quick,
+        "quick": size == "quick",
+        "sizes": size,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -270,13 +313,13 @@ def write_results(results: Sequence[Result], path: Path, quick: bool) -> None:
 def markdown_table(document: dict[str, Any]) -> str:
     """A results JSON as the Markdown table of docs/benchmarks.md."""
     lines = [
-        "| workload | system | programs/s | × no-cache | p50 latency (s) | cache hit | accuracy |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| workload | system | programs/s | × no-cache | p50 latency (s) | cache hit | accuracy | agree |",
+        "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in document["results"]:
         if r["skipped"] is not None:
             lines.append(
-                f"| {r['workload']} | {r['system']} | – | – | – | – | not run: {r['skipped']} |"
+                f"| {r['workload']} | {r['system']} | – | – | – | – | not run: {r['skipped']} | – |"
             )
             continue
         ratio = r["ratio_vs_baseline"]
@@ -289,7 +332,7 @@ def markdown_table(document: dict[str, Any]) -> str:
             + (f"{hit:.0%}" if hit is not None else "–")
             + " | "
             + (f"{acc:.0%} ({r['num_correct']}/{r['num_graded']})" if acc is not None else "–")
-            + f"{failed} |"
+            + f"{failed} | {_agree(r.get('agreement'))} |"
         )
     return "\n".join(lines)
 
@@ -306,7 +349,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(DEFAULT_SYSTEMS),
         help=f"comma-separated, of: {', '.join(SYSTEMS)}",
     )
-    parser.add_argument("--quick", action="store_true", help="a small slice of every workload")
+    parser.add_argument(
+        "--sizes",
+        choices=SIZES,
+        default="default",
+        help="programs per workload: a CI slice, ~45 min for all systems, or the paper's",
+    )
+    parser.add_argument("--quick", action="store_true", help="the same as --sizes quick")
     parser.add_argument("--limit", type=int, help="programs per workload (overrides the size)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")
@@ -324,13 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown workload or system: {', '.join(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    path = args.out / f"{stamp}{'-quick' if args.quick else ''}.json"
+    size = "quick" if args.quick else args.sizes
+    path = args.out / f"{stamp}{'' if size == 'default' else '-' + size}.json"
     results = run_all(
         system_names,
         [WORKLOADS[n] for n in names],
-        args.quick,
+        size,
         args.limit,
-        lambda so_far: write_results(so_far, path, args.quick),
+        lambda so_far: write_results(so_far, path, size),
     )
     print_table(results)
     console.print(f"results: {path}")

@@ -1,6 +1,8 @@
 """The benchmark workloads: which `.sgl` program, its rows from `../shared/data/` (read in
-place), and how an answer is graded. Sizes follow `SOURCES.md`'s recipes scaled to a 2-core
-CPU; `quick` takes a slice of each with shorter generations."""
+place), and how an answer is graded. Three sizes: `quick` (a slice of each with shorter
+generations, for CI), `default` (the recipes of `SOURCES.md` scaled so that every system runs
+every workload in about 45 minutes on a 2-core CPU) and `paper` (the sizes of the SGLang
+paper's benchmark scripts, where the data has them)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ WORKLOADS_DIR = Path(__file__).parent / "workloads"
 DATA_DIR = Path(
     os.environ.get("SGL_BENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
-MMLU_SUBJECTS = ("abstract_algebra", "anatomy", "astronomy", "business_ethics")
+SIZES = ("quick", "default", "paper")
+MMLU_MIN_SUBJECTS = 4
+MMLU_QUESTIONS_PER_SUBJECT = 30  # the test rows each subject has in the data
 TIP_TOPICS = (
     "staying healthy",
     "learning a new language",
@@ -54,17 +58,15 @@ class Workload:
     name: str
     program: str  # file name in workloads/
     make_items: Callable[[int, bool, CountTokens], list[Item]]
-    num_items: int  # full run
-    num_quick_items: int
+    sizes: dict[str, int]  # programs per run, by size: quick, default, paper
     grade: Callable[[Item, dict[str, Any]], bool] | None = None
 
     @property
     def path(self) -> Path:
         return WORKLOADS_DIR / self.program
 
-    def items(self, quick: bool, count_tokens: CountTokens, limit: int | None = None) -> list[Item]:
-        num = limit or (self.num_quick_items if quick else self.num_items)
-        return self.make_items(num, quick, count_tokens)
+    def items(self, size: str, count_tokens: CountTokens, limit: int | None = None) -> list[Item]:
+        return self.make_items(limit or self.sizes[size], size == "quick", count_tokens)
 
 
 def _jsonl(relative: str) -> list[dict[str, Any]]:
@@ -86,9 +88,19 @@ def _mmlu_rows(split: str, subject: str) -> list[list[str]]:
         return list(csv.reader(f))
 
 
+def mmlu_subjects(num: int) -> list[str]:
+    """The subjects `num` questions are drawn from: the first ones in sorted order (as SGLang's
+    `--nsub`), at least four, as many as `num` needs at 30 questions each."""
+    available = sorted(
+        p.name.removesuffix("_dev.csv") for p in (DATA_DIR / "mmlu/data/dev").glob("*.csv")
+    )
+    wanted = max(MMLU_MIN_SUBJECTS, -(-num // MMLU_QUESTIONS_PER_SUBJECT))
+    return available[:wanted]
+
+
 def _mmlu_items(num: int, quick: bool, count_tokens: CountTokens) -> list[Item]:
     groups = []
-    for subject in MMLU_SUBJECTS:
+    for subject in mmlu_subjects(num):
         shots = [
             {"question": row[0], "choices": row[1:5], "answer": row[5]}
             for row in _mmlu_rows("dev", subject)
@@ -302,18 +314,26 @@ def _tips_items(num: int, quick: bool, count_tokens: CountTokens) -> list[Item]:
     ]
 
 
+def _sizes(quick: int, default: int, paper: int) -> dict[str, int]:
+    return dict(zip(SIZES, (quick, default, paper), strict=True))
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("mmlu", "mmlu.sgl", _mmlu_items, 16, 4, _grade_mmlu),
-        Workload("hellaswag", "hellaswag.sgl", _hellaswag_items, 4, 2, _grade_hellaswag),
-        Workload("react", "react.sgl", _react_items, 3, 2, _grade_react),
-        Workload("tree_of_thought", "tree_of_thought.sgl", _tot_items, 2, 1, _grade_tot),
-        Workload("json_decode", "json_decode.sgl", _json_items, 4, 2, _grade_json),
-        Workload("chat_short", "multi_turn_chat.sgl", _chat_items(False), 6, 2),
-        Workload("chat_long", "multi_turn_chat.sgl", _chat_items(True), 3, 1),
-        Workload("rag", "rag.sgl", _rag_items, 6, 2, _grade_rag),
-        Workload("tips", "tips.sgl", _tips_items, 4, 2),
+        Workload("mmlu", "mmlu.sgl", _mmlu_items, _sizes(4, 40, 300), _grade_mmlu),
+        Workload(
+            "hellaswag", "hellaswag.sgl", _hellaswag_items, _sizes(2, 20, 200), _grade_hellaswag
+        ),
+        Workload("react", "react.sgl", _react_items, _sizes(2, 4, 60), _grade_react),
+        Workload(
+            "tree_of_thought", "tree_of_thought.sgl", _tot_items, _sizes(1, 3, 32), _grade_tot
+        ),
+        Workload("json_decode", "json_decode.sgl", _json_items, _sizes(2, 6, 23), _grade_json),
+        Workload("chat_short", "multi_turn_chat.sgl", _chat_items(False), _sizes(2, 8, 20)),
+        Workload("chat_long", "multi_turn_chat.sgl", _chat_items(True), _sizes(1, 4, 20)),
+        Workload("rag", "rag.sgl", _rag_items, _sizes(2, 8, 40), _grade_rag),
+        Workload("tips", "tips.sgl", _tips_items, _sizes(2, 6, 12)),
     )
 }
 LEFT_OUT = {"llava": "needs a vision-language model; none ships offline (SOURCES.md, Gaps)"}

@@ -17,6 +17,9 @@ from sgl_lang import nodes
 from sgl_lang.loader import Loader
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from suite import WORKLOADS, mmlu_subjects  # noqa: E402  (benchmarks/ is not a package)
+
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -28,7 +31,7 @@ def test_quick_run_on_the_test_backend(tmp_path: Path) -> None:
             str(ROOT / "benchmarks" / "run.py"),
             "--quick",
             "--systems",
-            "test",
+            "test,test",
             "--out",
             str(tmp_path),
             "--no-chart",
@@ -42,7 +45,10 @@ def test_quick_run_on_the_test_backend(tmp_path: Path) -> None:
     assert "programs per second" in done.stdout
     (path,) = tmp_path.glob("*-quick.json")
     document = json.loads(path.read_text(encoding="utf-8"))
-    results = {r["workload"]: r for r in document["results"]}
+    first, second = document["results"][: len(WORKLOADS)], document["results"][len(WORKLOADS) :]
+    assert all(r["agreement"] is None for r in first)
+    assert [r["agreement"] for r in second] == [1.0] * len(WORKLOADS)  # the test backend is
+    results = {r["workload"]: r for r in first}  # deterministic: the same answers twice
     assert set(results) == {
         "mmlu",
         "hellaswag",
@@ -59,6 +65,30 @@ def test_quick_run_on_the_test_backend(tmp_path: Path) -> None:
         assert result["num_failed"] == 0, (name, result["first_error"])
         assert result["programs_per_s"] > 0, name
     assert results["chat_long"]["cache_hit_rate"] > 0.5  # turn k + 1 extends turns 1..k
+
+
+def test_agreement_flags_a_system_whose_answers_differ() -> None:
+    from run import Result, _agree, agreement
+
+    results = [
+        Result("a", "mmlu", output_digests=["x", "y", "z", "w"]),
+        Result("b", "mmlu", output_digests=["x", "y", "q", None]),
+        Result("c", "mmlu", skipped="unavailable"),
+    ]
+    agreement(results)
+    assert [r.agreement for r in results] == [None, 0.5, None]
+    assert _agree(results[1].agreement) == "50% ⚠ differs" and _agree(1.0) == "100%"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
+def test_the_default_sizes_are_the_issue_s_and_paper_sizes_fit_the_data() -> None:
+    assert (
+        WORKLOADS["mmlu"].sizes["default"] >= 40 and WORKLOADS["hellaswag"].sizes["default"] >= 20
+    )
+    assert len(mmlu_subjects(40)) == 4 and len(mmlu_subjects(300)) == 10
+    counts = {name: len(w.items("paper", len)) for name, w in WORKLOADS.items()}
+    assert counts["mmlu"] == 300 and counts["hellaswag"] == 200
+    assert len({item.params["subject"] for item in WORKLOADS["mmlu"].items("default", len)}) == 4
 
 
 def _healable_gens(body: tuple[object, ...], in_message: bool = False) -> Iterator[nodes.Gen]:
