@@ -112,7 +112,7 @@ class _Printer:
     def _newline(self, token: Token) -> None:
         """The end of a logical line: its trailing comment, then the blank and comment lines
         before the next one (printed once that line's level is known)."""
-        parts = token.value.replace("\r", "").split("\n")
+        parts = token.value.split("\n")
         trailing, between, self.next_indent = parts[0], parts[1:-1], len(parts[-1])
         if self.line:
             self._end_line(trailing)
