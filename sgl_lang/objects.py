@@ -11,6 +11,7 @@ from typing import Any
 from sgl_lang import nodes
 from sgl_lang.errors import SglError, SglTypeError, SglValueError
 from sgl_lang.limits import check_format_spec, check_num_items, check_text_len
+from sgl_lang.limits import current as current_limits
 from sgl_lang.values import to_str, type_name
 
 
@@ -209,8 +210,34 @@ def _str_method(value: str, name: str) -> Callable[..., Any]:
         return lambda items: _join(value, _joinable(items))
     if name == "replace":
         return lambda old, new, count=-1: _replace(value, old, new, count)
+    if name == "split":
+        return _sized_split(value)
     method: Callable[..., Any] = getattr(value, name)
     return method
+
+
+def _sized_split(value: str) -> Callable[..., list[str]]:
+    """`str.split`, refusing a list of more than `max_items` pieces: it cuts at most that many
+    times, so the list is never built larger."""
+
+    def split(*args: Any, **kwargs: Any) -> list[str]:
+        if (bounded := _bounded_maxsplit(args, kwargs)) is not None:
+            args, kwargs = args[:1], {**kwargs, "maxsplit": bounded}
+        pieces: list[str] = value.split(*args, **kwargs)
+        check_num_items(len(pieces), "str.split()")
+        return pieces
+
+    return split
+
+
+def _bounded_maxsplit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """The `maxsplit` to split with: the caller's, cut to `max_items` (None: leave the call
+    as it is, e.g. a wrong argument Python reports itself)."""
+    maxsplit = kwargs.get("maxsplit", args[1] if len(args) > 1 else -1)
+    if len(args) > 2 or not isinstance(maxsplit, int) or isinstance(maxsplit, bool):
+        return None
+    limit = current_limits.get().max_items
+    return limit if maxsplit < 0 or maxsplit > limit else maxsplit
 
 
 def _format(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

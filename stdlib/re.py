@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import regex as _re
 
 from sgl_lang.errors import SglTypeError, SglValueError
-from sgl_lang.limits import check_text_len, current, interruptible, limit_error
+from sgl_lang.limits import check_num_items, check_text_len, current, interruptible, limit_error
 from sgl_lang.values import to_repr, type_name
 
 T = TypeVar("T")
@@ -96,15 +96,26 @@ def fullmatch(pattern: str, text: str) -> dict[str, Any] | None:
 
 def findall(pattern: str, text: str) -> list[Any]:
     """findall(pattern, text) -> list: every match's text; with groups, the group (or list of groups)."""
-    found = _run("findall", _compile(pattern, "findall").findall, _text(text, "findall"))
-    return [list(item) if isinstance(item, tuple) else item for item in found]
+    compiled = _compile(pattern, "findall")
+    found: list[Any] = []
+    for match in _matches("findall", compiled, _text(text, "findall")):
+        check_num_items(len(found) + 1, "re.findall()")
+        groups = match.groups(default="")
+        found.append(
+            match.group(0) if not groups else groups[0] if len(groups) == 1 else list(groups)
+        )
+    return found
 
 
 def split(pattern: str, text: str, maxsplit: int = 0) -> list[str | None]:
     """split(pattern, text, maxsplit=0) -> list[str]: `text` cut at every match of `pattern`."""
     if not isinstance(maxsplit, int) or isinstance(maxsplit, bool):
         raise SglTypeError(f"re.split() maxsplit must be an int, not `{type_name(maxsplit)}`")
-    return _run("split", _compile(pattern, "split").split, _text(text, "split"), maxsplit)
+    limit = current.get().max_items
+    bounded = limit if maxsplit <= 0 or maxsplit > limit else maxsplit  # at most the limit's cuts
+    pieces = _run("split", _compile(pattern, "split").split, _text(text, "split"), bounded)
+    check_num_items(len(pieces), "re.split()")  # over it when the text had more cuts
+    return pieces
 
 
 async def sub(pattern: str, repl: Any, text: str, count: int = 0) -> str:

@@ -102,6 +102,37 @@ def test_growing_a_list_in_a_loop_stops_at_the_limit(step: str) -> None:
     assert "over the limit of 100 (max_items)" in error.message
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        's.split(",")',
+        "s.split()",
+        're.findall("a", s)',
+        're.findall("(a)(,)", s)',
+        're.split(",", s)',
+    ],
+)
+def test_splitting_into_more_pieces_than_max_items_is_refused(call: str) -> None:
+    error = limit_error(f'import re\ns = "a, " * 150\nxs = {call}\n')
+    assert located(error).startswith("3:") and "over the limit of 100 (max_items)" in error.message
+
+
+def test_splits_within_max_items_are_python_s() -> None:
+    source = (
+        'import re\ns = "a,b,c"\nxs = [s.split(","), s.split(",", 1), s.split(maxsplit=0),'
+        ' re.split(",", s, 1), re.findall("(a)|(b)", s), re.findall("[ab]", s)]\n'
+    )
+    assert run(source).scope.vars["xs"] == [
+        ["a", "b", "c"],
+        ["a", "b,c"],
+        ["a,b,c"],
+        ["a", "b,c"],
+        [["a", ""], ["", "b"]],
+        ["a", "b"],
+    ]
+    assert len(run('xs = ("x " * 99).split()\n').scope.vars["xs"]) == 99  # at the limit
+
+
 def test_growing_a_dict_in_a_loop_stops_at_the_limit() -> None:
     error = limit_error("d = {}\ni = 0\nwhile true:\n    d[i] = i\n    i = i + 1\n")
     assert located(error).startswith("4:") and "a new dict key" in error.message
