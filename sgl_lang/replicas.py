@@ -1,0 +1,190 @@
+"""`sgl serve --replicas N`: N `sgl serve` workers on their own ports behind SGLang's router
+(`sglang-router`, docs/scale.md), started together and stopped together."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from sgl_lang.config import CONFIG_NAME, ENGINE_KEYS, RunConfig
+
+WORKER_HOST = "127.0.0.1"  # workers answer only the router (and this machine)
+STARTUP_TIMEOUT_S = 600.0
+POLL_INTERVAL_S = 0.5
+STOP_TIMEOUT_S = 10.0
+
+
+class ReplicaError(RuntimeError):
+    """A worker or the router could not start."""
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """What to start: `num_replicas` workers on the ports after `port`, each `sgl serve` with
+    `worker_flags`, and the router on `host:port` with `router_policy`."""
+
+    num_replicas: int
+    host: str
+    port: int
+    router_policy: str = "cache_aware"
+    worker_flags: tuple[str, ...] = ()
+
+    @property
+    def worker_ports(self) -> range:
+        return range(self.port + 1, self.port + 1 + self.num_replicas)
+
+    @property
+    def worker_urls(self) -> list[str]:
+        return [f"http://{WORKER_HOST}:{port}" for port in self.worker_ports]
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{WORKER_HOST if self.host in ('0.0.0.0', '::') else self.host}:{self.port}"
+
+    def worker_command(self, port: int) -> list[str]:
+        serve = [sys.executable, "-m", "sgl_lang.cli", "serve"]
+        return [*serve, "--host", WORKER_HOST, "--port", str(port), *self.worker_flags]
+
+    def router_command(self, metrics_port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "sglang_router.launch_router"),
+            *("--host", self.host, "--port", str(self.port), "--policy", self.router_policy),
+            *("--prometheus-port", str(metrics_port), "--log-level", "warn"),
+            "--worker-urls",
+            *self.worker_urls,
+        ]
+
+
+def engine_config_file(config: RunConfig, folder: Path) -> Path:
+    """An `sgl.toml` in `folder` with the engine keys and model of `config`: what every
+    worker is started with (`--config`), so that workers and a single `sgl serve` agree."""
+    keys = ("model", *ENGINE_KEYS)
+    values = {key: getattr(config, key) for key in keys if getattr(config, key) is not None}
+    lines = [
+        f"{key} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for key, v in values.items()
+    ]
+    path = folder / CONFIG_NAME
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+class Replicas:
+    """The running workers and router of a `ReplicaPlan`: `start()` returns once the router
+    answers; `stop()` ends them all (router first)."""
+
+    def __init__(self, plan: ReplicaPlan, log_dir: Path | None = None) -> None:
+        """`log_dir`: where each process writes `NAME.log` (None: to this process's output)."""
+        self.plan = plan
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.router: subprocess.Popen[bytes] | None = None
+        self._log_dir = log_dir
+
+    def start(self) -> None:
+        """Start the workers, wait for their /health, then the router, and wait for it."""
+        try:
+            for port in self.plan.worker_ports:
+                command = self.plan.worker_command(port)
+                self.workers.append(spawn(command, self._log_dir, f"worker-{port}"))
+            for url, worker in zip(self.plan.worker_urls, self.workers, strict=True):
+                wait_ready(f"{url}/health", worker)
+            command = self.plan.router_command(free_port())
+            self.router = spawn(command, self._log_dir, f"router-{self.plan.port}")
+            wait_ready(f"{self.plan.router_url}/get_model_info", self.router)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Terminate the router and every worker; kill those still running after a while."""
+        stop([p for p in (self.router, *self.workers) if p is not None])
+
+    def wait(self) -> int:
+        """Block until the router exits (or SIGTERM/SIGINT), then stop all; the exit code."""
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_signal)
+        try:
+            if self.router is None:
+                raise ReplicaError("the router is not started")
+            return self.router.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop()
+
+
+def serve_replicas(plan: ReplicaPlan, config: RunConfig) -> int:
+    """`sgl serve --replicas N`: start everything, print where, serve until interrupted."""
+    with tempfile.TemporaryDirectory(prefix="sgl-replicas-") as folder:
+        config_path = engine_config_file(config, Path(folder))
+        plan = ReplicaPlan(
+            plan.num_replicas,
+            plan.host,
+            plan.port,
+            plan.router_policy,
+            ("--config", str(config_path), *plan.worker_flags),
+        )
+        replicas = Replicas(plan)
+        replicas.start()
+        print(
+            f"router ({plan.router_policy}) on {plan.router_url}; workers: {' '.join(plan.worker_urls)}",
+            file=sys.stderr,
+        )
+        return replicas.wait()
+
+
+def spawn(command: Sequence[str], log_dir: Path | None, name: str) -> subprocess.Popen[bytes]:
+    """Start `command`, its output in `log_dir/NAME.log` (None: this process's output)."""
+    if log_dir is None:
+        return subprocess.Popen(command)
+    with open(log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Terminate `processes`, then kill those still running after `STOP_TIMEOUT_S`."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    """Poll `url` until it answers 200; `process` exiting first is a `ReplicaError`."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ReplicaError(f"the process serving {url} exited with code {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(POLL_INTERVAL_S)
+    raise ReplicaError(f"{url} did not answer within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def free_port() -> int:
+    """A free local port (the router's Prometheus exporter would otherwise share 29000)."""
+    with socket.socket() as sock:
+        sock.bind((WORKER_HOST, 0))
+        return int(sock.getsockname()[1])
