@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_USAGE = 0, 1, 2
+RAY_HERE = "local"  # `--ray` without an address: a Ray instance started on this machine
 MAX_BODY_MB = 8.0  # sgl serve's request-size limit (server/guard.py's MAX_BODY_BYTES)
 
 
@@ -281,7 +282,22 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=8,
     show_default=True,
-    help="Batch rows run at once.",
+    help="Batch rows run at once (with --ray: on each actor).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=RAY_HERE,
+    metavar="[ADDRESS]",
+    help="With --batch: run the rows on Ray actors, each with its own engine, rows sharing a "
+    "prompt prefix on one actor; on the cluster at ADDRESS (`auto`: the running one), else a "
+    "local one (needs ray: pip install 'sgl-lang[ray]').",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    help="With --ray: the number of actors (default: one per --threads CPUs of the cluster).",
 )
 @click.option(
     "--stream/--no-stream",
@@ -334,6 +350,8 @@ def run(
     out: Path | None,
     parallel: int,
     resume: bool,
+    ray_address: str | None,
+    ray_actors: int | None,
     debug: bool,
     **flags: Any,
 ) -> None:
@@ -345,12 +363,29 @@ def run(
         raise click.UsageError("--batch and --out go together")
     if resume and batch is None:
         raise click.UsageError("--resume goes with --batch")
+    if (ray_address is not None or ray_actors is not None) and batch is None:
+        raise click.UsageError("--ray and --ray-actors go with --batch")
     options = run_options(**flags)
+    rows_runner = None
+    if ray_address is not None:
+        from sgl_lang.ray_batch import RayRows
+
+        address = None if ray_address == RAY_HERE else ray_address
+        rows_runner = RayRows(file, options, address, ray_actors, flags["threads"] or 1)
     if batch is not None and out is not None:
         code = _guard(
             debug,
             lambda: asyncio.run(
-                runner.run_batch_file(file, batch, out, params, parallel, options, resume=resume)
+                runner.run_batch_file(
+                    file,
+                    batch,
+                    out,
+                    params,
+                    parallel,
+                    options,
+                    resume=resume,
+                    rows_runner=rows_runner,
+                )
             ),
         )
     else:

@@ -57,13 +57,21 @@ class ReplicaPlan:
         return [*serve, "--host", WORKER_HOST, "--port", str(port), *self.worker_flags]
 
     def router_command(self, metrics_port: int) -> list[str]:
-        return [
-            *(sys.executable, "-m", "sglang_router.launch_router"),
-            *("--host", self.host, "--port", str(self.port), "--policy", self.router_policy),
-            *("--prometheus-port", str(metrics_port), "--log-level", "warn"),
-            "--worker-urls",
-            *self.worker_urls,
-        ]
+        return router_command(
+            self.host, self.port, self.router_policy, self.worker_urls, metrics_port
+        )
+
+
+def router_command(
+    host: str, port: int, policy: str, worker_urls: Sequence[str], metrics_port: int
+) -> list[str]:
+    """sglang-router on `host:port` over `worker_urls`, its Prometheus metrics on `metrics_port`."""
+    return [
+        *(sys.executable, "-m", "sglang_router.launch_router"),
+        *("--host", host, "--port", str(port), "--policy", policy),
+        *("--prometheus-port", str(metrics_port), "--log-level", "warn"),
+        *("--worker-urls", *worker_urls),
+    ]
 
 
 def engine_config_file(config: RunConfig, folder: Path) -> Path:
