@@ -97,16 +97,19 @@ def flush(worker_urls: Sequence[str]) -> None:
         httpx.post(f"{url}/flush_cache", timeout=60.0).raise_for_status()
 
 
-def compare(plan: ReplicaPlan, prompts: Sequence[str], max_tokens: int) -> dict[str, BatchRun]:
+def compare(
+    plan: ReplicaPlan, prompts: Sequence[str], max_tokens: int, log_dir: Path
+) -> dict[str, BatchRun]:
     """The batch on worker 1 alone, then through a cache-aware and a round-robin router over
-    the running workers of `plan` (the routers started here, on free ports)."""
+    the running workers of `plan` (the routers started here, on free ports, logging to
+    `log_dir`)."""
     runs: dict[str, BatchRun] = {}
     flush(plan.worker_urls)
     runs["1 worker"] = asyncio.run(run_batch(plan.worker_urls[0], prompts, max_tokens))
     for policy in ("cache_aware", "round_robin"):
         port = free_port()
         command = router_command(WORKER_HOST, port, policy, plan.worker_urls, free_port())
-        router, router_url = spawn(command, None, policy), f"http://{WORKER_HOST}:{port}"
+        router, router_url = spawn(command, log_dir, policy), f"http://{WORKER_HOST}:{port}"
         try:
             wait_ready(f"{router_url}/get_model_info", router)
             flush(plan.worker_urls)
@@ -139,7 +142,8 @@ def main() -> None:
         try:
             for url, worker in zip(plan.worker_urls, workers, strict=True):
                 wait_ready(f"{url}/health", worker)
-            runs = compare(plan, few_shot_prompts(args.rows, args.prefixes), args.max_tokens)
+            prompts = few_shot_prompts(args.rows, args.prefixes)
+            runs = compare(plan, prompts, args.max_tokens, Path(folder))
         finally:
             stop(workers)
     print_table(runs)
