@@ -103,7 +103,8 @@ class RayRows:
         self.num_actors = num_actors
         self.cpus_per_actor = cpus_per_actor
         self.actors: list[Any] = []  # the Ray actor handles, once running
-        self.num_retried = 0
+        self.num_retried = 0  # rows that failed with their actor and ran again
+        self.actor_stats: list[dict[str, Any]] = []  # `RowActor.stats()` of the survivors
 
     async def __call__(
         self,
@@ -122,7 +123,10 @@ class RayRows:
             common = program_prefix(run.program).prompt.plain_text()
             texts = [row_prefix(run.program, row).prompt.plain_text() for row in rows]
             queues = assign(prefix_groups(texts, common), len(self.actors))
-            await self._drain(ray, rows, [deque(q) for q in queues], parallel, on_result)
+            living = await self._drain(ray, rows, [deque(q) for q in queues], parallel, on_result)
+            self.actor_stats = await asyncio.gather(
+                *(self.actors[a].stats.remote() for a in living)
+            )
         finally:
             for actor in self.actors:
                 ray.kill(actor)
@@ -142,8 +146,9 @@ class RayRows:
         queues: list[deque[int]],
         parallel: int,
         on_result: Callable[[int, dict[str, Any]], None],
-    ) -> None:
-        """Keep `parallel` rows running on every living actor until all rows ended."""
+    ) -> list[int]:
+        """Keep `parallel` rows running on every living actor until all rows ended; the
+        actors still living then."""
         running: dict[asyncio.Future[Any], tuple[int, int]] = {}
         living = set(range(len(self.actors)))
 
@@ -171,6 +176,7 @@ class RayRows:
         finally:
             for task in running:
                 task.cancel()
+        return sorted(living)
 
     def _collect(
         self,
