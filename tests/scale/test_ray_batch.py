@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from sgl_lang.cli import main
 from sgl_lang.config import RunOptions
 from sgl_lang.grammar import parse_text
 from sgl_lang.prefix import row_prefix
 from sgl_lang.ray_batch import MIN_SHARED_CHARS, RayRows, assign, prefix_groups
-from sgl_lang.runner import prepare_run, run_batch_file
+from sgl_lang.runner import prepare_run
 
 PROGRAM = """param shots
 param question
@@ -29,7 +31,6 @@ SHOTS = {
     "capitals": "Q: Italy?\nA: Rome\nQ: Japan?\nA: Tokyo\nQ: Peru?\nA: Lima\n" * 2,
     "plurals": "Q: mouse?\nA: mice\nQ: goose?\nA: geese\nQ: foot?\nA: feet\n" * 2,
 }
-ENGINE = {"threads": 1, "kv_cache_gb": 0.05}
 
 
 def batch_rows(num_rows: int) -> list[dict[str, Any]]:
@@ -69,16 +70,28 @@ def ray() -> Iterator[Any]:
 
 
 @pytest.mark.model
-def test_rows_sharing_a_prefix_run_on_one_actor(ray: Any, tmp_path: Path) -> None:
-    rows = batch_rows(8)
-    program, batch = write_batch(tmp_path, rows)
+def test_rows_sharing_a_prefix_run_on_one_actor(
+    ray: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[RayRows] = []
+    make = RayRows.__init__
+
+    def record(self: RayRows, *args: Any, **kwargs: Any) -> None:
+        make(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(RayRows, "__init__", record)
+    program, batch = write_batch(tmp_path, batch_rows(8))
     out = tmp_path / "out.jsonl"
-    options = RunOptions(settings=ENGINE)
-    on_ray = RayRows(program, options, num_actors=2)
-    assert asyncio.run(run_batch_file(program, batch, out, {}, 2, options, rows_runner=on_ray)) == 0
+    args = ["run", str(program), "--batch", str(batch), "--out", str(out), "--ray"]
+    args += ["--ray-actors", "2", "--parallel", "2", "--threads", "1", "--kv-cache-gb", "0.05"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "8 of 8 rows ok" in result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(8))
     assert all(line["error"] is None and line["output"]["answer"] for line in lines)
+    [on_ray] = made
     ran = sorted(sorted(stats["positions"]) for stats in on_ray.actor_stats)
     assert ran == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert len({stats["pid"] for stats in on_ray.actor_stats}) == 2
