@@ -5,6 +5,7 @@ its own backend (for `local`, its own engine), rows sharing a prompt prefix on o
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sgl_lang.config import RunOptions
+from sgl_lang.errors import SglBackendError
 from sgl_lang.prefix import program_prefix, row_prefix
 from sgl_lang.runner import PreparedRun, prepare_run, run_rows
 
@@ -113,6 +115,8 @@ class RayRows:
         parallel: int,
         on_result: Callable[[int, dict[str, Any]], None],
     ) -> None:
+        if importlib.util.find_spec("ray") is None:
+            raise SglBackendError("--ray needs Ray", hint="pip install 'sgl-lang[ray]'")
         import ray
 
         started_here = not ray.is_initialized()

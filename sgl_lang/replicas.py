@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import signal
 import socket
@@ -18,6 +20,7 @@ from types import FrameType
 import httpx
 
 from sgl_lang.config import CONFIG_NAME, ENGINE_KEYS, RunConfig
+from sgl_lang.errors import SglError
 
 WORKER_HOST = "127.0.0.1"  # workers answer only the router (and this machine)
 STARTUP_TIMEOUT_S = 600.0
@@ -27,8 +30,10 @@ CIRCUIT_FAILURES = 2  # failed requests that take a worker out of the router's r
 HEALTH_CHECK_INTERVAL_S = 10
 
 
-class ReplicaError(RuntimeError):
+class ReplicaError(SglError):
     """A worker or the router could not start."""
+
+    kind = "replicas error"
 
 
 @dataclass(frozen=True)
@@ -97,23 +102,21 @@ class Replicas:
     """The running workers and router of a `ReplicaPlan`: `start()` returns once the router
     answers; `stop()` ends them all (router first)."""
 
-    def __init__(self, plan: ReplicaPlan, log_dir: Path | None = None) -> None:
-        """`log_dir`: where each process writes `NAME.log` (None: to this process's output)."""
+    def __init__(self, plan: ReplicaPlan) -> None:
         self.plan = plan
         self.workers: list[subprocess.Popen[bytes]] = []
         self.router: subprocess.Popen[bytes] | None = None
-        self._log_dir = log_dir
 
     def start(self) -> None:
         """Start the workers, wait for their /health, then the router, and wait for it."""
         try:
             for port in self.plan.worker_ports:
                 command = self.plan.worker_command(port)
-                self.workers.append(spawn(command, self._log_dir, f"worker-{port}"))
+                self.workers.append(spawn(command, None, f"worker-{port}"))
             for url, worker in zip(self.plan.worker_urls, self.workers, strict=True):
                 wait_ready(f"{url}/health", worker)
             command = self.plan.router_command(free_port())
-            self.router = spawn(command, self._log_dir, f"router-{self.plan.port}")
+            self.router = spawn(command, None, f"router-{self.plan.port}")
             wait_ready(f"{self.plan.router_url}/get_model_info", self.router)
         except BaseException:
             self.stop()
@@ -124,41 +127,38 @@ class Replicas:
         stop([p for p in (self.router, *self.workers) if p is not None])
 
     def wait(self) -> int:
-        """Block until the router exits (or SIGTERM/SIGINT), then stop all; the exit code."""
+        """Block until the router exits; its exit code."""
+        if self.router is None:
+            raise ReplicaError("the router is not started")
+        return self.router.wait()
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, on_signal)
+def serve_replicas(plan: ReplicaPlan, config: RunConfig) -> int:
+    """`sgl serve --replicas N`: start everything, print where, serve until SIGINT or
+    SIGTERM (exit code 0) or until the router exits (its code), then stop everything."""
+    if importlib.util.find_spec("sglang_router") is None:
+        raise ReplicaError(
+            "--replicas needs SGLang's router", hint="pip install 'sgl-lang[router]'"
+        )
+    with tempfile.TemporaryDirectory(prefix="sgl-replicas-") as folder:
+        config_flags = ("--config", str(engine_config_file(config, Path(folder))))
+        plan = dataclasses.replace(plan, worker_flags=config_flags + plan.worker_flags)
+        replicas = Replicas(plan)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            if self.router is None:
-                raise ReplicaError("the router is not started")
-            return self.router.wait()
+            replicas.start()
+            workers = " ".join(plan.worker_urls)
+            print(f"router ({plan.router_policy}) on {plan.router_url}; workers: {workers}")
+            return replicas.wait()
         except KeyboardInterrupt:
             return 0
         finally:
             signal.signal(signal.SIGTERM, previous)
-            self.stop()
+            replicas.stop()
 
 
-def serve_replicas(plan: ReplicaPlan, config: RunConfig) -> int:
-    """`sgl serve --replicas N`: start everything, print where, serve until interrupted."""
-    with tempfile.TemporaryDirectory(prefix="sgl-replicas-") as folder:
-        config_path = engine_config_file(config, Path(folder))
-        plan = ReplicaPlan(
-            plan.num_replicas,
-            plan.host,
-            plan.port,
-            plan.router_policy,
-            ("--config", str(config_path), *plan.worker_flags),
-        )
-        replicas = Replicas(plan)
-        replicas.start()
-        print(
-            f"router ({plan.router_policy}) on {plan.router_url}; workers: {' '.join(plan.worker_urls)}",
-            file=sys.stderr,
-        )
-        return replicas.wait()
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def spawn(command: Sequence[str], log_dir: Path | None, name: str) -> subprocess.Popen[bytes]:
