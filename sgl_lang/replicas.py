@@ -27,7 +27,6 @@ STARTUP_TIMEOUT_S = 600.0
 POLL_INTERVAL_S = 0.5
 STOP_TIMEOUT_S = 10.0
 CIRCUIT_FAILURES = 2  # failed requests that take a worker out of the router's rotation
-HEALTH_CHECK_INTERVAL_S = 10
 
 
 class ReplicaError(SglError):
@@ -80,7 +79,6 @@ def router_command(
         # a worker that fails requests is left out at once (the default waits for 10
         # failures, after a request's own 5 retries may all have gone to it)
         *("--cb-failure-threshold", str(CIRCUIT_FAILURES)),
-        *("--health-check-interval-secs", str(HEALTH_CHECK_INTERVAL_S)),
         *("--worker-urls", *worker_urls),
     ]
 
