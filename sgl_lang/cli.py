@@ -18,6 +18,8 @@ from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglError, SglWarning
 from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
+ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")  # sglang-router's
+
 if TYPE_CHECKING:
     from sgl_lang.config import RunOptions, Stream
     from sgl_lang.stdlib.permissions import Permissions
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 EXIT_OK, EXIT_PROGRAM_ERROR, EXIT_USAGE = 0, 1, 2
+RAY_HERE = "local"  # `--ray` without an address: a Ray instance started on this machine
 MAX_BODY_MB = 8.0  # sgl serve's request-size limit (server/guard.py's MAX_BODY_BYTES)
 
 
@@ -80,23 +83,34 @@ def _options(*options: Callable[[F], F]) -> Callable[[F], F]:
 set_option = click.option(
     "--set", "assignments", multiple=True, metavar="NAME=VALUE", help="Set a param."
 )
-# The engine's knobs, shared by `sgl run`/`repl` (through `runtime_options`) and `sgl serve`.
+# The engine's knobs, shared by `sgl run`/`repl` (through `runtime_options`) and `sgl serve`;
+# each one's name is its `sgl.toml` key (config.ENGINE_KEYS), so a new knob is one line here.
 engine_options = _options(
     click.option("--kv-cache-gb", type=click.FloatRange(min=0, min_open=True), help="KV budget."),
     click.option("--policy", type=click.Choice(RUN_POLICIES), help="Scheduling policy."),
     click.option("--cache/--no-cache", default=None, help="The radix prefix cache (default: on)."),
     click.option(
-        "--max-running", type=click.IntRange(min=1), help="Max requests decoded together."
+        "--max-running",
+        "max_running_requests",
+        type=click.IntRange(min=1),
+        help="Max requests decoded together.",
     ),
     click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
 )
-runtime_options = _options(
-    click.option(
+
+
+def config_option(default_place: str) -> Callable[[F], F]:
+    """`--config FILE`, the `sgl.toml` read instead of the one in `default_place`."""
+    return click.option(
         "--config",
         "config_path",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Runtime options file (default: sgl.toml next to the program, else the user's).",
-    ),
+        help=f"Runtime options file (default: sgl.toml {default_place}, else the user's).",
+    )
+
+
+runtime_options = _options(
+    config_option("next to the program"),
     click.option(
         "--model",
         type=click.Path(exists=True, path_type=Path),
@@ -183,12 +197,7 @@ def run_options(
     backend_uri: str | None,
     config_path: Path | None,
     model: Path | None,
-    kv_cache_gb: float | None,
-    policy: str | None,
-    cache: bool | None,
-    max_running: int | None,
     max_tokens: int | None,
-    threads: int | None,
     allow_read: bool,
     allow_write: bool,
     allow_net: bool,
@@ -205,9 +214,11 @@ def run_options(
     num_retries: int = DEFAULT_NUM_RETRIES,
     max_steps: int | None = None,
     timeout: float | None = None,
+    **engine_settings: Any,
 ) -> RunOptions:
     """The `RunOptions` of the flags of `sgl run`, or of the part of them `sgl repl` takes.
-    The runtime flags become `RunConfig` overrides (None: not given)."""
+    The runtime flags (`engine_settings`: those of `engine_options`) become `RunConfig`
+    overrides (None: not given)."""
     from sgl_lang.config import RunOptions
 
     return RunOptions(
@@ -223,14 +234,10 @@ def run_options(
         config_path=config_path,
         settings={
             "model": model.resolve() if model else None,
-            "kv_cache_gb": kv_cache_gb,
-            "policy": policy,
-            "cache": cache,
-            "max_running_requests": max_running,
             "max_tokens": max_tokens,
-            "threads": threads,
             "max_steps": max_steps,
             "timeout_s": timeout,
+            **engine_settings,
         },
         replay=replay,
         allow_unenforced=allow_unenforced,
@@ -278,7 +285,22 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=8,
     show_default=True,
-    help="Batch rows run at once.",
+    help="Batch rows run at once (with --ray: on each actor).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=RAY_HERE,
+    metavar="[ADDRESS]",
+    help="With --batch: run the rows on Ray actors, each with its own engine, rows sharing a "
+    "prompt prefix on one actor; on the cluster at ADDRESS (`auto`: the running one), else a "
+    "local one (needs ray: pip install 'sgl-lang[ray]').",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    help="With --ray: the number of actors (default: one per --threads CPUs of the cluster).",
 )
 @click.option(
     "--stream/--no-stream",
@@ -336,6 +358,8 @@ def run(
     out: Path | None,
     parallel: int,
     resume: bool,
+    ray_address: str | None,
+    ray_actors: int | None,
     debug: bool,
     **flags: Any,
 ) -> None:
@@ -347,12 +371,29 @@ def run(
         raise click.UsageError("--batch and --out go together")
     if resume and batch is None:
         raise click.UsageError("--resume goes with --batch")
+    if (ray_address is not None or ray_actors is not None) and batch is None:
+        raise click.UsageError("--ray and --ray-actors go with --batch")
     options = run_options(**flags)
+    rows_runner = None
+    if ray_address is not None:
+        from sgl_lang.ray_batch import RayRows
+
+        address = None if ray_address == RAY_HERE else ray_address
+        rows_runner = RayRows(file, options, address, ray_actors, flags["threads"] or 1)
     if batch is not None and out is not None:
         code = _guard(
             debug,
             lambda: asyncio.run(
-                runner.run_batch_file(file, batch, out, params, parallel, options, resume=resume)
+                runner.run_batch_file(
+                    file,
+                    batch,
+                    out,
+                    params,
+                    parallel,
+                    options,
+                    resume=resume,
+                    rows_runner=rows_runner,
+                )
             ),
         )
     else:
@@ -432,12 +473,13 @@ def _format_file(file: Path, check: bool) -> str:
     "--model",
     "model_path",
     type=click.Path(exists=True, path_type=Path),
-    help="A HF model folder or a .gguf (default: the embedded SmolLM2).",
+    help="A HF model folder or a .gguf (default: sgl.toml's `model`, else the embedded SmolLM2).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=30000, show_default=True)
 @click.option("--api-key", envvar="SGL_API_KEY", help="Require this key (env: SGL_API_KEY).")
 @click.option("--model-name", help="The model's name in /v1/models (default: from the path).")
+@config_option("in the working folder")
 @engine_options
 @click.option(
     "--allow-host",
@@ -453,6 +495,20 @@ def _format_file(file: Path, check: bool) -> str:
     show_default=True,
     help="Largest request body; a larger one gets 413.",
 )
+@click.option(
+    "--replicas",
+    "num_replicas",
+    type=click.IntRange(min=1),
+    help="Start this many workers on the ports after --port, behind SGLang's router on --port "
+    "(needs sglang-router: pip install 'sgl-lang[router]').",
+)
+@click.option(
+    "--router-policy",
+    type=click.Choice(ROUTER_POLICIES),
+    default="cache_aware",
+    show_default=True,
+    help="With --replicas: how the router picks a worker.",
+)
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 def serve(
     model_path: Path | None,
@@ -460,37 +516,44 @@ def serve(
     port: int,
     api_key: str | None,
     model_name: str | None,
-    kv_cache_gb: float | None,
-    policy: str | None,
-    cache: bool | None,
-    max_running: int | None,
-    threads: int | None,
+    config_path: Path | None,
     allowed_hosts: tuple[str, ...],
     max_body_mb: float,
+    num_replicas: int | None,
+    router_policy: str,
     debug: bool,
+    **engine_settings: Any,
 ) -> None:
-    """Serve the runtime over HTTP (native and OpenAI-compatible endpoints)."""
-    from sgl_lang.bridge.options import EngineOptions
+    """Serve the runtime over HTTP (native and OpenAI-compatible endpoints). The engine
+    options come from the flags over sgl.toml (the working folder's, else the user's)."""
+    from sgl_lang.config import CONFIG_NAME, resolve_config
+
+    settings = {"model": model_path.resolve() if model_path else None, **engine_settings}
+    config = _guard(debug, lambda: resolve_config(Path.cwd() / CONFIG_NAME, config_path, settings))
+    max_body_bytes = int(max_body_mb * 1024 * 1024)
+    if num_replicas is not None:
+        if api_key:
+            raise click.UsageError("--api-key does not go with --replicas (the router takes none)")
+        from sgl_lang import replicas
+
+        flags = [f"--max-body-mb={max_body_mb}"] + (
+            [f"--model-name={model_name}"] if model_name else []
+        )
+        plan = replicas.ReplicaPlan(num_replicas, host, port, router_policy, tuple(flags))
+        sys.exit(_guard(debug, lambda: replicas.serve_replicas(plan, config)))
     from sgl_lang.server.app import serve as serve_http
 
-    options = EngineOptions(
-        kv_cache_gb=kv_cache_gb,
-        policy=policy,
-        enable_cache=cache is not False,
-        max_running_requests=max_running,
-        num_threads=threads,
-    )
     _guard(
         debug,
         lambda: serve_http(
-            model_path,
+            config.model,
             host,
             port,
             api_key=api_key,
             model_name=model_name,
-            engine_options=options,
+            engine_options=config.engine_options,
             allowed_hosts=allowed_hosts,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_body_bytes=max_body_bytes,
         ),
     )
 

@@ -148,17 +148,20 @@ class RunConfig:
 
     @property
     def engine_options(self) -> EngineOptions:
-        """What the `local` backend's engine is built with."""
-        return EngineOptions(
-            kv_cache_gb=self.kv_cache_gb,
-            policy=self.policy,
-            enable_cache=self.cache,
-            max_running_requests=self.max_running_requests,
-            num_threads=self.threads,
-        )
+        """What the `local` backend's engine (and `sgl serve`'s) is built with."""
+        return EngineOptions(**{option: getattr(self, key) for key, option in ENGINE_KEYS.items()})
 
 
 KEYS = tuple(f.name for f in fields(RunConfig))
+# The keys of `sgl.toml` (and the flags of the same names) that build the engine, as the
+# `EngineOptions` field each one sets: a new engine option is one line here.
+ENGINE_KEYS = {
+    "kv_cache_gb": "kv_cache_gb",
+    "policy": "policy",
+    "cache": "enable_cache",
+    "max_running_requests": "max_running_requests",
+    "threads": "num_threads",
+}
 
 
 def find_config(program: Path | None) -> Path | None:

@@ -50,6 +50,12 @@ def program_prefix(program: nodes.Program) -> StaticPrefix:
     return _Walker({}).prefix(program.body)
 
 
+def row_prefix(program: nodes.Program, params: dict[str, Any]) -> StaticPrefix:
+    """The leading prompt of a program's main body with its `param`s set to `params` (one
+    batch row's): rows with equal row prefixes share that much of their prompts."""
+    return _Walker({}, params).prefix(program.body)
+
+
 def function_prefix(func: nodes.FuncDef, program: nodes.Program | None) -> StaticPrefix:
     """The constant leading prompt of `func` run on a fresh state (its arguments vary per run).
     `program` is the file that defines `func` at top level, whose constants it may read."""
@@ -104,8 +110,9 @@ _UNKNOWN: Any = object()
 class _Walker:
     """Appends what a body certainly appends to a `State`, until it cannot know."""
 
-    def __init__(self, env: dict[str, Any]) -> None:
+    def __init__(self, env: dict[str, Any], params: dict[str, Any] | None = None) -> None:
         self.env = dict(env)
+        self.params = params or {}  # the values of `param` statements, when known
         self.state = State()
         self.num_iterations = 0
 
@@ -143,6 +150,8 @@ class _Walker:
             if test is _UNKNOWN:
                 raise _Stop(stmt.span)
             self.block(stmt.body if test else stmt.orelse)
+        elif isinstance(stmt, nodes.ParamDecl) and stmt.name in self.params:
+            self.env[stmt.name] = self.params[stmt.name]
         elif isinstance(stmt, (nodes.FuncDef, nodes.ParamDecl, nodes.SchemaDecl)):
             self.env.pop(stmt.name, None)
         elif isinstance(stmt, nodes.Import):

@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -422,10 +422,12 @@ async def run_batch_file(
     options: RunOptions,
     *,
     resume: bool = False,
+    rows_runner: RowsRunner | None = None,
 ) -> int:
     """Run a program once per JSONL row of `batch`; each finished row (a failing or malformed
     one with its error) is appended to `out` as it ends (`batch.Output`); with `resume`, the
-    rows `out` already has are skipped. SIGINT/SIGTERM stop it with `out` valid. Returns the
+    rows `out` already has are skipped. `rows_runner` runs the rows (default `run_here`; the
+    Ray one of `ray_batch` on a cluster). SIGINT/SIGTERM stop it with `out` valid. Returns the
     exit code: 1 if a row failed, 128 + the signal's number when stopped."""
     rows = read_rows(batch)
     done = recorded_rows(out, rows) if resume else None
@@ -449,7 +451,9 @@ async def run_batch_file(
             if row.params is None:
                 output.write(_line(row, {"output": None, "printed": "", "error": row.error}))
         runnable = [row for row in todo if row.params is not None]
-        stopped_by = await _run_stoppable(run, runnable, params, parallel, output, stopped)
+        stopped_by = await _run_stoppable(
+            run, runnable, params, parallel, output, stopped, rows_runner or run_here
+        )
         if run.tracer is not None:
             run_totals = {"totals": totals(run.tracer, time.perf_counter() - started)}
             if options.trace:
@@ -481,6 +485,7 @@ async def _run_stoppable(
     parallel: int,
     output: Output,
     stopped: Callable[[signal.Signals], str],
+    rows_runner: RowsRunner,
 ) -> signal.Signals | None:
     """Run `rows`, writing each to `output` as it ends, until done or stopped by a signal
     (`batch.Stopper`, with `stopped` its message; the signal is returned)."""
@@ -491,18 +496,8 @@ async def _run_stoppable(
             output.write(_line(rows[position], result))
             progress.advance(task)
 
-        rows_task = asyncio.ensure_future(
-            run_rows(
-                run.program,
-                run.loader,
-                run.backend,
-                [{**params, **(row.params or {})} for row in rows],
-                run.config,
-                options=run.options,
-                parallel=parallel,
-                on_result=finished,
-            )
-        )
+        merged = [{**params, **(row.params or {})} for row in rows]
+        rows_task = asyncio.ensure_future(rows_runner(run, merged, parallel, finished))
         with Stopper(rows_task, output, stopped) as stopper:
             try:
                 await rows_task
@@ -510,6 +505,33 @@ async def _run_stoppable(
                 if stopper.signal is None:
                     raise
     return stopper.signal if rows_task.cancelled() else None
+
+
+# How a batch's rows run: (the prepared run, each row's params, rows at once, a callback
+# given each row's position and result as it ends) -> awaited until every row ended.
+RowsRunner = Callable[
+    [PreparedRun, list[dict[str, Any]], int, Callable[[int, dict[str, Any]], None]],
+    Awaitable[object],
+]
+
+
+async def run_here(
+    run: PreparedRun,
+    rows: list[dict[str, Any]],
+    parallel: int,
+    on_result: Callable[[int, dict[str, Any]], None],
+) -> list[dict[str, Any]]:
+    """The rows on this process's backend (`run_rows`)."""
+    return await run_rows(
+        run.program,
+        run.loader,
+        run.backend,
+        rows,
+        run.config,
+        options=run.options,
+        parallel=parallel,
+        on_result=on_result,
+    )
 
 
 def _line(row: Row, result: dict[str, Any]) -> dict[str, Any]:
