@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sgl_lang.protocol import GenRequest, GenResult, Prompt, Text
 from sgl_lang.protocol.wire import prompt_from_json, request_from_json, result_to_json
@@ -75,7 +75,8 @@ class GenerateIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     text: str | list[str] | None = None
-    input_ids: list[bounds.TokenId] | list[list[bounds.TokenId]] | None = None
+    input_ids: list[bounds.TokenId] | None = None
+    input_ids_batch: list[list[bounds.TokenId]] | None = None  # a batch of `input_ids`
     prompt: dict[str, Any] | None = None
     sampling_params: SamplingParamsIn | list[SamplingParamsIn] = SamplingParamsIn()
     stream: bool = False
@@ -85,14 +86,21 @@ class GenerateIn(BaseModel):
     top_logprobs_num: bounds.TopLogprobsNum | list[bounds.TopLogprobsNum] = 0
     return_text_in_logprobs: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_of_ids(cls, data: Any) -> Any:
+        """SGLang's `input_ids` holds a batch as a list of lists."""
+        ids = data.get("input_ids") if isinstance(data, dict) else None
+        if isinstance(ids, list) and ids and isinstance(ids[0], list):
+            return {**data, "input_ids": None, "input_ids_batch": ids}
+        return data
+
     @property
     def batch_size(self) -> int | None:
         """The number of prompts of a batch; None for one prompt."""
         if isinstance(self.text, list):
             return len(self.text)
-        if self.input_ids and isinstance(self.input_ids[0], list):
-            return len(self.input_ids)
-        return None
+        return None if self.input_ids_batch is None else len(self.input_ids_batch)
 
 
 class ScoreIn(BaseModel):
@@ -174,10 +182,12 @@ def router(model: ServedModel) -> APIRouter:
 async def _jobs(model: ServedModel, body: GenerateIn) -> list[Job]:
     """The SGLang jobs of a `text` or `input_ids` request, or of a `prompt` that only computes
     the prompt; none for a `prompt` that generates (the bridge's road: rendered, healed)."""
-    given = [body.text is not None, body.input_ids is not None, body.prompt is not None]
-    if sum(given) != 1:
+    ids_given = body.input_ids is not None or body.input_ids_batch is not None
+    if sum([body.text is not None, ids_given, body.prompt is not None]) != 1:
         raise HTTPException(400, "give exactly one of `text`, `input_ids` and `prompt`")
     size = body.batch_size
+    if size == 0:
+        raise HTTPException(400, "a batch needs at least one prompt")
     params = _per_prompt(body.sampling_params, size, "sampling_params")
     if body.prompt is not None:
         if _any(body.return_logprob):
@@ -194,15 +204,15 @@ async def _jobs(model: ServedModel, body: GenerateIn) -> list[Job]:
             for text in texts
         ]
     else:
-        ids_list = _id_lists(body.input_ids or [])
+        batch = body.input_ids_batch
+        ids_list = batch if batch is not None else [body.input_ids or []]
         for ids in ids_list:
             bounds.check_ids(ids, model.vocab_size)
-    count = len(ids_list)
     return [
         _job(model, ids, p, rid, logprob, start, top, body.return_text_in_logprobs)
         for ids, p, rid, logprob, start, top in zip(
             ids_list,
-            params if len(params) == count else params * count,
+            params,
             _per_prompt(body.rid, size, "rid", new_rid),
             _per_prompt(body.return_logprob, size, "return_logprob"),
             _per_prompt(body.logprob_start_len, size, "logprob_start_len"),
@@ -246,13 +256,6 @@ def _per_prompt(value: Any, size: int | None, name: str, make: Any = None) -> li
     if value is None and make is not None:
         return [make() for _ in range(count)]
     return [value] * count
-
-
-def _id_lists(input_ids: list[int] | list[list[int]]) -> list[list[int]]:
-    """`input_ids` as a batch (one prompt's ids: a batch of one)."""
-    if input_ids and isinstance(input_ids[0], list):
-        return cast(list[list[int]], input_ids)
-    return [cast(list[int], input_ids)]
 
 
 def _any(value: bool | list[bool]) -> bool:
