@@ -181,7 +181,8 @@ def router(model: ServedModel) -> APIRouter:
 
 async def _jobs(model: ServedModel, body: GenerateIn) -> list[Job]:
     """The SGLang jobs of a `text` or `input_ids` request, or of a `prompt` that only computes
-    the prompt; none for a `prompt` that generates (the bridge's road: rendered, healed)."""
+    the prompt; none for a `prompt`, or a `text` with `heal`, that generates (the bridge's
+    road: rendered, healed)."""
     ids_given = body.input_ids is not None or body.input_ids_batch is not None
     if sum([body.text is not None, ids_given, body.prompt is not None]) != 1:
         raise HTTPException(400, "give exactly one of `text`, `input_ids` and `prompt`")
@@ -189,11 +190,12 @@ async def _jobs(model: ServedModel, body: GenerateIn) -> list[Job]:
     if size == 0:
         raise HTTPException(400, "a batch needs at least one prompt")
     params = _per_prompt(body.sampling_params, size, "sampling_params")
-    if body.prompt is not None:
+    healed = body.prompt is not None or (size is None and params[0].heal is True)
+    if healed and params[0].max_new_tokens:
         if _any(body.return_logprob):
-            raise HTTPException(400, "`return_logprob` needs `text` or `input_ids`")
-        if params[0].max_new_tokens:
-            return []
+            raise HTTPException(400, "`return_logprob` takes unhealed `text` or `input_ids`")
+        return []
+    if body.prompt is not None:
         ids_list = [
             await asyncio.to_thread(model.bridged.prompt_ids, _prompt_of(None, body.prompt))
         ]
@@ -295,10 +297,11 @@ def _gen_request(
 
 
 def _generation(model: ServedModel, body: GenerateIn) -> AsyncIterator[str | GenResult]:
-    """The pieces and result of a /generate request with a structured `prompt` (checked now,
-    run when iterated)."""
+    """The pieces and result of a /generate request with a structured `prompt` or a healed
+    `text` (checked now, run when iterated)."""
     params = _per_prompt(body.sampling_params, None, "sampling_params")[0]
-    request = _gen_request(model, _prompt_of(None, body.prompt), params, heal=True)
+    prompt = _prompt_of(body.text if isinstance(body.text, str) else None, body.prompt)
+    request = _gen_request(model, prompt, params, heal=body.prompt is not None)
     return stream_generate(functools.partial(model.bridged.generate, request), request)
 
 

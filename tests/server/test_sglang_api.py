@@ -150,3 +150,17 @@ def test_server_info_health_tokens_and_joins(transport: httpx.ASGITransport) -> 
     join = {"src_rids": ["a", "b"], "dst_rid": "c"}
     assert call(transport, "/concate_and_append_request", join).json()["success"] is True
     assert call(transport, "/detokenize", {"tokens": [10**9]}).status_code == 400
+
+
+def test_text_with_heal_is_healed_as_a_structured_prompt(transport: httpx.ASGITransport) -> None:
+    params = {"max_new_tokens": 4, "temperature": 0}
+    text = "The answer is "
+
+    def answer(**body: Any) -> str:
+        return call(transport, "/generate", body).json()["text"]
+
+    healed = answer(text=text, sampling_params={**params, "heal": True})
+    structured = answer(
+        prompt={"segments": [{"type": "text", "text": text}]}, sampling_params=params
+    )
+    assert healed == structured != answer(text=text, sampling_params=params)
