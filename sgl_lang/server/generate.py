@@ -98,6 +98,7 @@ def _partial(
     if job.return_logprob:
         meta |= _logprobs(model, job, prompt, None)
         meta["output_token_logprobs"] = _entries(model, job, output_logprobs, output_ids)
+        meta["output_token_logprobs_length"] = len(output_ids)
     return {"text": text, "meta_info": meta}
 
 
@@ -171,6 +172,7 @@ def _logprobs(
             model, job, list(output.output_logprobs or ()) if output else [], output_ids
         ),
     }
+    info["output_token_logprobs_length"] = len(output_ids)
     if job.top_logprobs_num:
         output_tops = list(output.output_top_logprobs or ()) if output else []
         info["input_top_logprobs"] = [_top_entries(model, job, top) for top in prompt_tops]
