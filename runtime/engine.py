@@ -292,13 +292,21 @@ class Engine:
             for i, (text, ids) in enumerate(zip(choices, choice_ids, strict=True))
         ]
 
-    async def prefill(self, ids: list[int], logprob_start_len: int | None) -> GenerationMeta:
+    async def prefill(
+        self, ids: list[int], logprob_start_len: int | None, top_logprobs_num: int = 0
+    ) -> GenerationMeta:
         """Compute `ids`' KV into the cache without generating; with `logprob_start_len`, the
         meta's `prompt_logprobs` are those of `ids[logprob_start_len:]` (each after the tokens
-        before it). A prompt that cannot run raises RequestError."""
+        before it) and, with `top_logprobs_num`, its `prompt_top_logprobs` the most likely
+        tokens at those positions. A prompt that cannot run raises RequestError."""
         stream = OutputStream(asyncio.get_running_loop())
+        params = SamplingParams(top_logprobs_num=top_logprobs_num) if top_logprobs_num else None
         self.submit(
-            ids, stream=stream, kind=RequestKind.PREFILL, logprob_start_len=logprob_start_len
+            ids,
+            params,
+            stream=stream,
+            kind=RequestKind.PREFILL,
+            logprob_start_len=logprob_start_len,
         )
         while (meta := (await stream.get()).meta) is None:
             pass

@@ -47,6 +47,7 @@ class GenerationMeta(NamedTuple):
     output_logprobs: tuple[float, ...] | None = None  # when params.return_logprobs
     output_top_logprobs: tuple[TopLogprobs, ...] | None = None  # when top_logprobs_num
     prompt_logprobs: tuple[float, ...] | None = None  # of prompt_ids[logprob_start_len:]
+    prompt_top_logprobs: tuple[TopLogprobs, ...] | None = None  # theirs, when top_logprobs_num
     error: str | None = None
 
 
@@ -149,6 +150,7 @@ class Request:
     output_logprobs: list[float] = field(default_factory=list)
     output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     prompt_logprobs: list[float] = field(default_factory=list)
+    prompt_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     slots: torch.Tensor = field(default_factory=lambda: _NO_SLOTS)
     tree_len: int = 0
     last_node: TreeNode | None = None
@@ -206,6 +208,11 @@ class Request:
             ),
             prompt_logprobs=(
                 tuple(self.prompt_logprobs) if self.logprob_start_len is not None else None
+            ),
+            prompt_top_logprobs=(
+                tuple(self.prompt_top_logprobs)
+                if self.logprob_start_len is not None and self.params.top_logprobs_num
+                else None
             ),
             error=self.error,
         )

@@ -30,7 +30,7 @@ from sgl_lang.runtime.batch import (
     ScheduledBatch,
     decode_batch,
     extend_batch,
-    prompt_logprobs,
+    record_prompt_logprobs,
 )
 from sgl_lang.runtime.cache_manager import CacheManager
 from sgl_lang.runtime.config import EngineConfig
@@ -190,7 +190,7 @@ class Scheduler:
         ):
             if num_rows:
                 rows = logits[first : first + num_rows]
-                req.prompt_logprobs += prompt_logprobs(req, num_new, rows)
+                record_prompt_logprobs(req, num_new, rows)
 
     def _cache_extended(self, reqs: list[Request]) -> None:
         """Cache each request's computed tokens; a request whose prompt is complete decodes

@@ -23,6 +23,8 @@ Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Choices = Annotated[list[str], Field(min_length=1)]
+TopLogprobsNum = Annotated[int, Field(ge=0, le=20)]  # the runtime's bound
+LogprobStart = Annotated[int, Field(ge=-1, le=INT32_MAX)]  # -1: SGLang's "the last prompt token"
 
 
 def check_max_tokens(name: str, value: int, context_len: int) -> None:

@@ -1,14 +1,17 @@
-"""`sgl serve`'s native routes, in SGLang's formats so its clients work unchanged:
+"""`sgl serve`'s native routes, in SGLang's formats so its clients (its Python frontend's
+`RuntimeEndpoint`, its router) work unchanged; docs/server.md lists what each returns:
 
-    POST /generate       {"text" | "input_ids" | "prompt", "sampling_params": {...}, "stream"}
-                         -> {"text", "meta_info": {"prompt_tokens", "cached_tokens",
-                            "completion_tokens", "finish_reason": {"type", "kind"}}};
+    POST /generate       {"text" | "input_ids" (one or a batch) | "prompt", "sampling_params",
+                         "stream", "rid", "return_logprob", "logprob_start_len",
+                         "top_logprobs_num", "return_text_in_logprobs"} -> {"text", "meta_info"}
+                         (a list for a batch); `max_new_tokens: 0` only computes the prompt;
                          streamed as server-sent events with the text so far, then [DONE]
     POST /score          {"prompt" | "text", "choices", "method"} -> {"scores": [...]}
     POST /cache_prefix   {"prompt" | "text" | "input_ids"}  (a fork/batch hint)
     POST /flush_cache    -> {"num_tokens_freed"}
-    GET  /health         -> {"status": "ok"}, or 503 and the error body when the engine cannot serve
-    GET  /get_model_info, /stats (JSON), /metrics (Prometheus text)
+    POST /tokenize, /detokenize, /concate_and_append_request
+    GET  /health, /health_generate, /get_model_info, /get_server_info (/server_info),
+         /stats (JSON), /metrics (Prometheus text)
 
 `prompt` and `sampling_params` are the wire format of `sgl_lang.protocol.wire` (the `http`
 backend's); a `prompt` is rendered and healed exactly as the `local` backend does.
@@ -19,15 +22,16 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sgl_lang.protocol import GenRequest, GenResult, Prompt, Text
 from sgl_lang.protocol.wire import prompt_from_json, request_from_json, result_to_json
-from sgl_lang.server import bounds
+from sgl_lang.server import bounds, worker_api
+from sgl_lang.server.generate import Job, job_events, new_rid
 from sgl_lang.server.serving import (
     ServedModel,
     error_body,
@@ -44,7 +48,7 @@ class SamplingParamsIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    max_new_tokens: bounds.MaxTokens = 128
+    max_new_tokens: bounds.MaxTokens = 128  # 0: compute the prompt only (SGLang's prefill)
     stop: str | list[str] | None = None
     temperature: bounds.Temperature = 1.0
     top_p: bounds.TopP = 1.0
@@ -55,6 +59,9 @@ class SamplingParamsIn(BaseModel):
     seed: bounds.Seed | None = None
     sampling_seed: bounds.Seed | None = None  # SGLang's name for `seed`
     ignore_eos: bool = False
+    stop_token_ids: list[bounds.TokenId] | None = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1  # SGLang's parallel samples: one here
+    min_new_tokens: Annotated[int, Field(ge=0, le=0)] = 0  # SGLang's: not supported
     heal: bool | None = None  # default: on for a structured `prompt`, off for raw text/ids
     regex: str | None = None
     json_schema: str | dict[str, Any] | None = None
@@ -62,13 +69,38 @@ class SamplingParamsIn(BaseModel):
 
 
 class GenerateIn(BaseModel):
+    """SGLang's GenerateReqInput (one prompt or a batch; the per-prompt fields may be lists),
+    or our structured `prompt`."""
+
     model_config = ConfigDict(extra="ignore")
 
-    text: str | None = None
+    text: str | list[str] | None = None
     input_ids: list[bounds.TokenId] | None = None
+    input_ids_batch: list[list[bounds.TokenId]] | None = None  # a batch of `input_ids`
     prompt: dict[str, Any] | None = None
-    sampling_params: SamplingParamsIn = SamplingParamsIn()
+    sampling_params: SamplingParamsIn | list[SamplingParamsIn] = SamplingParamsIn()
     stream: bool = False
+    rid: str | list[str] | None = None
+    return_logprob: bool | list[bool] = False
+    logprob_start_len: bounds.LogprobStart | list[bounds.LogprobStart] = -1
+    top_logprobs_num: bounds.TopLogprobsNum | list[bounds.TopLogprobsNum] = 0
+    return_text_in_logprobs: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_of_ids(cls, data: Any) -> Any:
+        """SGLang's `input_ids` holds a batch as a list of lists."""
+        ids = data.get("input_ids") if isinstance(data, dict) else None
+        if isinstance(ids, list) and ids and isinstance(ids[0], list):
+            return {**data, "input_ids": None, "input_ids_batch": ids}
+        return data
+
+    @property
+    def batch_size(self) -> int | None:
+        """The number of prompts of a batch; None for one prompt."""
+        if isinstance(self.text, list):
+            return len(self.text)
+        return None if self.input_ids_batch is None else len(self.input_ids_batch)
 
 
 class ScoreIn(BaseModel):
@@ -99,18 +131,21 @@ def router(model: ServedModel) -> APIRouter:
             return JSONResponse(body, status_code=503)
         return {"status": "ok"}
 
-    @api.get("/get_model_info")
-    async def model_info() -> dict[str, Any]:
-        return {"model_path": model.name, "is_generation": True}
-
     @api.post("/generate", response_model=None)
-    async def generate(body: GenerateIn, request: Request) -> Response | dict[str, Any]:
-        events = _generate_events(_generation(model, body))
+    async def generate(
+        body: GenerateIn, request: Request
+    ) -> Response | dict[str, Any] | list[dict[str, Any]]:
+        jobs = await _jobs(model, body)
+        if body.batch_size is not None:
+            if body.stream:
+                raise HTTPException(400, "`stream` takes one prompt, not a batch")
+            return await unless_disconnected(request, _all_last(model, jobs))
+        one = job_events(model, jobs[0]) if jobs else _generate_events(_generation(model, body))
         if not body.stream:
-            return await unless_disconnected(request, _last(events))
+            return await unless_disconnected(request, _last(one))
         # the first event comes after admission: a request that cannot run is still a 400
-        first = await unless_disconnected(request, anext(events))
-        return StreamingResponse(sse_stream(_chain(first, events)), media_type="text/event-stream")
+        first = await unless_disconnected(request, anext(one))
+        return StreamingResponse(sse_stream(_chain(first, one)), media_type="text/event-stream")
 
     @api.post("/score")
     async def score(body: ScoreIn, request: Request) -> dict[str, Any]:
@@ -140,7 +175,103 @@ def router(model: ServedModel) -> APIRouter:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(prometheus_text(model))
 
+    api.include_router(worker_api.router(model))
     return api
+
+
+async def _jobs(model: ServedModel, body: GenerateIn) -> list[Job]:
+    """The SGLang jobs of a `text` or `input_ids` request, or of a `prompt` that only computes
+    the prompt; none for a `prompt`, or a `text` with `heal`, that generates (the bridge's
+    road: rendered, healed)."""
+    ids_given = body.input_ids is not None or body.input_ids_batch is not None
+    if sum([body.text is not None, ids_given, body.prompt is not None]) != 1:
+        raise HTTPException(400, "give exactly one of `text`, `input_ids` and `prompt`")
+    size = body.batch_size
+    if size == 0:
+        raise HTTPException(400, "a batch needs at least one prompt")
+    params = _per_prompt(body.sampling_params, size, "sampling_params")
+    healed = body.prompt is not None or (size is None and params[0].heal is True)
+    if healed and params[0].max_new_tokens:
+        if _any(body.return_logprob):
+            raise HTTPException(400, "`return_logprob` takes unhealed `text` or `input_ids`")
+        return []
+    if body.prompt is not None:
+        ids_list = [
+            await asyncio.to_thread(model.bridged.prompt_ids, _prompt_of(None, body.prompt))
+        ]
+    elif body.text is not None:
+        texts = body.text if isinstance(body.text, list) else [body.text]
+        ids_list = [
+            await asyncio.to_thread(model.bridged.prompt_ids, Prompt((Text(text),)))
+            for text in texts
+        ]
+    else:
+        batch = body.input_ids_batch
+        ids_list = batch if batch is not None else [body.input_ids or []]
+        for ids in ids_list:
+            bounds.check_ids(ids, model.vocab_size)
+    return [
+        _job(model, ids, p, rid, logprob, start, top, body.return_text_in_logprobs)
+        for ids, p, rid, logprob, start, top in zip(
+            ids_list,
+            params,
+            _per_prompt(body.rid, size, "rid", new_rid),
+            _per_prompt(body.return_logprob, size, "return_logprob"),
+            _per_prompt(body.logprob_start_len, size, "logprob_start_len"),
+            _per_prompt(body.top_logprobs_num, size, "top_logprobs_num"),
+            strict=True,
+        )
+    ]
+
+
+def _job(
+    model: ServedModel,
+    ids: list[int],
+    params: SamplingParamsIn,
+    rid: str,
+    return_logprob: bool,
+    logprob_start_len: int,
+    top_logprobs_num: int,
+    text_in_logprobs: bool,
+) -> Job:
+    request = _gen_request(model, Prompt(()), params, heal=False)
+    return Job(
+        ids,
+        request,
+        rid,
+        tuple(params.stop_token_ids or ()),
+        return_logprob,
+        logprob_start_len,
+        top_logprobs_num,
+        text_in_logprobs,
+    )
+
+
+def _per_prompt(value: Any, size: int | None, name: str, make: Any = None) -> list[Any]:
+    """A per-prompt field as one value per prompt: a list must have one per prompt, a single
+    value (or `make()` for each when missing) goes to every prompt."""
+    count = 1 if size is None else size
+    if isinstance(value, list):
+        if size is None or len(value) != size:
+            raise HTTPException(400, f"`{name}` must have one value per prompt")
+        return value
+    if value is None and make is not None:
+        return [make() for _ in range(count)]
+    return [value] * count
+
+
+def _any(value: bool | list[bool]) -> bool:
+    return any(value) if isinstance(value, list) else value
+
+
+async def _all_last(model: ServedModel, jobs: list[Job]) -> list[dict[str, Any]]:
+    """The final events of a batch's jobs, run together; the first failure cancels the rest."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_last(job_events(model, job))) for job in jobs]
+    except ExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 def _prompt_of(text: str | None, prompt: dict[str, Any] | None) -> Prompt:
@@ -166,19 +297,11 @@ def _gen_request(
 
 
 def _generation(model: ServedModel, body: GenerateIn) -> AsyncIterator[str | GenResult]:
-    """The pieces and result of a /generate request (checked now, run when iterated)."""
-    given = [body.text is not None, body.input_ids is not None, body.prompt is not None]
-    if sum(given) != 1:
-        raise HTTPException(400, "give exactly one of `text`, `input_ids` and `prompt`")
-    if body.input_ids is not None:  # no rendering, no healing
-        bounds.check_ids(body.input_ids, model.vocab_size)
-        request = _gen_request(model, Prompt(()), body.sampling_params, heal=False)
-        return stream_generate(
-            functools.partial(model.bridged.generate_ids, body.input_ids, request),
-            request,
-        )
-    prompt = _prompt_of(body.text, body.prompt)
-    request = _gen_request(model, prompt, body.sampling_params, heal=body.prompt is not None)
+    """The pieces and result of a /generate request with a structured `prompt` or a healed
+    `text` (checked now, run when iterated)."""
+    params = _per_prompt(body.sampling_params, None, "sampling_params")[0]
+    prompt = _prompt_of(body.text if isinstance(body.text, str) else None, body.prompt)
+    request = _gen_request(model, prompt, params, heal=body.prompt is not None)
     return stream_generate(functools.partial(model.bridged.generate, request), request)
 
 

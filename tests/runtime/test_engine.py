@@ -294,3 +294,21 @@ def test_top_logprobs_list_the_most_likely_tokens_of_every_step(make_engine: Any
 def test_top_logprobs_num_is_bounded() -> None:
     with pytest.raises(ValueError, match="top_logprobs_num"):
         greedy(4, top_logprobs_num=21)
+
+
+def test_prefill_lists_the_most_likely_tokens_of_every_scored_prompt_position(
+    make_engine: Any, tiny_model: Any
+) -> None:
+    engine = make_engine(threaded=True)
+    ids = token_ids(10, 12)
+    meta = asyncio.run(engine.prefill(ids, 4, top_logprobs_num=3))
+    want = direct_logprobs(tiny_model, ids)  # row t: log p(. | ids[:t+1]) of ids[t+1]
+    assert meta.prompt_logprobs is not None and meta.prompt_top_logprobs is not None
+    assert len(meta.prompt_top_logprobs) == len(meta.prompt_logprobs) == len(ids) - 4
+    assert torch.allclose(torch.tensor(meta.prompt_logprobs), want[3:], atol=1e-4)
+    for top in meta.prompt_top_logprobs:
+        assert len(top) == 3 and [lp for _, lp in top] == sorted(
+            (lp for _, lp in top), reverse=True
+        )
+    plain = asyncio.run(engine.prefill(ids, 4))
+    assert plain.prompt_top_logprobs is None

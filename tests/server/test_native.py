@@ -41,7 +41,7 @@ def test_generate_in_sglang_format(transport: httpx.ASGITransport) -> None:
     meta = body["meta_info"]
     assert meta["completion_tokens"] == 3
     assert meta["prompt_tokens"] == 5
-    assert meta["finish_reason"] == {"type": "length", "kind": "length"}
+    assert meta["finish_reason"] == {"type": "length", "length": 3, "kind": "length"}
 
 
 def test_generate_from_token_ids_matches_text(
@@ -106,8 +106,11 @@ def test_cache_prefix_then_generate_hits_the_cache(transport: httpx.ASGITranspor
     [
         ({"sampling_params": greedy(2)}, "exactly one of"),
         ({"text": "a", "input_ids": [1], "sampling_params": greedy(2)}, "exactly one of"),
-        ({"text": 3}, "text: Input should be a valid string"),
-        ({"text": "a", "sampling_params": greedy(0)}, "max_new_tokens must be >= 1"),
+        ({"text": 3}, "text.str: Input should be a valid string"),
+        ({"text": "a", "sampling_params": greedy(-1)}, "max_new_tokens must be >= 1"),
+        ({"text": ["a", "b"], "stream": True}, "`stream` takes one prompt"),
+        ({"text": ["a", "b"], "rid": ["r"]}, "`rid` must have one value per prompt"),
+        ({"text": "a", "return_logprob": True, "logprob_start_len": 5}, "logprob_start_len"),
         ({"text": "a", "sampling_params": {"temperature": -1}}, "temperature"),
         ({"text": "a", "sampling_params": greedy(2, regex="(")}, "regex"),
         ({"text": "a", "sampling_params": greedy(2, json_schema="{")}, "not JSON"),
