@@ -15,6 +15,7 @@ import click
 
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglError, SglWarning
+from sgl_lang.runtime.config import KERNELS
 from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
 if TYPE_CHECKING:
@@ -88,6 +89,11 @@ engine_options = _options(
         "--max-running", type=click.IntRange(min=1), help="Max requests decoded together."
     ),
     click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
+    click.option(
+        "--kernels",
+        type=click.Choice(KERNELS),
+        help="Forward kernels (default: auto = vllm if installed).",
+    ),
 )
 runtime_options = _options(
     click.option(
@@ -188,6 +194,7 @@ def run_options(
     max_running: int | None,
     max_tokens: int | None,
     threads: int | None,
+    kernels: str | None,
     allow_read: bool,
     allow_write: bool,
     allow_net: bool,
@@ -226,6 +233,7 @@ def run_options(
             "max_running_requests": max_running,
             "max_tokens": max_tokens,
             "threads": threads,
+            "kernels": kernels,
             "max_steps": max_steps,
             "timeout_s": timeout,
         },
@@ -419,6 +427,7 @@ def serve(
     cache: bool | None,
     max_running: int | None,
     threads: int | None,
+    kernels: str | None,
     allowed_hosts: tuple[str, ...],
     max_body_mb: float,
     debug: bool,
@@ -433,6 +442,7 @@ def serve(
         enable_cache=cache is not False,
         max_running_requests=max_running,
         num_threads=threads,
+        kernels=kernels,
     )
     _guard(
         debug,
