@@ -113,7 +113,7 @@ class Engine:
         num_slots = config.kv_cache_tokens or KVPool.num_slots_for_budget(
             config.kv_cache_bytes(), c.num_layers, c.num_kv_heads, c.head_dim, dtype
         )
-        kernels = load_kernels(config.kernels, config.device)
+        kernels = load_kernels(config.kernels, config.device, c.head_dim)
         self.kv_pool = KVPool(c.num_layers, num_slots, c.num_kv_heads, c.head_dim, dtype,
                               config.device, kernels=kernels,
                               page_size=config.page_size or kernels.page_size_multiple)  # fmt: skip

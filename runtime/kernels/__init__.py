@@ -13,17 +13,18 @@ from sgl_lang.runtime.kernels.vllm_kernels import VllmKernels
 __all__ = ["Kernels", "KernelsUnavailableError", "PreparedLinear", "load_kernels"]
 
 
-def load_kernels(name: str = "auto", device: str | torch.device = "cpu") -> Kernels:
-    """The kernel set `name` on `device`. `auto` falls back to torch when vLLM's ops cannot run
-    here; an explicit `vllm` raises KernelsUnavailableError saying why."""
+def load_kernels(name: str, device: str | torch.device, head_dim: int) -> Kernels:
+    """The kernel set `name` on `device` for a model with heads of `head_dim`. `auto` falls back
+    to torch when vLLM's ops cannot run here; an explicit `vllm` raises KernelsUnavailableError
+    saying why."""
     device = torch.device(device)
     if name == "torch":
         return TorchKernels()
     if name == "vllm":
-        return VllmKernels.load(device)
+        return VllmKernels.load(device, head_dim)
     if name != "auto":
         raise ValueError(f"kernels: expected one of {KERNELS}, got {name!r}")
     try:
-        return VllmKernels.load(device)
+        return VllmKernels.load(device, head_dim)
     except KernelsUnavailableError:
         return TorchKernels()

@@ -39,12 +39,13 @@ class Kernels(ABC):
     name: ClassVar[str]
     page_size_multiple: ClassVar[int]  # page sizes this kernel set accepts are multiples of it
 
-    def check_page_size(self, page_size: int) -> None:
+    @classmethod
+    def check_page_size(cls, page_size: int) -> None:
         """Raise ValueError when pages of `page_size` slots do not suit these kernels."""
-        if page_size < 1 or page_size % self.page_size_multiple:
+        if page_size < 1 or page_size % cls.page_size_multiple:
             raise ValueError(
-                f"page size {page_size}: the {self.name} kernels need a multiple of "
-                f"{self.page_size_multiple}"
+                f"page size {page_size}: the {cls.name} kernels need a multiple of "
+                f"{cls.page_size_multiple}"
             )
 
     @abstractmethod

@@ -76,8 +76,8 @@ class VllmKernels(Kernels):
     (transposed inside a page) and V `[num_pages, num_kv_heads, page_size, head_dim]`, handed to
     vLLM as `[num_pages, num_kv_heads, page_size, head_dim]` views of the same memory.
 
-    Batches whose contexts are not laid out in pages (an allocator that hands out single slots,
-    or a head size the paged kernel lacks) attend by SDPA over slots read from the same pool.
+    Batches whose contexts are not laid out in pages (an allocator that hands out single slots)
+    attend by SDPA over slots read from the same pool.
     """
 
     name = "vllm"
@@ -87,10 +87,16 @@ class VllmKernels(Kernels):
         self.ops = ops
 
     @classmethod
-    def load(cls, device: torch.device) -> VllmKernels:
-        """The kernels on `device`; KernelsUnavailableError says why they cannot run."""
+    def load(cls, device: torch.device, head_dim: int) -> VllmKernels:
+        """The kernels on `device` for a model with heads of `head_dim`; KernelsUnavailableError
+        says why they cannot run."""
         if device.type != "cpu":
             raise KernelsUnavailableError(f"the vllm kernels run on the CPU, not on {device}")
+        if head_dim not in HEAD_DIMS:
+            sizes = ", ".join(map(str, HEAD_DIMS))
+            raise KernelsUnavailableError(
+                f"the vllm kernels' attention has no head size {head_dim} (only {sizes})"
+            )
         try:
             return cls(import_ops())
         except ImportError as exc:
@@ -118,7 +124,7 @@ class VllmKernels(Kernels):
     def plan_attention(self, batch: ForwardBatch, page_size: int, num_heads: int,
                        k_cache: Tensor) -> PagedPlan | SdpaPlan:  # fmt: skip
         num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[3]
-        if head_dim not in HEAD_DIMS or not is_page_laid_out(batch, page_size):
+        if not is_page_laid_out(batch, page_size):
             return plan_sdpa(batch)
         block_table = torch.nn.utils.rnn.pad_sequence(
             [slots[::page_size] // page_size for slots in batch.seq_slots], batch_first=True
