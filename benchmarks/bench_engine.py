@@ -5,7 +5,9 @@ vs a matmul ceiling.
 
 Rows: prefill tok/s at 128/512/2048 tokens (logits of the last token only), decode tok/s at
 batch 1/8/32 (128-token prompts), and a shared-prefix workload (N requests = one long prefix +
-N different suffixes) with the radix cache on vs off. Columns: our engine with `--kernels torch`
+N different suffixes) with the radix cache on vs off; then the same prefill/decode rows as bare
+forwards over a pool of 32-token pages with hand-laid-out contexts (the attention the kernels
+do through block tables, whatever the engine's slot allocator). Columns: our engine with `--kernels torch`
 and `--kernels vllm` (when vLLM's ops import here) side by side. The "ceiling" of a row is the
 time of the model's weight matmuls alone at that many rows (the fastest of F.linear and each
 kernel set's prepared linear over every layer's weights, measured now), i.e. what a perfect
@@ -23,7 +25,9 @@ import torch.nn.functional as F
 
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.kernels import KernelsUnavailableError, load_kernels
+from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
+from sgl_lang.runtime.model_runner import ForwardBatch, ModelRunner
 from sgl_lang.runtime.sampling import SamplingParams
 
 
@@ -142,6 +146,51 @@ def shared_prefix(
     return num_requests / seconds, hit_rate, [c.meta.output_ids for c in completions]
 
 
+PAGE_SIZE = 32
+
+
+def versus(tok_s: list[float]) -> str:
+    """The last kernel set's rate over torch's (the first), when there are two."""
+    return f"{tok_s[-1] / tok_s[0]:>12.2f}" if len(tok_s) > 1 else f"{'':>12}"
+
+
+def paged_runner(loaded: LoadedModel, kernels: str, num_slots: int) -> ModelRunner:
+    c = loaded.config
+    pool = KVPool(c.num_layers, num_slots, c.num_kv_heads, c.head_dim, page_size=PAGE_SIZE,
+                  kernels=load_kernels(kernels, "cpu", c.head_dim))  # fmt: skip
+    return ModelRunner(loaded.model, pool)
+
+
+def forward_prefill(loaded: LoadedModel, kernels: str, num_tokens: int, repeat: int) -> float:
+    """Tokens/s of one prefill forward (last-token logits) into pages 1, 2, ..."""
+    runner = paged_runner(loaded, kernels, PAGE_SIZE + num_tokens)
+    slots = torch.arange(PAGE_SIZE, PAGE_SIZE + num_tokens)
+    batch = ForwardBatch(torch.tensor(random_ids(num_tokens, 1)), torch.arange(num_tokens), slots,
+                         [slots], [num_tokens], torch.tensor([num_tokens - 1]))  # fmt: skip
+    runner.run(batch)
+    return num_tokens / best_seconds(lambda: runner.run(batch), repeat)
+
+
+def forward_decode(loaded: LoadedModel, kernels: str, batch_size: int, num_steps: int) -> float:
+    """Tokens/s of decode forwards for `batch_size` 128-token contexts, each in its own pages."""
+    prompt_len = 128
+    region = -(-(prompt_len + num_steps) // PAGE_SIZE) * PAGE_SIZE  # slots of one request
+    runner = paged_runner(loaded, kernels, PAGE_SIZE + batch_size * region)
+    bases = [PAGE_SIZE + r * region for r in range(batch_size)]
+    prompts = [torch.arange(b, b + prompt_len) for b in bases]
+    ids = torch.tensor([i for r in range(batch_size) for i in random_ids(prompt_len, 10 + r)])
+    runner.run(ForwardBatch(ids, torch.arange(prompt_len).repeat(batch_size), torch.cat(prompts),
+                            prompts, [prompt_len] * batch_size,
+                            torch.arange(batch_size) * prompt_len))  # fmt: skip
+    started = time.perf_counter()
+    for step in range(num_steps):
+        seq_slots = [torch.arange(b, b + prompt_len + step + 1) for b in bases]
+        runner.run(ForwardBatch(torch.full((batch_size,), 1000), torch.full((batch_size,),
+                                prompt_len + step), torch.stack([s[-1] for s in seq_slots]),
+                                seq_slots, [1] * batch_size, torch.arange(batch_size)))  # fmt: skip
+    return batch_size * num_steps / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
@@ -155,28 +204,28 @@ def main() -> None:
 
     hf = AutoModelForCausalLM.from_pretrained(loaded.model_dir, dtype=torch.float32).eval()
     kernel_sets = available_kernels(loaded.config.head_dim)
-    rows: list[tuple[str, list[float], float, float]] = []
-    for num_tokens in (128, 512) if args.quick else (128, 512, 2048):
-        ours = [engine_prefill(loaded, k, num_tokens, repeat) for k in kernel_sets]
-        rows.append((f"prefill {num_tokens} tok", ours, hf_prefill(hf, num_tokens, repeat),
-                     matmul_ceiling(loaded, num_tokens, repeat)))  # fmt: skip
     num_steps = 8 if args.quick else 16
-    for batch_size in (1, 8, 32):
-        ours = [engine_decode(loaded, k, batch_size, num_steps) for k in kernel_sets]
-        rows.append((f"decode batch {batch_size}", ours, hf_decode(hf, batch_size, num_steps),
-                     matmul_ceiling(loaded, batch_size, 3)))  # fmt: skip
+    prefill_lens = (128, 512) if args.quick else (128, 512, 2048)
+    shapes = [("prefill", n, f"prefill {n} tok") for n in prefill_lens]
+    shapes += [("decode", b, f"decode batch {b}") for b in (1, 8, 32)]
     best = kernel_sets[-1]
     ratio = f"{best}/torch" if best != "torch" else ""
-    print(f"\n{'tok/s':<20}" + "".join(f"{k:>10}" for k in kernel_sets) + f"{ratio:>12}"
-          f"{'HF':>10}{'ceiling':>10}{best + '/HF':>12}{best + '/ceil':>12}")  # fmt: skip
-    for name, ours, ref, ceiling in rows:
-        versus = f"{ours[-1] / ours[0]:>12.2f}" if len(ours) > 1 else f"{'':>12}"
-        print(
-            f"{name:<20}"
-            + "".join(f"{t:>10.1f}" for t in ours)
-            + versus
-            + f"{ref:>10.1f}{ceiling:>10.1f}{ours[-1] / ref:>12.2f}{ours[-1] / ceiling:>12.0%}"
-        )
+    header = f"{'tok/s':<20}" + "".join(f"{k:>10}" for k in kernel_sets) + f"{ratio:>12}"
+    print(f"\nour engine\n{header}{'HF':>10}{'ceiling':>10}{best + '/HF':>12}{best + '/ceil':>12}")
+    for kind, size, name in shapes:
+        if kind == "prefill":
+            ours = [engine_prefill(loaded, k, size, repeat) for k in kernel_sets]
+            ref, ceiling = hf_prefill(hf, size, repeat), matmul_ceiling(loaded, size, repeat)
+        else:
+            ours = [engine_decode(loaded, k, size, num_steps) for k in kernel_sets]
+            ref, ceiling = hf_decode(hf, size, num_steps), matmul_ceiling(loaded, size, 3)
+        print(f"{name:<20}" + "".join(f"{t:>10.1f}" for t in ours) + versus(ours)
+              + f"{ref:>10.1f}{ceiling:>10.1f}{ours[-1] / ref:>12.2f}{ours[-1] / ceiling:>12.0%}")  # fmt: skip
+    print(f"\nbare forwards over {PAGE_SIZE}-token pages\n{header}")
+    for kind, size, name in shapes:
+        forward = [forward_prefill(loaded, k, size, repeat) if kind == "prefill"
+                   else forward_decode(loaded, k, size, num_steps) for k in kernel_sets]  # fmt: skip
+        print(f"{name:<20}" + "".join(f"{t:>10.1f}" for t in forward) + versus(forward))
 
     shape = (16, 400, 20, 8) if args.quick else (64, 1000, 50, 16)
     on_rate, on_hits, on_out = shared_prefix(loaded, True, *shape)
