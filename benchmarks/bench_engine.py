@@ -1,12 +1,17 @@
-"""Runtime throughput on this machine, in one run: our engine vs transformers vs a matmul ceiling.
+"""Runtime throughput on this machine, in one run: our engine on each kernel set vs transformers
+vs a matmul ceiling.
 
     .venv/bin/python benchmarks/bench_engine.py [--quick] [--threads 2] [--model PATH]
 
 Rows: prefill tok/s at 128/512/2048 tokens (logits of the last token only), decode tok/s at
 batch 1/8/32 (128-token prompts), and a shared-prefix workload (N requests = one long prefix +
-N different suffixes) with the radix cache on vs off. The "ceiling" of a row is the time of the
-model's weight matmuls alone at that many rows (F.linear over every layer's weights, measured
-now), i.e. what a perfect runtime without attention, norms or Python overhead would reach.
+N different suffixes) with the radix cache on vs off; then the same prefill/decode rows as bare
+forwards over a pool of 32-token pages with hand-laid-out contexts (the attention the kernels
+do through block tables, whatever the engine's slot allocator). Columns: our engine with `--kernels torch`
+and `--kernels vllm` (when vLLM's ops import here) side by side. The "ceiling" of a row is the
+time of the model's weight matmuls alone at that many rows (the fastest of F.linear and each
+kernel set's prepared linear over every layer's weights, measured now), i.e. what a perfect
+runtime without attention, norms or Python overhead would reach.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from sgl_lang.runtime.engine import Engine
+from sgl_lang.runtime.kernels import KernelsUnavailableError, load_kernels
+from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
+from sgl_lang.runtime.model_runner import ForwardBatch, ModelRunner
 from sgl_lang.runtime.sampling import SamplingParams
 
 
@@ -37,36 +45,48 @@ def random_ids(num: int, seed: int) -> list[int]:
     return torch.randint(100, 49000, (num,), generator=gen).tolist()
 
 
+def available_kernels(head_dim: int) -> list[str]:
+    """The kernel sets that run here: torch, and vllm when its ops import."""
+    try:
+        load_kernels("vllm", "cpu", head_dim)
+    except KernelsUnavailableError:
+        return ["torch"]
+    return ["torch", "vllm"]
+
+
 def matmul_ceiling(loaded: LoadedModel, num_rows: int, repeat: int) -> float:
     """Tokens/s of the weight matmuls alone for `num_rows` tokens (lm_head for one row), the
-    faster of `F.linear(x, W)` and `W @ x.T`."""
+    fastest of `F.linear(x, W)` and each kernel set's prepared linear."""
     model = loaded.model
     x = torch.randn(num_rows, loaded.config.hidden_size)
     mlp_in = torch.randn(num_rows, loaded.config.intermediate_size)
     attn_in = torch.randn(num_rows, loaded.config.num_heads * loaded.config.head_dim)
+    weights = [(x, layer.qkv_weight) for layer in model.layers]
+    weights += [(attn_in, layer.o_weight) for layer in model.layers]
+    weights += [(x, layer.gate_up_weight) for layer in model.layers]
+    weights += [(mlp_in, layer.down_weight) for layer in model.layers]
+    weights.append((x[-1:], model.lm_head))
+    candidates = [[lambda a=a, w=w: F.linear(a, w) for a, w in weights]]
+    for name in available_kernels(loaded.config.head_dim):
+        kernels = load_kernels(name, "cpu", loaded.config.head_dim)
+        prepared = [(a, kernels.prepare_linear(w)) for a, w in weights]
+        candidates.append([lambda a=a, p=p: p(a) for a, p in prepared])
 
-    def run(linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def run(calls: list[Callable[[], torch.Tensor]]) -> None:
         with torch.inference_mode():
-            for layer in model.layers:
-                linear(x, layer.qkv_weight)
-                linear(attn_in, layer.o_weight)
-                linear(x, layer.gate_up_weight)
-                linear(mlp_in, layer.down_weight)
-            linear(x[-1:], model.lm_head)
-
-    def transposed(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return torch.mm(w, a.t())  # what our forward uses for short inputs
+            for call in calls:
+                call()
 
     seconds = []
-    for linear in (F.linear, transposed):
-        run(linear)
-        seconds.append(best_seconds(lambda linear=linear: run(linear), repeat))
+    for calls in candidates:
+        run(calls)
+        seconds.append(best_seconds(lambda calls=calls: run(calls), repeat))
     return num_rows / min(seconds)
 
 
-def engine_prefill(loaded: LoadedModel, num_tokens: int, repeat: int) -> float:
+def engine_prefill(loaded: LoadedModel, kernels: str, num_tokens: int, repeat: int) -> float:
     engine = Engine(model=loaded, threaded=False, enable_cache=False, kv_cache_tokens=4096,
-                    prefill_chunk_tokens=4096)  # fmt: skip
+                    prefill_chunk_tokens=4096, kernels=kernels)  # fmt: skip
     params = SamplingParams(max_new_tokens=1, temperature=0.0)
     engine.generate_many([random_ids(num_tokens, 0)], params)  # warm-up
     seconds = best_seconds(
@@ -83,9 +103,10 @@ def hf_prefill(hf: torch.nn.Module, num_tokens: int, repeat: int) -> float:
         return num_tokens / best_seconds(lambda: hf(ids, logits_to_keep=1), repeat)
 
 
-def engine_decode(loaded: LoadedModel, batch_size: int, num_steps: int) -> float:
+def engine_decode(loaded: LoadedModel, kernels: str, batch_size: int, num_steps: int) -> float:
     engine = Engine(model=loaded, threaded=False, enable_cache=False, kv_cache_tokens=8192,
-                    max_running_requests=batch_size, prefill_chunk_tokens=128 * batch_size)  # fmt: skip
+                    max_running_requests=batch_size, prefill_chunk_tokens=128 * batch_size,
+                    kernels=kernels)  # fmt: skip
     params = SamplingParams(max_new_tokens=num_steps + 1, temperature=0.0, ignore_eos=True)
     engine.generate_many([random_ids(128, 10 + i) for i in range(batch_size)], params)
     stats = engine.stats()
@@ -125,6 +146,51 @@ def shared_prefix(
     return num_requests / seconds, hit_rate, [c.meta.output_ids for c in completions]
 
 
+PAGE_SIZE = 32
+
+
+def versus(tok_s: list[float]) -> str:
+    """The last kernel set's rate over torch's (the first), when there are two."""
+    return f"{tok_s[-1] / tok_s[0]:>12.2f}" if len(tok_s) > 1 else f"{'':>12}"
+
+
+def paged_runner(loaded: LoadedModel, kernels: str, num_slots: int) -> ModelRunner:
+    c = loaded.config
+    pool = KVPool(c.num_layers, num_slots, c.num_kv_heads, c.head_dim, page_size=PAGE_SIZE,
+                  kernels=load_kernels(kernels, "cpu", c.head_dim))  # fmt: skip
+    return ModelRunner(loaded.model, pool)
+
+
+def forward_prefill(loaded: LoadedModel, kernels: str, num_tokens: int, repeat: int) -> float:
+    """Tokens/s of one prefill forward (last-token logits) into pages 1, 2, ..."""
+    runner = paged_runner(loaded, kernels, PAGE_SIZE + num_tokens)
+    slots = torch.arange(PAGE_SIZE, PAGE_SIZE + num_tokens)
+    batch = ForwardBatch(torch.tensor(random_ids(num_tokens, 1)), torch.arange(num_tokens), slots,
+                         [slots], [num_tokens], torch.tensor([num_tokens - 1]))  # fmt: skip
+    runner.run(batch)
+    return num_tokens / best_seconds(lambda: runner.run(batch), repeat)
+
+
+def forward_decode(loaded: LoadedModel, kernels: str, batch_size: int, num_steps: int) -> float:
+    """Tokens/s of decode forwards for `batch_size` 128-token contexts, each in its own pages."""
+    prompt_len = 128
+    region = -(-(prompt_len + num_steps) // PAGE_SIZE) * PAGE_SIZE  # slots of one request
+    runner = paged_runner(loaded, kernels, PAGE_SIZE + batch_size * region)
+    bases = [PAGE_SIZE + r * region for r in range(batch_size)]
+    prompts = [torch.arange(b, b + prompt_len) for b in bases]
+    ids = torch.tensor([i for r in range(batch_size) for i in random_ids(prompt_len, 10 + r)])
+    runner.run(ForwardBatch(ids, torch.arange(prompt_len).repeat(batch_size), torch.cat(prompts),
+                            prompts, [prompt_len] * batch_size,
+                            torch.arange(batch_size) * prompt_len))  # fmt: skip
+    started = time.perf_counter()
+    for step in range(num_steps):
+        seq_slots = [torch.arange(b, b + prompt_len + step + 1) for b in bases]
+        runner.run(ForwardBatch(torch.full((batch_size,), 1000), torch.full((batch_size,),
+                                prompt_len + step), torch.stack([s[-1] for s in seq_slots]),
+                                seq_slots, [1] * batch_size, torch.arange(batch_size)))  # fmt: skip
+    return batch_size * num_steps / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
@@ -137,21 +203,29 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(loaded.model_dir, dtype=torch.float32).eval()
-    rows: list[tuple[str, float, float | None, float | None]] = []
-    for num_tokens in (128, 512) if args.quick else (128, 512, 2048):
-        rows.append((f"prefill {num_tokens} tok", engine_prefill(loaded, num_tokens, repeat),
-                     hf_prefill(hf, num_tokens, repeat),
-                     matmul_ceiling(loaded, num_tokens, repeat)))  # fmt: skip
+    kernel_sets = available_kernels(loaded.config.head_dim)
     num_steps = 8 if args.quick else 16
-    for batch_size in (1, 8, 32):
-        rows.append((f"decode batch {batch_size}", engine_decode(loaded, batch_size, num_steps),
-                     hf_decode(hf, batch_size, num_steps),
-                     matmul_ceiling(loaded, batch_size, 3)))  # fmt: skip
-    print(f"\n{'tok/s':<20}{'ours':>10}{'HF':>10}{'ceiling':>10}{'ours/HF':>10}{'ours/ceil':>11}")
-    for name, ours, ref, ceiling in rows:
-        assert ref is not None and ceiling is not None
-        print(f"{name:<20}{ours:>10.1f}{ref:>10.1f}{ceiling:>10.1f}{ours / ref:>10.2f}"
-              f"{ours / ceiling:>11.0%}")  # fmt: skip
+    prefill_lens = (128, 512) if args.quick else (128, 512, 2048)
+    shapes = [("prefill", n, f"prefill {n} tok") for n in prefill_lens]
+    shapes += [("decode", b, f"decode batch {b}") for b in (1, 8, 32)]
+    best = kernel_sets[-1]
+    ratio = f"{best}/torch" if best != "torch" else ""
+    header = f"{'tok/s':<20}" + "".join(f"{k:>10}" for k in kernel_sets) + f"{ratio:>12}"
+    print(f"\nour engine\n{header}{'HF':>10}{'ceiling':>10}{best + '/HF':>12}{best + '/ceil':>12}")
+    for kind, size, name in shapes:
+        if kind == "prefill":
+            ours = [engine_prefill(loaded, k, size, repeat) for k in kernel_sets]
+            ref, ceiling = hf_prefill(hf, size, repeat), matmul_ceiling(loaded, size, repeat)
+        else:
+            ours = [engine_decode(loaded, k, size, num_steps) for k in kernel_sets]
+            ref, ceiling = hf_decode(hf, size, num_steps), matmul_ceiling(loaded, size, 3)
+        print(f"{name:<20}" + "".join(f"{t:>10.1f}" for t in ours) + versus(ours)
+              + f"{ref:>10.1f}{ceiling:>10.1f}{ours[-1] / ref:>12.2f}{ours[-1] / ceiling:>12.0%}")  # fmt: skip
+    print(f"\nbare forwards over {PAGE_SIZE}-token pages\n{header}")
+    for kind, size, name in shapes:
+        forward = [forward_prefill(loaded, k, size, repeat) if kind == "prefill"
+                   else forward_decode(loaded, k, size, num_steps) for k in kernel_sets]  # fmt: skip
+        print(f"{name:<20}" + "".join(f"{t:>10.1f}" for t in forward) + versus(forward))
 
     shape = (16, 400, 20, 8) if args.quick else (64, 1000, 50, 16)
     on_rate, on_hits, on_out = shared_prefix(loaded, True, *shape)

@@ -11,8 +11,8 @@ programs through the interpreter, the engine on its own thread) and says how tha
 spent the run: steps vs idle, and how much CPU the interpreter's thread took meanwhile.
 
 Two passes per shape, on fresh engines. Timing: this script wraps the engine's calls
-(schedule, run, postprocess, sample, radix tree, detokenizer, stream) and the model's helpers
-(`_linear` labelled by weight, `_rms_norm`, `_rotate_half`, `_attend`, `KVPool.write`) with
+(schedule, run, postprocess, sample, radix tree, detokenizer, stream) and the ops of its kernel
+set (`linear` labelled by weight, norms, rope, activation, attention and its plan, K/V writes) with
 perf_counter; each part's *self* time per step is printed (the runtime code is not changed; the
 wrappers are removed afterwards; they add ~1 us per call). Profile: torch.profiler over the same
 shape attributes every top-level aten op to the part it ran in, which splits attention into the
@@ -38,7 +38,6 @@ from typing import Any
 import torch
 from torch.autograd.profiler import record_function
 
-import sgl_lang.runtime.models.llama as llama
 from sgl_lang.runtime.detokenizer import IncrementalDecoder
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
@@ -99,7 +98,7 @@ class StepTimer:
     def wrap_linear(self, fn: Callable[..., Any], names: dict[int, str]) -> Callable[..., Any]:
         wrapped = {name: self.wrap(f"linear.{name}", fn) for name in set(names.values())}
 
-        def linear(x: torch.Tensor, weight: torch.Tensor, *rest: Any) -> torch.Tensor:
+        def linear(x: torch.Tensor, weight: Any, *rest: Any) -> torch.Tensor:
             return wrapped[names[id(weight)]](x, weight, *rest)
 
         return linear
@@ -141,13 +140,13 @@ class StepTimer:
 
 @contextlib.contextmanager
 def instrumented(engine: Engine, timer: StepTimer) -> Iterator[None]:
-    """Install the timing wrappers on `engine` (instance attributes) and on the model module's
-    helpers and two runtime classes; remove them all on exit."""
-    model, sched = engine.runner.model, engine.scheduler
-    names = {id(model.lm_head): "lm_head"}
-    for layer in model.layers:
-        names |= {id(layer.qkv_weight): "qkv", id(layer.o_weight): "o",
-                  id(layer.gate_up_weight): "gate_up", id(layer.down_weight): "down"}  # fmt: skip
+    """Install the timing wrappers on `engine` and its kernel set (instance attributes) and on
+    two runtime classes; remove them all on exit."""
+    model, sched, kernels = engine.runner.model, engine.scheduler, engine.kv_pool.kernels
+    prepared = engine.runner.prepared
+    names = {id(prepared.lm_head): "lm_head"}
+    for layer in prepared.layers:
+        names |= {id(w): name for name, w in layer._asdict().items()}
     run = engine.runner.run
 
     def timed_run(batch: Any) -> torch.Tensor:
@@ -159,8 +158,14 @@ def instrumented(engine: Engine, timer: StepTimer) -> Iterator[None]:
         (sched, "schedule", timer.wrap("schedule", sched.schedule)),
         (engine.runner, "run", timer.wrap("run", timed_run)),
         (model, "forward", timer.wrap("forward", model.forward)),
-        (model, "_attend", timer.wrap("attention", model._attend)),
-        (engine.kv_pool, "write", timer.wrap("kv.write", engine.kv_pool.write)),
+        (kernels, "attention", timer.wrap("attention", kernels.attention)),
+        (kernels, "plan_attention", timer.wrap("plan", kernels.plan_attention)),
+        (kernels, "write_kv", timer.wrap("kv.write", kernels.write_kv)),
+        (kernels, "linear", timer.wrap_linear(kernels.linear, names)),
+        (kernels, "rms_norm", timer.wrap("norm", kernels.rms_norm)),
+        (kernels, "add_rms_norm", timer.wrap("norm", kernels.add_rms_norm)),
+        (kernels, "rotary", timer.wrap("rope", kernels.rotary)),
+        (kernels, "silu_and_mul", timer.wrap("act", kernels.silu_and_mul)),
         (sched, "postprocess", timer.wrap("postprocess", sched.postprocess)),
         (sched.sampler, "sample", timer.wrap("sample", sched.sampler.sample)),
     ]
@@ -168,10 +173,6 @@ def instrumented(engine: Engine, timer: StepTimer) -> Iterator[None]:
     for name in ("match_prefix", "insert", "lock", "unlock", "evict"):
         on_instances.append((cache, name, timer.wrap("radix", getattr(cache, name))))
     on_classes: list[tuple[Any, str, Callable]] = [
-        (llama, "_linear", timer.wrap_linear(llama._linear, names)),
-        (llama, "_rms_norm", timer.wrap("norm", llama._rms_norm)),
-        (llama, "_rotate_half", timer.wrap("rope", llama._rotate_half)),
-        (llama, "plan_attention", timer.wrap("plan", llama.plan_attention)),
         (IncrementalDecoder, "push", timer.wrap("detok", IncrementalDecoder.push)),
         (IncrementalDecoder, "flush", timer.wrap("detok", IncrementalDecoder.flush)),
         (Request, "emit", timer.wrap("stream", Request.emit)),
@@ -191,40 +192,16 @@ def instrumented(engine: Engine, timer: StepTimer) -> Iterator[None]:
             setattr(obj, name, fn)
 
 
-@contextlib.contextmanager
-def onednn_linear(loaded: LoadedModel) -> Iterator[None]:
-    """What-if: every weight matmul through oneDNN on weights reordered once into its blocked
-    layout (torch's own mkldnn ops, as inductor's CPU freezing uses them; vLLM-CPU's `onednn_mm`
-    is the same library) instead of `torch.mm`, which repacks the weight on every call."""
-    model = loaded.model
-    weights = [model.lm_head] + [
-        w for layer in model.layers
-        for w in (layer.qkv_weight, layer.o_weight, layer.gate_up_weight, layer.down_weight)
-    ]  # fmt: skip
-    packed = {id(w): torch.ops.mkldnn._reorder_linear_weight(w.detach(), 32) for w in weights}
-    original = llama._linear
-
-    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Any:
-        return torch.ops.mkldnn._linear_pointwise(x, packed[id(weight)], bias, "none", [], "")
-
-    llama._linear = linear
-    try:
-        yield
-    finally:
-        llama._linear = original
-
-
-def compare_onednn(loaded: LoadedModel, shape: Shape, threads: int) -> None:
-    """The shape uninstrumented with torch.mm, then with oneDNN: tok/s and greedy outputs."""
+def compare_kernels(loaded: LoadedModel, shape: Shape, threads: int) -> None:
+    """The shape uninstrumented on the torch kernels, then on vllm's: tok/s and greedy outputs."""
     results = []
-    for use_onednn in (False, True):
-        with onednn_linear(loaded) if use_onednn else contextlib.nullcontext():
-            engine = new_engine(loaded, shape, threads)
-            started = time.perf_counter()
-            outs = engine.generate_many(shape.prompts, shape.params)
-            seconds = time.perf_counter() - started
-            stats = engine.stats()
-            engine.close()
+    for kernels in ("torch", "vllm"):
+        engine = new_engine(loaded, shape, threads, kernels=kernels)
+        started = time.perf_counter()
+        outs = engine.generate_many(shape.prompts, shape.params)
+        seconds = time.perf_counter() - started
+        stats = engine.stats()
+        engine.close()
         results.append((seconds, stats, [c.meta.output_ids for c in outs]))
     (base_s, base, base_ids), (dnn_s, dnn, dnn_ids) = results
     same = sum(a == b for a, b in zip(base_ids, dnn_ids, strict=True))
@@ -265,9 +242,11 @@ def decode_heavy(batch_size: int, num_new: int) -> Shape:
     return Shape(f"decode B={batch_size}", prompts, params, max_running=batch_size)
 
 
-def new_engine(loaded: LoadedModel, shape: Shape, threads: int, threaded: bool = False) -> Engine:
+def new_engine(
+    loaded: LoadedModel, shape: Shape, threads: int, threaded: bool = False, kernels: str = "auto"
+) -> Engine:
     return Engine(model=loaded, threaded=threaded, kv_cache_tokens=32768, num_threads=threads,
-                  max_running_requests=shape.max_running)  # fmt: skip
+                  max_running_requests=shape.max_running, kernels=kernels)  # fmt: skip
 
 
 def time_shape(loaded: LoadedModel, shape: Shape, threads: int) -> tuple[StepTimer, float, float]:
@@ -458,9 +437,9 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass")
     parser.add_argument("--no-shapes", action="store_true", help="only the --workload")
     parser.add_argument(
-        "--onednn",
+        "--compare-kernels",
         action="store_true",
-        help="also compare torch.mm with prepacked oneDNN matmuls (a what-if)",
+        help="also run the shapes on the torch kernels and on vllm's, uninstrumented",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -478,12 +457,12 @@ def main() -> None:
         report_steps(shape.name, timer.steps, wall, plain_wall)
         if not args.no_profile:
             report_ops(shape.name, profile_shape(loaded, shape, args.threads), timer.steps)
-    if args.onednn:
-        print(f"\n## what-if: weight matmuls via prepacked oneDNN, uninstrumented ({load()})")
-        print(f"{'shape':<22}{'mm s':>9}{'dnn s':>9}{'speedup':>9}{'prefill tok/s':>18}"
+    if args.compare_kernels:
+        print(f"\n## kernels: torch vs vllm, uninstrumented ({load()})")
+        print(f"{'shape':<22}{'torch s':>9}{'vllm s':>9}{'speedup':>9}{'prefill tok/s':>18}"
               f"{'decode tok/s':>18}{'same greedy':>12}")  # fmt: skip
         for shape in shapes:
-            compare_onednn(loaded, shape, args.threads)
+            compare_kernels(loaded, shape, args.threads)
     if args.workload:
         run_benchmark_workload(args.workload, args.quick, args.threads)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 POLICIES = ("lpm", "dfs-weight", "fcfs")
 GRAMMAR_ENGINES = ("llguidance", "xgrammar")  # constrained decoding: grammar_engines.py
 DTYPES = ("float32", "bfloat16", "float16")
+KERNELS = ("auto", "torch", "vllm")  # runtime/kernels: auto = vllm where its ops import
 DEFAULT_KV_CACHE_CAP_BYTES = 2 * 1024**3
 DEFAULT_KV_CACHE_FRACTION = 0.2  # of the memory available when the engine starts
 
@@ -43,6 +44,8 @@ class EngineConfig:
     grammar_engine: str = "llguidance"  # constrained decoding: or "xgrammar" (optional extra)
     jump_forward: bool = True  # append tokens a constraint forces without a decode step
     grammar_compile_timeout: float = 30.0  # seconds; a constraint compiling longer fails
+    kernels: str = "auto"  # the forward's kernel set: auto | torch | vllm (docs/kernels.md)
+    page_size: int | None = None  # KV slots per page; None = what the kernels need (vllm: 32)
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -62,6 +65,10 @@ class EngineConfig:
                 f"EngineConfig.grammar_engine: expected one of {GRAMMAR_ENGINES}, "
                 f"got {self.grammar_engine!r}"
             )
+        if self.kernels not in KERNELS:
+            raise ValueError(
+                f"EngineConfig.kernels: expected one of {KERNELS}, got {self.kernels!r}"
+            )
         if not 0 < self.new_token_ratio <= 1:
             raise ValueError(
                 f"EngineConfig.new_token_ratio must be in (0, 1], got {self.new_token_ratio}"
@@ -73,7 +80,7 @@ class EngineConfig:
             )
         positive = ("kv_cache_tokens", "prefill_chunk_tokens", "max_running_requests",
                     "num_threads", "max_queue_match", "aging_steps", "in_batch_share_min_tokens",
-                    "max_context_len", "default_max_new_tokens")  # fmt: skip
+                    "max_context_len", "default_max_new_tokens", "page_size")  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):

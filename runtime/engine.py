@@ -59,6 +59,7 @@ from sgl_lang.runtime.constrained import (
 )
 from sgl_lang.runtime.detokenizer import IncrementalDecoder
 from sgl_lang.runtime.engine_loop import EngineLoop
+from sgl_lang.runtime.kernels import load_kernels
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
 from sgl_lang.runtime.model_runner import ModelRunner
@@ -112,8 +113,10 @@ class Engine:
         num_slots = config.kv_cache_tokens or KVPool.num_slots_for_budget(
             config.kv_cache_bytes(), c.num_layers, c.num_kv_heads, c.head_dim, dtype
         )
+        kernels = load_kernels(config.kernels, config.device, c.head_dim)
         self.kv_pool = KVPool(c.num_layers, num_slots, c.num_kv_heads, c.head_dim, dtype,
-                              config.device)  # fmt: skip
+                              config.device, kernels=kernels,
+                              page_size=config.page_size or kernels.page_size_multiple)  # fmt: skip
         self.runner = ModelRunner(loaded.model, self.kv_pool)
         allocator = self.kv_pool.allocator
         self.prefix_cache: PrefixCache = (
@@ -376,7 +379,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """Queues, KV use, cache hit rate and tokens/s so far (a snapshot; see stats.py)."""
-        return snapshot(self.scheduler, self._busy_seconds)
+        return snapshot(self.scheduler, self._busy_seconds, self.kv_pool.kernels.name)
 
     def health(self) -> EngineHealth:
         """Whether the engine can serve requests, and if not why (closed, or stopped by an

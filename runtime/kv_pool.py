@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sgl_lang.runtime.kernels import Kernels
+from sgl_lang.runtime.kernels.torch_kernels import TorchKernels
+
 
 class DoubleFreeError(RuntimeError):
     """A slot was freed while it was already free (an ownership bug in the caller)."""
@@ -85,7 +88,13 @@ class SlotAllocator:
 
 
 class KVPool:
-    """Per-layer K and V tensors `[num_slots + 1, num_kv_heads, head_dim]` plus their allocator."""
+    """Per-layer K and V storage for slots 0..num_slots in pages of `page_size` slots, in the
+    layout of its kernel set (`kernels`, torch's by default), plus the slot allocator.
+
+    Slot s lies in page s // page_size at offset s % page_size; pages are allocated whole, so
+    storage covers `num_pages * page_size` slots. Only the kernels address slots inside it
+    (`write`, `read`, `copy_slots`).
+    """
 
     def __init__(
         self,
@@ -95,30 +104,53 @@ class KVPool:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        *,
+        kernels: Kernels | None = None,
+        page_size: int = 1,
     ) -> None:
         for name, value in (
             ("num_layers", num_layers),
             ("num_slots", num_slots),
             ("num_kv_heads", num_kv_heads),
             ("head_dim", head_dim),
+            ("page_size", page_size),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.kernels = kernels = kernels or TorchKernels()
+        kernels.check_page_size(page_size)
         self.num_layers = num_layers
         self.num_slots = num_slots
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.dtype = dtype
         self.device = torch.device(device)
-        shape = (num_slots + 1, num_kv_heads, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)]
+        self.page_size = page_size
+        self.num_pages = -(-(num_slots + 1) // page_size)  # the sink slot 0 included
+        layers = [
+            kernels.allocate_kv(
+                self.num_pages, page_size, num_kv_heads, head_dim, dtype, self.device
+            )
+            for _ in range(num_layers)
+        ]
+        self.k = [k for k, _ in layers]
+        self.v = [v for _, v in layers]
         self.allocator = SlotAllocator(num_slots)
 
     def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
         """Store K/V `[len(slots), num_kv_heads, head_dim]` of layer `layer` at `slots`."""
-        self.k[layer].index_copy_(0, slots, k.to(self.dtype))
-        self.v[layer].index_copy_(0, slots, v.to(self.dtype))
+        self.kernels.write_kv(self.k[layer], self.v[layer], slots, k, v)
+
+    def read(self, layer: int, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """The K and V of layer `layer` at `slots`, each `[len(slots), num_kv_heads, head_dim]`."""
+        return self.kernels.read_kv(self.k[layer], self.v[layer], slots)
+
+    def copy_slots(self, src: Tensor, dst: Tensor) -> None:
+        """Copy the K/V of slots `src` to slots `dst` (int64, same length) in every layer."""
+        if src.shape != dst.shape:
+            raise ValueError(f"copy_slots: {src.numel()} source slots for {dst.numel()} targets")
+        for layer in range(self.num_layers):
+            self.write(layer, dst, *self.read(layer, src))
 
     @property
     def bytes_per_slot(self) -> int:
@@ -126,8 +158,8 @@ class KVPool:
 
     @property
     def num_bytes(self) -> int:
-        """Memory held by all K/V tensors, sink rows included."""
-        return self.bytes_per_slot * (self.num_slots + 1)
+        """Memory held by all K/V tensors, the sink and the unused end of the last page included."""
+        return self.bytes_per_slot * self.num_pages * self.page_size
 
     @staticmethod
     def num_slots_for_budget(

@@ -59,12 +59,15 @@ class ForwardBatch:
 
 
 class ModelRunner:
-    """Runs a model over a KV pool: `run(batch)` writes the batch's K/V and returns its logits."""
+    """Runs a model over a KV pool on the pool's kernel set (the model's weights are prepared
+    for it once, here): `run(batch)` writes the batch's K/V and returns its logits."""
 
     def __init__(self, model: LlamaModel, kv_pool: KVPool) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.device = next(model.parameters()).device
+        with torch.inference_mode():
+            self.prepared = model.prepare(kv_pool.kernels)
 
     def run(self, batch: ForwardBatch) -> Tensor:
         """fp32 logits `[len(batch.logits_indices), vocab]`, on the CPU."""
@@ -72,7 +75,7 @@ class ModelRunner:
         with torch.inference_mode():
             if self.device.type != "cpu":
                 batch = _to_device(batch, self.device)
-            return self.model(batch, self.kv_pool).cpu()
+            return self.model(batch, self.kv_pool, self.prepared).cpu()
 
 
 def _to_device(batch: ForwardBatch, device: torch.device) -> ForwardBatch:

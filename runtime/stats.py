@@ -69,6 +69,7 @@ class EngineStats:
     num_finished: int
     num_forced_tokens: int = 0  # output tokens a constraint forced (jump-forward: no own step)
     num_failed_steps: int = 0  # steps that raised: their requests failed, the others went on
+    kernels: str = "torch"  # the forward's kernel set (runtime/kernels)
 
     @property
     def cache_hit_rate(self) -> float:
@@ -84,8 +85,11 @@ class EngineStats:
         return self.num_decode_tokens / self.num_decode_steps if self.num_decode_steps else 0.0
 
 
-def snapshot(scheduler: Scheduler, busy_seconds: Mapping[BatchKind, float]) -> EngineStats:
-    """The engine's stats now, from its scheduler and the seconds spent in each kind of step."""
+def snapshot(
+    scheduler: Scheduler, busy_seconds: Mapping[BatchKind, float], kernels: str
+) -> EngineStats:
+    """The engine's stats now, from its scheduler, the seconds spent in each kind of step and
+    the name of its kernel set."""
     counters, memory = scheduler.counters, scheduler.memory
     extend_s, decode_s = busy_seconds[BatchKind.EXTEND], busy_seconds[BatchKind.DECODE]
     return EngineStats(
@@ -106,4 +110,5 @@ def snapshot(scheduler: Scheduler, busy_seconds: Mapping[BatchKind, float]) -> E
         num_retracted=counters.num_retracted,
         num_finished=counters.num_finished,
         num_failed_steps=counters.num_failed_steps,
+        kernels=kernels,
     )

@@ -16,6 +16,7 @@ import click
 
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglError, SglWarning
+from sgl_lang.runtime.config import KERNELS
 from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
 ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")  # sglang-router's
@@ -96,6 +97,11 @@ engine_options = _options(
         help="Max requests decoded together.",
     ),
     click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
+    click.option(
+        "--kernels",
+        type=click.Choice(KERNELS),
+        help="Forward kernels (default: auto = vllm if installed).",
+    ),
 )
 
 

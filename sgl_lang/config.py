@@ -12,6 +12,7 @@ read, and the CLI's flags override it. Every key is optional:
     max_running_requests = 64       # requests decoded together
     max_tokens = 256                # default `max_tokens` of `gen`
     threads = 2                     # torch threads
+    kernels = "auto"                # forward kernels: auto (vllm if installed) | torch | vllm
     max_steps = 1000000             # statements and expressions a run may execute (default: no limit)
     timeout_s = 60                  # seconds a run may take (default: no limit)
     max_text_len = 10000000         # characters of one str or prompt (default 10,000,000)
@@ -39,7 +40,7 @@ from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglValueError
 from sgl_lang.limits import Limits
-from sgl_lang.runtime.config import POLICIES
+from sgl_lang.runtime.config import KERNELS, POLICIES
 from sgl_lang.source import Source, Span
 from sgl_lang.stdlib.permissions import Permissions
 
@@ -102,6 +103,7 @@ class RunConfig:
     max_running_requests: int | None = None
     max_tokens: int | None = None
     threads: int | None = None
+    kernels: str | None = None
     max_steps: int | None = None
     timeout_s: float | None = None
     max_text_len: int | None = None
@@ -124,6 +126,8 @@ class RunConfig:
         if self.policy is not None and self.policy not in POLICIES:
             choices = ", ".join(POLICIES)
             raise ValueError(f"`policy` must be one of {choices}, got {self.policy!r}")
+        if self.kernels is not None and self.kernels not in KERNELS:
+            raise ValueError(f"`kernels` must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
         if not isinstance(self.cache, bool):
             raise ValueError(f"`cache` must be true or false, got {self.cache!r}")
         for name in ("max_running_requests", "max_tokens", "threads"):
@@ -161,6 +165,7 @@ ENGINE_KEYS = {
     "cache": "enable_cache",
     "max_running_requests": "max_running_requests",
     "threads": "num_threads",
+    "kernels": "kernels",
 }
 
 

@@ -226,6 +226,7 @@ def totals(backend: TracingBackend, wall_seconds: float) -> dict[str, Any]:
             "decode_tokens_per_s": round(stats.decode_tokens_per_s, 1),
             "mean_decode_batch_size": round(stats.mean_decode_batch_size, 2),
             "num_finished": stats.num_finished,
+            "kernels": stats.kernels,
         }
     return result
 
@@ -316,7 +317,8 @@ def _totals_text(totals: dict[str, Any]) -> Text:
             f"({engine['num_cached_tokens']} of {engine['num_prompt_tokens']} prompt tokens), "
             f"prefill {engine['prefill_tokens_per_s']:.0f} tokens/s, "
             f"decode {engine['decode_tokens_per_s']:.0f} tokens/s, "
-            f"mean decode batch {engine['mean_decode_batch_size']:.2f}"
+            f"mean decode batch {engine['mean_decode_batch_size']:.2f}, "
+            f"{engine['kernels']} kernels"
         )
     return Text("\n".join(lines), style="bold")
 

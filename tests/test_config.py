@@ -51,11 +51,18 @@ def test_a_full_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> 
     assert EngineOptions().engine_fields() == {"kv_cache_gb": KV_CACHE_GB, "enable_cache": True}
 
 
+def test_kernels_reach_the_engine_config(tmp_path: Path) -> None:
+    options = load_config(write(tmp_path / "sgl.toml", 'kernels = "torch"\n')).engine_options
+    assert EngineConfig(**options.engine_fields()).kernels == "torch"
+    assert EngineConfig().kernels == "auto"
+
+
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
         ('kv_cache_gb = 1\npolicy = "lifo"\n', 2, "`policy` must be one of lpm, dfs-weight, fcfs"),
         ("threads = 0\n", 1, "`threads` must be a positive integer, got 0"),
+        ('kernels = "cuda"\n', 1, "`kernels` must be one of auto, torch, vllm, got 'cuda'"),
         ("max_tokens = true\n", 1, "`max_tokens` must be a positive integer, got True"),
         ('cache = "yes"\n', 1, "`cache` must be true or false"),
         ("kv_cache_gb = -1\n", 1, "`kv_cache_gb` must be a number > 0"),

@@ -32,6 +32,7 @@ class FakeTotals:
     prefill_tokens_per_s: float = 100.0
     decode_tokens_per_s: float = 10.0
     mean_decode_batch_size: float = 1.0
+    kernels: str = "vllm"
 
 
 class EngineLikeBackend(TestBackend):
@@ -84,7 +85,9 @@ def test_a_backend_with_the_hooks_gets_its_cached_part_marked_and_its_engine_tot
     assert backend.num_warm_ups == 1  # loaded before the calls, so their times are their own
     assert report["totals"]["engine"]["num_cached_tokens"] == NUM_CACHED_TOKENS
     assert report["totals"]["engine"]["cache_hit_rate"] == round(NUM_CACHED_TOKENS / 11, 4)
-    assert f"The {CACHED_MARK}sky is blue" in capsys.readouterr().err
+    assert report["totals"]["engine"]["kernels"] == "vllm"
+    err = capsys.readouterr().err
+    assert f"The {CACHED_MARK}sky is blue" in err and "vllm kernels" in err
 
 
 def test_the_replay_wrapper_forwards_the_trace_hooks_but_loads_nothing(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sgl_lang.runtime.kernels import Kernels, PreparedLinear
+from sgl_lang.runtime.kernels.base import cos_sin_cache
 from sgl_lang.runtime.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -40,28 +43,6 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
     return inv_freq
 
 
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    if x.dtype == torch.float32:  # the fused kernel; bit-identical to the steps below in fp32
-        return F.rms_norm(x, weight.shape, weight, eps)
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear`. On CPU, 2..256 rows run as (W @ x^T)^T: measured 1.1-4x faster there
-    (oneDNN picks a poor kernel for a short x against a tall W, e.g. the lm_head in decode)."""
-    if x.is_cpu and 2 <= x.shape[0] <= 256:
-        out = torch.mm(weight, x.t()).t().contiguous()
-        return out if bias is None else out + bias
-    return F.linear(x, weight, bias)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def _param(t: Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=False)
 
@@ -82,41 +63,23 @@ class LlamaLayer(nn.Module):
         self.down_weight = _param(torch.empty(c.hidden_size, c.intermediate_size))
 
 
-class _Attention(NamedTuple):
-    """Per-forward attention metadata, shared by all layers.
+class PreparedLayer(NamedTuple):
+    """One layer's linear weights, prepared by the kernel set."""
 
-    Decode batches (one new token per request) use one padded SDPA call: `gather_slots` [B, L_max]
-    (padding = slot 0, the sink) and `key_mask` [B, 1, 1, L_max] (None when all lengths agree).
-    Other batches attend per request: `requests` holds (first token, num tokens, slots, mask);
-    mask is None for a single token or a prefill without prefix (SDPA's `is_causal` square).
-    """
-
-    gather_slots: Tensor | None
-    key_mask: Tensor | None
-    requests: list[tuple[int, int, Tensor, Tensor | None]]
+    qkv: PreparedLinear
+    o: PreparedLinear
+    gate_up: PreparedLinear
+    down: PreparedLinear
 
 
-def plan_attention(batch: ForwardBatch) -> _Attention:
-    """Build the gather indices and causal masks for `batch` once per forward."""
-    seq_slots, extend_lens = batch.seq_slots, batch.extend_lens
-    if len(seq_slots) > 1 and all(n == 1 for n in extend_lens):
-        gather = nn.utils.rnn.pad_sequence(list(seq_slots), batch_first=True, padding_value=0)
-        seq_lens = torch.tensor([len(s) for s in seq_slots], device=gather.device)
-        mask = None
-        if int(seq_lens.min()) != gather.shape[1]:
-            mask = torch.arange(gather.shape[1], device=gather.device) < seq_lens[:, None]
-            mask = mask[:, None, None, :]
-        return _Attention(gather, mask, [])
-    requests, start = [], 0
-    for slots, num_new in zip(seq_slots, extend_lens, strict=True):
-        ctx_len, mask = len(slots), None
-        if 1 < num_new < ctx_len:  # bottom-right aligned: new token j sees keys[: prefix + j + 1]
-            key_pos = torch.arange(ctx_len, device=slots.device)
-            query_pos = torch.arange(ctx_len - num_new, ctx_len, device=slots.device)
-            mask = key_pos[None, :] <= query_pos[:, None]
-        requests.append((start, num_new, slots, mask))
-        start += num_new
-    return _Attention(None, None, requests)
+@dataclass
+class PreparedModel:
+    """A model's weights made ready once for one kernel set (`LlamaModel.prepare`)."""
+
+    kernels: Kernels
+    layers: list[PreparedLayer]
+    lm_head: PreparedLinear
+    cos_sin_cache: Tensor  # [positions, head_dim], grown when a longer context comes
 
 
 class LlamaModel(nn.Module):
@@ -177,59 +140,55 @@ class LlamaModel(nn.Module):
         """A randomly initialised model (for tests); see `random_state_dict`."""
         return cls.from_state_dict(config, random_state_dict(config, seed))
 
-    def forward(self, batch: ForwardBatch, kv_pool: KVPool) -> Tensor:
-        """Run the new tokens of `batch`, write their K/V into `kv_pool`, return fp32 logits
-        `[len(batch.logits_indices), vocab]`."""
-        c = self.config
-        num_tokens = batch.input_ids.shape[0]
-        num_q, num_kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        x = F.embedding(batch.input_ids, self.embed_tokens)
-        freqs = batch.positions[:, None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        plan = plan_attention(batch)
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.input_norm, c.rms_norm_eps)
-            qkv = _linear(h, layer.qkv_weight, layer.qkv_bias)
-            qk = qkv[:, : num_q + num_kv].view(num_tokens, -1, c.head_dim)
-            qk = qk * cos + _rotate_half(qk) * sin
-            q, k = qk[:, : c.num_heads], qk[:, c.num_heads :]
-            v = qkv[:, num_q + num_kv :].view(num_tokens, c.num_kv_heads, c.head_dim)
-            kv_pool.write(i, batch.out_slots, k, v)
-            out = self._attend(q, kv_pool.k[i], kv_pool.v[i], plan)
-            if i == last:  # the last layer's output is needed only where logits are
-                out, x = out[batch.logits_indices], x[batch.logits_indices]
-            x = x + _linear(out, layer.o_weight)
-            h = _rms_norm(x, layer.post_norm, c.rms_norm_eps)
-            gate, up = _linear(h, layer.gate_up_weight).chunk(2, dim=-1)
-            x = x + _linear(F.silu(gate) * up, layer.down_weight)
-        x = _rms_norm(x, self.norm, c.rms_norm_eps)
-        return _linear(x, self.lm_head).float()
+    def prepare(self, kernels: Kernels) -> PreparedModel:
+        """The linear weights (lm_head too) prepared by `kernels`, and the rotary table."""
+        layers = [
+            PreparedLayer(
+                kernels.prepare_linear(layer.qkv_weight, layer.qkv_bias),
+                kernels.prepare_linear(layer.o_weight),
+                kernels.prepare_linear(layer.gate_up_weight),
+                kernels.prepare_linear(layer.down_weight),
+            )
+            for layer in self.layers
+        ]
+        cos_sin = cos_sin_cache(self.inv_freq, self.config.max_position_embeddings, self.dtype)
+        return PreparedModel(kernels, layers, kernels.prepare_linear(self.lm_head), cos_sin)
 
-    def _attend(self, q: Tensor, k_pool: Tensor, v_pool: Tensor, plan: _Attention) -> Tensor:
-        """q [T, H, D] -> attention output [T, H * D]."""
-        num_tokens = q.shape[0]
-        if plan.gather_slots is not None:
-            # index_select on the flat slots is several times faster than 2-D fancy indexing
-            flat, shape = plan.gather_slots.view(-1), (*plan.gather_slots.shape, *k_pool.shape[1:])
-            k = k_pool.index_select(0, flat).view(shape).transpose(1, 2)  # [B, KV, L, D]
-            v = v_pool.index_select(0, flat).view(shape).transpose(1, 2)
-            out = F.scaled_dot_product_attention(
-                q[:, :, None, :], k, v, attn_mask=plan.key_mask, enable_gqa=True
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.dtype
+
+    def forward(self, batch: ForwardBatch, kv_pool: KVPool, prepared: PreparedModel) -> Tensor:
+        """Run the new tokens of `batch` on the kernels of `prepared` (those of `kv_pool`), write
+        their K/V into `kv_pool`, return fp32 logits `[len(batch.logits_indices), vocab]`."""
+        c, ops = self.config, prepared.kernels
+        num_q, num_kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        num_positions = int(batch.positions.max()) + 1
+        if num_positions > prepared.cos_sin_cache.shape[0]:
+            prepared.cos_sin_cache = cos_sin_cache(self.inv_freq, 2 * num_positions, self.dtype)
+        plan = ops.plan_attention(batch, kv_pool.page_size, c.num_heads, kv_pool.k[0])
+        residual = F.embedding(batch.input_ids, self.embed_tokens)
+        h = ops.rms_norm(residual, self.layers[0].input_norm, c.rms_norm_eps)
+        last = len(self.layers) - 1
+        for i, (layer, weights) in enumerate(zip(self.layers, prepared.layers, strict=True)):
+            qkv = ops.linear(h, weights.qkv)
+            q, k = ops.rotary(batch.positions, qkv[:, :num_q], qkv[:, num_q : num_q + num_kv],
+                              c.head_dim, prepared.cos_sin_cache)  # fmt: skip
+            v = qkv[:, num_q + num_kv :]
+            kv_pool.write(
+                i, batch.out_slots, *(t.view(-1, c.num_kv_heads, c.head_dim) for t in (k, v))
             )
-            return out.reshape(num_tokens, -1)
-        outs = []
-        for start, num_new, slots, mask in plan.requests:
-            q_i = q[start : start + num_new].transpose(0, 1)[None]  # [1, H, n, D]
-            k = k_pool.index_select(0, slots).transpose(0, 1)[None]  # [1, KV, L, D]
-            v = v_pool.index_select(0, slots).transpose(0, 1)[None]
-            is_causal = mask is None and num_new > 1  # no prefix: the plain causal square
-            o = F.scaled_dot_product_attention(
-                q_i, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True
+            out = ops.attention(
+                q.view(-1, c.num_heads, c.head_dim), kv_pool.k[i], kv_pool.v[i], plan
             )
-            outs.append(o[0].transpose(0, 1).reshape(num_new, -1))
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+            if i == last:  # the last layer's output is needed only where logits are
+                out, residual = out[batch.logits_indices], residual[batch.logits_indices]
+            h, residual = ops.add_rms_norm(ops.linear(out, weights.o), residual, layer.post_norm,
+                                           c.rms_norm_eps)  # fmt: skip
+            mlp_out = ops.linear(ops.silu_and_mul(ops.linear(h, weights.gate_up)), weights.down)
+            next_norm = self.layers[i + 1].input_norm if i < last else self.norm
+            h, residual = ops.add_rms_norm(mlp_out, residual, next_norm, c.rms_norm_eps)
+        return ops.linear(h, prepared.lm_head).float()
 
 
 def random_state_dict(config: ModelConfig, seed: int = 0) -> dict[str, Tensor]:

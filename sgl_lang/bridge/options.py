@@ -19,6 +19,7 @@ class EngineOptions:
     enable_cache: bool = True
     max_running_requests: int | None = None
     num_threads: int | None = None
+    kernels: str | None = None  # None: auto
 
     def engine_fields(self) -> dict[str, Any]:
         """Keyword arguments of `EngineConfig`."""
@@ -28,5 +29,6 @@ class EngineOptions:
             "policy": self.policy,
             "max_running_requests": self.max_running_requests,
             "num_threads": self.num_threads,
+            "kernels": self.kernels,
         }
         return {name: value for name, value in fields.items() if value is not None}

@@ -57,6 +57,8 @@ class EngineTotals(Protocol):
     def decode_tokens_per_s(self) -> float: ...
     @property
     def mean_decode_batch_size(self) -> float: ...
+    @property
+    def kernels(self) -> str: ...  # the forward's kernel set, e.g. "torch" or "vllm"
 
 
 class CachedSplit(NamedTuple):

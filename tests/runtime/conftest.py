@@ -1,6 +1,7 @@
 """Shared runtime fixtures: the real SmolLM2 (session-scoped) and a tiny random Llama with the
 real vocabulary and tokenizer, plus helpers that drive an unthreaded Engine step by step (test modules import them with
-`from conftest import ...`)."""
+`from conftest import ...`). Engines from `make_engine` run once per kernel set available here
+(`KERNELS`: torch, and vllm where its ops import)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from sgl_lang.runtime.engine import Engine
+from sgl_lang.runtime.kernels import vllm_kernels
 from sgl_lang.runtime.model_loader import LoadedModel, ModelNotFoundError, load_model
 from sgl_lang.runtime.models.config import ModelConfig
 from sgl_lang.runtime.models.llama import LlamaModel, random_state_dict
@@ -24,12 +26,23 @@ TINY_CONFIG = ModelConfig(
     num_layers=2,
     num_heads=4,
     num_kv_heads=2,
-    head_dim=16,
+    head_dim=32,  # the smallest head vLLM's CPU attention has
     intermediate_size=128,
     max_position_embeddings=2048,
     tie_word_embeddings=True,
     eos_token_ids=(2,),
 )
+
+
+def available_kernels() -> list[str]:
+    try:
+        vllm_kernels.import_ops()
+    except ImportError:
+        return ["torch"]
+    return ["torch", "vllm"]
+
+
+KERNELS = available_kernels()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,13 +77,21 @@ def tiny_model(tokenizer: Any) -> LoadedModel:
     return LoadedModel(TINY_CONFIG, model, tokenizer, Path("."))
 
 
+@pytest.fixture(params=KERNELS)
+def kernels(request: pytest.FixtureRequest) -> str:
+    """Each kernel set available here, in turn."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_engine(tiny_model: LoadedModel) -> Iterator[Callable[..., Engine]]:
-    """Build unthreaded engines on the tiny model (`model=` overrides); closed at teardown."""
+def make_engine(tiny_model: LoadedModel, kernels: str) -> Iterator[Callable[..., Engine]]:
+    """Build unthreaded engines on the tiny model (`model=` overrides) with `kernels` (`kernels=`
+    overrides); closed at teardown."""
     engines: list[Engine] = []
 
     def make(**options: Any) -> Engine:
         options.setdefault("model", tiny_model)
+        options.setdefault("kernels", kernels)
         options.setdefault("threaded", False)
         options.setdefault("kv_cache_tokens", 4096)
         engine = Engine(**options)
