@@ -43,6 +43,7 @@ class EngineConfig:
     grammar_engine: str = "llguidance"  # constrained decoding: or "xgrammar" (optional extra)
     jump_forward: bool = True  # append tokens a constraint forces without a decode step
     grammar_compile_timeout: float = 30.0  # seconds; a constraint compiling longer fails
+    page_size: int = 1  # KV slots per page (pages.py); vLLM's CPU attention wants a multiple of 32
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -73,11 +74,16 @@ class EngineConfig:
             )
         positive = ("kv_cache_tokens", "prefill_chunk_tokens", "max_running_requests",
                     "num_threads", "max_queue_match", "aging_steps", "in_batch_share_min_tokens",
-                    "max_context_len", "default_max_new_tokens")  # fmt: skip
+                    "max_context_len", "default_max_new_tokens", "page_size")  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.page_size:
+            raise ValueError(
+                f"EngineConfig.kv_cache_tokens ({self.kv_cache_tokens}) must hold one page "
+                f"(page_size {self.page_size})"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: object) -> EngineConfig:

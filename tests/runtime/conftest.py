@@ -129,10 +129,10 @@ def assert_idle_and_leak_free(engine: Engine) -> None:
     allocator = engine.kv_pool.allocator
     assert not engine.scheduler.has_work
     tree_tokens = engine.prefix_cache.total_size
-    assert allocator.num_free + tree_tokens == allocator.num_slots
+    assert allocator.num_free_pages + tree_tokens == allocator.num_pages
     assert engine.prefix_cache.protected_size == 0
     engine.flush_cache()
-    assert allocator.num_free == allocator.num_slots
+    assert allocator.num_free_pages == allocator.num_pages
     engine.check_integrity()
 
 

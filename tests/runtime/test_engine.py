@@ -80,7 +80,7 @@ def test_leaving_the_stream_early_cancels_and_frees_the_slots(make_engine: Any) 
     sync_engine_state(engine)  # the cancel has been handled, the flush emptied the tree
     stats = engine.stats()
     assert stats.num_running == stats.num_waiting == 0
-    assert allocator.num_free == allocator.num_slots
+    assert allocator.num_free_pages == allocator.num_pages
     assert stats.num_decode_tokens < 1999  # it did not run to the end
 
 

@@ -57,7 +57,7 @@ def assert_serving_and_clean(engine: Engine) -> None:
     engine.loop.call(engine.check_integrity)
     engine.flush_cache()
     allocator = engine.kv_pool.allocator
-    assert allocator.num_free == allocator.num_slots
+    assert allocator.num_free_pages == allocator.num_pages
 
 
 @pytest.mark.parametrize("ids", [[-1], [5, 49_152], [7, 10**9, 8]])
@@ -180,7 +180,7 @@ def test_a_failure_it_cannot_recover_from_stops_the_engine_and_reports_it(
     assert engine.health().serving
 
     def broken() -> None:
-        raise IntegrityError("slot 3 is owned by nobody (leaked)")
+        raise IntegrityError("page 3 is owned by nobody (leaked)")
 
     monkeypatch.setattr(engine, "check_integrity", broken)
     poison_forward(engine, monkeypatch)

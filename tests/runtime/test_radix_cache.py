@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sgl_lang.runtime.cache_integrity import IntegrityError
-from sgl_lang.runtime.kv_pool import SlotAllocator
+from sgl_lang.runtime.pages import PageAllocator
 from sgl_lang.runtime.prefix_cache import TreeNode
 from sgl_lang.runtime.radix_cache import RadixCache
 
 
 def make_cache(num_slots: int = 16) -> RadixCache:
-    return RadixCache(SlotAllocator(num_slots))
+    return RadixCache(PageAllocator(num_slots))
 
 
 def put(cache: RadixCache, ids: list[int]) -> int:
@@ -93,7 +93,7 @@ def test_insert_returns_the_number_already_cached() -> None:
     cache = make_cache()
     assert put(cache, [1, 2, 3]) == 0  # slots 1 2 3
     assert put(cache, [1, 2, 5, 6]) == 2  # slots 4 5 6 7; 4 and 5 are duplicates
-    assert cache.allocator.free_slots.tolist()[-2:] == [4, 5]
+    assert cache.allocator.free_pages.tolist()[-2:] == [4, 5]
     assert edges(cache.root) == {(1, 2): {(3,): {}, (5, 6): {}}}
     assert cache.match_prefix([1, 2, 5, 6]).slots.tolist() == [1, 2, 6, 7]
     assert put(cache, [1, 2, 3]) == 3
@@ -126,10 +126,10 @@ def test_evict_frees_least_recently_used_leaves_first() -> None:
     put(cache, [3, 3])  # slots 5 6
     cache.match_prefix([1, 1])  # now [2, 2] is the oldest
     assert cache.evict(1) == 2
-    assert cache.allocator.free_slots.tolist() == [3, 4]
+    assert cache.allocator.free_pages.tolist() == [3, 4]
     assert cache.match_prefix([2, 2]).slots.tolist() == []
     assert cache.evict(3) == 4  # [3, 3] then [1, 1]
-    assert cache.allocator.free_slots.tolist() == [3, 4, 5, 6, 1, 2]
+    assert cache.allocator.free_pages.tolist() == [3, 4, 5, 6, 1, 2]
     assert cache.total_size == 0 and cache.evict(1) == 0
     cache.check_integrity()
 
@@ -140,9 +140,9 @@ def test_evict_reaches_a_parent_once_its_children_are_gone() -> None:
     put(cache, [1, 2, 5, 6])  # slots 6 7 (4 5 were duplicates, freed)
     put(cache, [9])  # slot 8
     cache.match_prefix([9])  # the [1, 2] subtree is now older than [9]
-    free_before = cache.allocator.free_slots.tolist()
+    free_before = cache.allocator.free_pages.tolist()
     assert cache.evict(4) == 5  # (3,), (5, 6), then their parent (1, 2)
-    assert cache.allocator.free_slots.tolist() == [*free_before, 3, 6, 7, 1, 2]
+    assert cache.allocator.free_pages.tolist() == [*free_before, 3, 6, 7, 1, 2]
     assert edges(cache.root) == {(9,): {}}
     cache.check_integrity()
 
@@ -210,7 +210,7 @@ def test_reset_frees_every_slot() -> None:
         cache.reset()
     cache.unlock(node)
     cache.reset()
-    assert cache.total_size == 0 and cache.allocator.num_free == 8
+    assert cache.total_size == 0 and cache.allocator.num_free_pages == 8
     assert edges(cache.root) == {}
     cache.check_integrity()
 
@@ -229,11 +229,11 @@ def corruptible() -> tuple[RadixCache, TreeNode]:
 def test_integrity_catches_a_slot_owned_twice() -> None:
     cache, _ = corruptible()
     with pytest.raises(
-        IntegrityError, match=r"slot 1 is owned more than once: tree x1, requests x1"
+        IntegrityError, match=r"page 1 is owned more than once: tree x1, requests x1"
     ):
         cache.check_integrity([torch.tensor([1])])
-    cache.allocator._free_slots = torch.cat((cache.allocator.free_slots, torch.tensor([4])))
-    with pytest.raises(IntegrityError, match="slot 4 is owned more than once"):
+    cache.allocator._free_pages = torch.cat((cache.allocator.free_pages, torch.tensor([4])))
+    with pytest.raises(IntegrityError, match="page 4 is owned more than once"):
         cache.check_integrity()
 
 
@@ -243,7 +243,7 @@ def test_integrity_catches_a_leaked_slot() -> None:
     assert own is not None
     assert own.tolist() == [7, 8]
     cache.check_integrity([own])
-    with pytest.raises(IntegrityError, match=r"slot 7 is owned by nobody \(leaked\)"):
+    with pytest.raises(IntegrityError, match=r"page 7 is owned by nobody \(leaked\)"):
         cache.check_integrity([own[1:]])
 
 
@@ -333,7 +333,7 @@ class CacheMachine(RuleBasedStateMachine):
         prefix_len = len(match.slots)
         own = self.cache.allocator.alloc(len(ids) - prefix_len)
         if own is None:
-            self.evict(len(ids) - prefix_len - self.cache.allocator.num_free)
+            self.evict(len(ids) - prefix_len - self.cache.allocator.num_free_pages)
             own = self.cache.allocator.alloc(len(ids) - prefix_len)
         if own is None:  # not enough room even after eviction: give up
             self.cache.unlock(match.last_node)

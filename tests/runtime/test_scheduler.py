@@ -243,7 +243,7 @@ def test_without_cache_nothing_is_matched_or_kept(make_engine: Any) -> None:
     completions = run_all(engine, prompts, greedy(4))
     assert all(c.meta.cached_tokens == 0 for c in completions)
     assert isinstance(engine.prefix_cache, NoOpPrefixCache)
-    assert engine.kv_pool.allocator.num_free == engine.kv_pool.allocator.num_slots
+    assert engine.kv_pool.allocator.num_free_pages == engine.kv_pool.allocator.num_pages
     assert engine.stats().num_extend_tokens == sum(len(p) for p in prompts)
 
 
