@@ -64,13 +64,28 @@ def tiny_model(tokenizer: Any) -> LoadedModel:
     return LoadedModel(TINY_CONFIG, model, tokenizer, Path("."))
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test module that sets `PAGE_SIZES` runs its engine tests at each of those page sizes."""
+    sizes = getattr(metafunc.module, "PAGE_SIZES", None)
+    if sizes is not None and "page_size" in metafunc.fixturenames:
+        metafunc.parametrize("page_size", sizes)
+
+
 @pytest.fixture
-def make_engine(tiny_model: LoadedModel) -> Iterator[Callable[..., Engine]]:
-    """Build unthreaded engines on the tiny model (`model=` overrides); closed at teardown."""
+def page_size() -> int:
+    """The KV page size of the engines `make_engine` builds (see `pytest_generate_tests`)."""
+    return 1
+
+
+@pytest.fixture
+def make_engine(tiny_model: LoadedModel, page_size: int) -> Iterator[Callable[..., Engine]]:
+    """Build unthreaded engines on the tiny model (`model=` overrides) with `page_size`;
+    closed at teardown."""
     engines: list[Engine] = []
 
     def make(**options: Any) -> Engine:
         options.setdefault("model", tiny_model)
+        options.setdefault("page_size", page_size)
         options.setdefault("threaded", False)
         options.setdefault("kv_cache_tokens", 4096)
         engine = Engine(**options)
@@ -125,11 +140,10 @@ def collect(stream: OutputStream) -> Completion:
 
 
 def assert_idle_and_leak_free(engine: Engine) -> None:
-    """Nothing running, every slot either free or in the tree; a flush frees them all."""
+    """Nothing running, every page either free or in the tree; a flush frees them all."""
     allocator = engine.kv_pool.allocator
     assert not engine.scheduler.has_work
-    tree_tokens = engine.prefix_cache.total_size
-    assert allocator.num_free_pages + tree_tokens == allocator.num_pages
+    engine.check_integrity()  # no request holds a page: each is free or the tree's
     assert engine.prefix_cache.protected_size == 0
     engine.flush_cache()
     assert allocator.num_free_pages == allocator.num_pages

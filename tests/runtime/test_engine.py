@@ -17,6 +17,8 @@ from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_runner import ForwardBatch, ModelRunner
 from sgl_lang.runtime.request import Chunk, FinishReason, RequestError
 
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
+
 
 def sync_engine_state(engine: Any) -> None:
     """Return once the engine thread has handled every command sent before (flush is a

@@ -18,6 +18,8 @@ from sgl_lang.runtime.model_runner import ForwardBatch
 from sgl_lang.runtime.request import FinishReason, RequestError
 from sgl_lang.runtime.sampling import SamplingParams
 
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
+
 POISON_ID = 49_100  # a real token that `token_ids` never draws: the injected forward fails on it
 HOSTILE_REGEX = "a{1000000}"  # llguidance's lexer gives up on it at the first output token
 SELF_REF_SCHEMA = {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}

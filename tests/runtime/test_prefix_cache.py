@@ -19,6 +19,8 @@ from sgl_lang.runtime.radix_cache import RadixCache
 from sgl_lang.runtime.request import Request
 from sgl_lang.runtime.sampling import SamplingParams
 
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
+
 
 def offer(cache: PrefixCache, ids: list[int]) -> torch.Tensor:
     """Insert `ids` at fresh slots as a request does; return the slots the caller still owns."""

@@ -22,6 +22,8 @@ from sgl_lang.runtime.policy import dfs_weight_order
 from sgl_lang.runtime.prefix_cache import NoOpPrefixCache
 from sgl_lang.runtime.request import FinishReason, OutputStream, RequestKind, RequestStatus
 
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
+
 
 def shared_prefix_prompts(num: int, num_groups: int = 4, prefix_len: int = 40) -> list[list[int]]:
     """Groups sharing prefixes of varying lengths (partial matches split tree nodes)."""
