@@ -1,7 +1,8 @@
 """Admission: which waiting requests start this step, on which cached prefix, with how much memory.
 
 Admission reserves a request's whole remaining prompt plus `new_token_ratio` of its remaining
-output against free + evictable slots minus what the admitted requests reserved. It walks the
+output, rounded up to whole pages, against free + evictable slots minus what the admitted
+requests reserved. It walks the
 waiting queue in policy order (policy.py) and stops at the first request that does not fit, so
 memory is never promised twice. A zero-token request (`cache_prefix`) whose prompt is cached
 already needs no step at all.
@@ -15,6 +16,7 @@ from typing import NamedTuple
 from sgl_lang.runtime.batch import ExtendChunk
 from sgl_lang.runtime.cache_manager import CacheManager
 from sgl_lang.runtime.config import EngineConfig
+from sgl_lang.runtime.pages import num_pages_for
 from sgl_lang.runtime.policy import admission_order, shares_uncached_prefix
 from sgl_lang.runtime.request import Request, RequestKind
 from sgl_lang.runtime.stats import SchedulerCounters
@@ -51,7 +53,9 @@ class Admission:
         `prefilling` and `running`, within `budget` tokens; `num_steps` ages the queue."""
         cfg, memory = self.config, self.memory
         cache = memory.prefix_cache
-        num_slots_left = memory.allocator.num_free - self._reserved_tokens(prefilling + running)
+        num_slots_left = memory.allocator.num_free_slots - self._reserved_slots(
+            prefilling + running
+        )
         extending = prefilling.copy()  # for in-batch prefix sharing
         admitted = Admitted([], [])
         num_active = len(prefilling) + len(running)
@@ -69,12 +73,11 @@ class Admission:
             ):
                 continue  # computed by an admitted request first, then matched next step
             cache.lock(match.last_node)
-            num_needed = req.fill_len - match_len + self._reserve_output(req)
-            if num_needed > num_slots_left + cache.evictable_size:
+            num_needed = self._slots_needed(req, match_len - match_len % memory.page_size)
+            if num_needed > num_slots_left + cache.evictable_size or not memory.borrow(req, match):
                 cache.unlock(match.last_node)
                 break
             num_slots_left -= num_needed
-            memory.borrow(req, match)
             self._count_admission(req, match_len)
             num = min(budget, req.fill_len - match_len)
             admitted.chunks.append(ExtendChunk(req, num))
@@ -89,9 +92,16 @@ class Admission:
         num = math.ceil(self.config.new_token_ratio * num_left)
         return max(0, min(num, self.memory.allocator.num_slots - req.fill_len))
 
-    def _reserved_tokens(self, active: list[Request]) -> int:
-        """Slots the admitted requests still expect to take (rest of prompt + output)."""
-        return sum(r.fill_len - r.kv_len + self._reserve_output(r) for r in active)
+    def _slots_needed(self, req: Request, num_held: int) -> int:
+        """Slots of the new pages `req` expects to take (rest of prompt + output) beyond the
+        `num_held` tokens its pages hold already."""
+        size = self.memory.page_size
+        num_tokens = req.fill_len + self._reserve_output(req)
+        return (num_pages_for(num_tokens, size) - num_pages_for(num_held, size)) * size
+
+    def _reserved_slots(self, active: list[Request]) -> int:
+        """Slots the admitted requests still expect to take."""
+        return sum(self._slots_needed(r, r.kv_len) for r in active)
 
     def _count_admission(self, req: Request, match_len: int) -> None:
         if req.num_cached_tokens is None:  # a retracted request counts once

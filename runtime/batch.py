@@ -1,10 +1,10 @@
-"""Scheduled batches: the token layout of an extend or decode step, and where its logits go.
+"""Scheduled batches: the token layout of a step, and where its logits go.
 
-An EXTEND batch carries a chunk of new tokens per request; logits are computed only where they
-are needed: at the last prompt token of a request that samples next, and at every position
-whose next token is a scored prompt token (`logprob_start_len`). A DECODE batch carries the
-output tokens of every decoding request that are not in its KV yet (the last one, plus any a
-constraint forced before it: jump-forward) and has one logits row each.
+A batch carries a chunk of new tokens per request: decode rows first (the output tokens of a
+decoding request that are not in its KV yet: the last one, plus any a constraint forced before
+it: jump-forward), then prompt chunks. Logits are computed only where they are needed: at the
+last token of a request that samples next, and at every position whose next token is a scored
+prompt token (`logprob_start_len`). A batch is DECODE, EXTEND or MIXED by the rows it has.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import torch
 from torch import Tensor
 
 from sgl_lang.runtime.model_runner import ForwardBatch
-from sgl_lang.runtime.request import Request, RequestKind
+from sgl_lang.runtime.request import Request, RequestKind, RequestStatus
 from sgl_lang.runtime.sampling import top_logprobs
 
 
 class BatchKind(Enum):
-    EXTEND = "extend"
-    DECODE = "decode"
+    EXTEND = "extend"  # prompt chunks only
+    DECODE = "decode"  # decode rows only
+    MIXED = "mixed"  # both
 
 
 class ExtendChunk(NamedTuple):
@@ -43,9 +44,11 @@ class SampleRow(NamedTuple):
 @dataclass
 class ScheduledBatch:
     """A forward batch plus, per request, where its logits are: `num_logprob_rows[i]` prompt
-    log-prob rows starting at `first_rows[i]`, then one sampling row if `samples[i]`."""
+    log-prob rows starting at `first_rows[i]`, then one sampling row if `samples[i]`. The first
+    `num_decode_rows` requests decode, the others extend their prompt."""
 
     kind: BatchKind
+    num_decode_rows: int
     requests: list[Request]
     forward: ForwardBatch
     first_rows: list[int]
@@ -67,13 +70,12 @@ class ScheduledBatch:
         """One batch per request, laid out as in this one (its slots are allocated already,
         their KV not computed yet): to run the requests of a failed forward alone."""
         pairs = zip(self.requests, self.forward.extend_lens, strict=True)
-        if self.kind is BatchKind.EXTEND:
-            return [extend_batch([ExtendChunk(req, num)]) for req, num in pairs]
-        return [decode_batch([req], req.slots[req.kv_len - num :], [num]) for req, num in pairs]
+        return [extend_batch([ExtendChunk(req, num)]) for req, num in pairs]
 
 
 def extend_batch(chunks: list[ExtendChunk]) -> ScheduledBatch:
-    """Each request extends its last `num` slots (already allocated, not yet computed)."""
+    """Each request extends its last `num` slots (already allocated, not yet computed); the
+    chunks of decoding requests come first."""
     input_ids: list[int] = []
     positions, out_slots = [], []
     logit_positions: list[int] = []
@@ -103,30 +105,12 @@ def extend_batch(chunks: list[ExtendChunk]) -> ScheduledBatch:
         logits_indices=torch.tensor(logit_positions, dtype=torch.int64),
     )
     requests = [req for req, _ in chunks]
+    num_decode_rows = sum(req.status is RequestStatus.DECODING for req in requests)
+    kind = BatchKind.MIXED if 0 < num_decode_rows < len(requests) else BatchKind.EXTEND
+    if num_decode_rows == len(requests):
+        kind = BatchKind.DECODE
     return ScheduledBatch(
-        BatchKind.EXTEND, requests, forward, first_rows, num_logprob_rows, samples
-    )
-
-
-def decode_batch(reqs: list[Request], new_slots: Tensor, nums: list[int]) -> ScheduledBatch:
-    """Per request, the `nums[i]` output tokens not in its KV yet, written at its newest slots:
-    its last token, plus the ones jump-forward appended before it. One logits row each."""
-    input_ids = [t for r, num in zip(reqs, nums, strict=True) for t in r.fill_ids[-num:]]
-    positions = [
-        torch.arange(r.fill_len - num, r.fill_len) for r, num in zip(reqs, nums, strict=True)
-    ]
-    forward = ForwardBatch(
-        input_ids=torch.tensor(input_ids, dtype=torch.int64),
-        positions=torch.cat(positions),
-        out_slots=new_slots,
-        seq_slots=[r.slots for r in reqs],
-        extend_lens=nums,
-        logits_indices=torch.tensor(nums).cumsum(0) - 1,
-    )
-    batch_size = len(reqs)
-    rows = list(range(batch_size))
-    return ScheduledBatch(
-        BatchKind.DECODE, reqs, forward, rows, [0] * batch_size, [True] * batch_size
+        kind, num_decode_rows, requests, forward, first_rows, num_logprob_rows, samples
     )
 
 

@@ -1,4 +1,4 @@
-"""The checks behind `check_integrity()`: each KV slot owned exactly once; a tree's shape, sizes."""
+"""The checks behind `check_integrity()`: each KV page owned exactly once; a tree's shape, sizes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from sgl_lang.runtime.kv_pool import SlotAllocator
+    from sgl_lang.runtime.pages import PageAllocator
     from sgl_lang.runtime.prefix_cache import TreeNode
 
-_NO_SLOTS = torch.empty(0, dtype=torch.int64)
+_NO_PAGES = torch.empty(0, dtype=torch.int64)
 
 
 class IntegrityError(RuntimeError):
-    """The cache, the requests and the free list disagree about slots, sizes or locks."""
+    """The cache, the requests and the free list disagree about pages, sizes or locks."""
 
 
 def check(condition: bool, what: str) -> None:
@@ -23,32 +23,35 @@ def check(condition: bool, what: str) -> None:
         raise IntegrityError(what)
 
 
-def check_ownership(allocator: SlotAllocator, owners: dict[str, list[Tensor]]) -> None:
-    """Raise IntegrityError unless every usable slot of `allocator` is owned exactly once: by one
-    of `owners` (a name -> the slot tensors it owns) or by the free list."""
-    num_slots = allocator.num_slots
-    owners = {**owners, "free list": [allocator.free_slots]}
-    tagged = [(name, torch.cat(ts) if ts else _NO_SLOTS) for name, ts in owners.items()]
-    every = torch.cat([slots.to("cpu") for _, slots in tagged])
+def check_ownership(allocator: PageAllocator, owners: dict[str, list[Tensor]]) -> None:
+    """Raise IntegrityError unless every usable page of `allocator` is owned exactly once: by one
+    of `owners` (a name -> the page tensors it owns) or by the free list."""
+    num_pages = allocator.num_pages
+    owners = {**owners, "free list": [allocator.free_pages]}
+    tagged = [(name, torch.cat(ts) if ts else _NO_PAGES) for name, ts in owners.items()]
+    every = torch.cat([pages.to("cpu") for _, pages in tagged])
     if every.numel():
         lo, hi = int(every.min()), int(every.max())
-        check(lo >= 1 and hi <= num_slots, f"slot out of range [1, {num_slots}]: {lo}..{hi}")
-    counts = torch.bincount(every, minlength=num_slots + 1)
+        check(lo >= 1 and hi <= num_pages, f"page out of range [1, {num_pages}]: {lo}..{hi}")
+    counts = torch.bincount(every, minlength=num_pages + 1)
     if (twice := (counts > 1).nonzero()).numel():
-        slot = int(twice[0])
-        names = [f"{name} x{int((s == slot).sum())}" for name, s in tagged if (s == slot).any()]
-        raise IntegrityError(f"slot {slot} is owned more than once: {', '.join(names)}")
+        page = int(twice[0])
+        names = [f"{name} x{int((p == page).sum())}" for name, p in tagged if (p == page).any()]
+        raise IntegrityError(f"page {page} is owned more than once: {', '.join(names)}")
     if (leaked := (counts[1:] == 0).nonzero()).numel():
-        raise IntegrityError(f"slot {int(leaked[0]) + 1} is owned by nobody (leaked)")
+        raise IntegrityError(f"page {int(leaked[0]) + 1} is owned by nobody (leaked)")
 
 
-def check_tree_shape(root: TreeNode) -> tuple[int, int]:
-    """Check links, keys, values and lock ordering below `root`; return the (evictable,
-    protected) token counts the tree holds."""
+def check_tree_shape(root: TreeNode, page_size: int) -> tuple[int, int]:
+    """Check links, keys, values, page offsets and lock ordering below `root`; return the
+    (evictable, protected) token counts the tree holds."""
     check(root.parent is None and not root.key, "the root must be an empty key")
     check(root.lock_ref >= 1, "the root must stay locked")
     sizes = [0, 0]
+    depths = {id(root): 0}  # tokens before the node's key on its path
     for node in root.walk():
+        depth = depths[id(node)] + len(node.key)
+        depths.update((id(child), depth) for child in node.children.values())
         for first, child in node.children.items():
             check(child.parent is node, f"{child!r} has a wrong parent")
             check(len(child.key) > 0 and child.key[0] == first, f"{child!r} has a bad key")
@@ -59,6 +62,11 @@ def check_tree_shape(root: TreeNode) -> tuple[int, int]:
         check(
             value.dtype == torch.int64 and value.shape == (len(node.key),),
             f"{node!r} has value shape {tuple(value.shape)} for {len(node.key)} tokens",
+        )
+        positions = torch.arange(depth - len(node.key), depth)
+        check(
+            bool((value % page_size == positions % page_size).all()),
+            f"{node!r} keeps a token at a page offset other than its position's",
         )
         sizes[node.lock_ref > 0] += len(node.key)
     return sizes[0], sizes[1]

@@ -85,6 +85,15 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        if (
+            self.kv_cache_tokens is not None
+            and self.page_size is not None
+            and self.kv_cache_tokens < self.page_size
+        ):
+            raise ValueError(
+                f"EngineConfig.kv_cache_tokens ({self.kv_cache_tokens}) must hold one page "
+                f"(page_size {self.page_size})"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: object) -> EngineConfig:

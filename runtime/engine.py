@@ -8,7 +8,7 @@
 
 A background thread runs `step()` while there is work:
 
-    batch = scheduler.schedule()          # cache-aware admission + prefill chunks, or decode
+    batch = scheduler.schedule()          # decode rows + cache-aware admission, prefill chunks
     logits = runner.run(batch.forward)    # one forward over the paged KV pool
     scheduler.postprocess(batch, logits)  # sample, stop, stream, finish, cache
 
@@ -152,7 +152,11 @@ class Engine:
             return False
         started = time.perf_counter()
         self._run(batch)
-        self._busy_seconds[batch.kind] += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        forward = batch.forward  # a mixed step's time is shared out by tokens
+        decode_share = sum(forward.extend_lens[: batch.num_decode_rows]) / forward.num_tokens
+        self._busy_seconds[BatchKind.DECODE] += seconds * decode_share
+        self._busy_seconds[BatchKind.EXTEND] += seconds * (1 - decode_share)
         return True
 
     def _run(self, batch: ScheduledBatch) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from sgl_lang.runtime.cache_integrity import check_ownership
-from sgl_lang.runtime.kv_pool import SlotAllocator
+from sgl_lang.runtime.pages import PageAllocator
 
 EMPTY_SLOTS = torch.empty(0, dtype=torch.int64)
 
@@ -74,16 +74,17 @@ class MatchResult(NamedTuple):
 class PrefixCache(ABC):
     """Computed KV kept for reuse, keyed by token-id prefixes. Only the engine thread calls it.
 
-    Ownership: every usable KV slot is owned exactly once: by the cache, by one running request
-    (its own slots), or by the allocator's free list. The cache frees slots only in `evict` and
-    `reset`; it takes the slots it keeps from `insert`.
+    Ownership: every usable KV page is owned exactly once: by the cache, by one running request
+    (its own pages), or by the allocator's free list. The cache frees pages only in `evict` and
+    `reset`; it takes the pages of the slots it keeps from `insert` (whole pages: a page that
+    holds a kept slot is the cache's).
     Locks: the slots a match returns stay valid while its `last_node` is locked; the next
     `evict` may free an unlocked prefix. Locks are counted: each `lock` is undone by one `unlock`.
     Sizes: `evictable_size` counts the cached tokens no lock protects, `protected_size` the
     others; together they are `total_size`.
     """
 
-    allocator: SlotAllocator
+    allocator: PageAllocator
 
     @abstractmethod
     def match_prefix(self, ids: Sequence[int]) -> MatchResult:
@@ -131,13 +132,13 @@ class PrefixCache(ABC):
     @abstractmethod
     def check_integrity(
         self,
-        request_slots: Iterable[Tensor] = (),
+        request_pages: Iterable[Tensor] = (),
         *,
         locked_nodes: Iterable[TreeNode] | None = None,
     ) -> None:
         """Raise IntegrityError unless ownership, sizes and locks hold.
 
-        `request_slots`: the slots each running request owns (not those it borrows from the
+        `request_pages`: the pages each running request owns (not those it borrows from the
         cache). `locked_nodes`: if given, the node each outstanding lock was taken on (one
         entry per `lock` call); the lock counts must then match them exactly.
         """
@@ -147,7 +148,7 @@ class NoOpPrefixCache(PrefixCache):
     """Caching off: nothing is kept, every match is empty and ends at a root that never grows;
     locks protect nothing, so they are not counted."""
 
-    def __init__(self, allocator: SlotAllocator) -> None:
+    def __init__(self, allocator: PageAllocator) -> None:
         self.allocator = allocator
         self.root = TreeNode.new_root()
 
@@ -179,8 +180,8 @@ class NoOpPrefixCache(PrefixCache):
 
     def check_integrity(
         self,
-        request_slots: Iterable[Tensor] = (),
+        request_pages: Iterable[Tensor] = (),
         *,
         locked_nodes: Iterable[TreeNode] | None = None,
     ) -> None:
-        check_ownership(self.allocator, {"requests": list(request_slots)})
+        check_ownership(self.allocator, {"requests": list(request_pages)})

@@ -21,6 +21,13 @@ call after every operation):
 
 A match or insert that ends inside a node's key splits the node in two, so every match ends on
 a node boundary and can be locked. Splitting keeps ownership, sizes and lock counts unchanged.
+
+Pages (pages.py): the tree owns whole pages. A token at depth i of a path sits at page offset
+i % page_size, and the page holding it also holds the path's earlier tokens of that page at the
+lower offsets (a request fills a page from offset 0 and hands it over whole), so the page of a
+page's last matched token serves the whole page. A node that ends mid-page may share its last
+page with its children; `_page_refs` counts the nodes holding each page, and `evict` frees a
+page when no node holds it any more.
 """
 
 from __future__ import annotations
@@ -33,15 +40,16 @@ import torch
 from torch import Tensor
 
 from sgl_lang.runtime.cache_integrity import check, check_ownership, check_tree_shape
-from sgl_lang.runtime.kv_pool import SlotAllocator
+from sgl_lang.runtime.pages import PageAllocator, distinct_pages
 from sgl_lang.runtime.prefix_cache import EMPTY_SLOTS, MatchResult, PrefixCache, TreeNode
 
 
 class RadixCache(PrefixCache):
-    """The radix tree of cached prefixes; frees evicted slots to `allocator`."""
+    """The radix tree of cached prefixes; frees evicted pages to `allocator`."""
 
-    def __init__(self, allocator: SlotAllocator) -> None:
+    def __init__(self, allocator: PageAllocator) -> None:
         self.allocator = allocator
+        self.page_size = allocator.page_size
         self._node_ids = itertools.count()
         self._new_tree()
 
@@ -50,6 +58,7 @@ class RadixCache(PrefixCache):
         self._clock = 0
         self._evictable_size = 0
         self._protected_size = 0
+        self._page_refs = torch.zeros(self.allocator.num_pages + 1, dtype=torch.int32)
 
     # -- sizes -------------------------------------------------------------------------------
 
@@ -102,6 +111,7 @@ class RadixCache(PrefixCache):
                 leaf = TreeNode(key[pos:], slots[pos:].clone(), node, next(self._node_ids))
                 leaf.last_access = self._clock
                 node.children[key[pos]] = leaf
+                self._page_refs[distinct_pages(leaf.value, self.page_size)] += 1
                 self._evictable_size += len(leaf.key)
                 break
             num_matched = _match_len(child.key, key, pos)
@@ -120,6 +130,9 @@ class RadixCache(PrefixCache):
         upper.lock_ref, upper.last_access = node.lock_ref, node.last_access
         upper.children[node.key[num_upper]] = node
         parent.children[upper.key[0]] = upper
+        boundary_page = int(node.value[num_upper]) // self.page_size
+        if int(node.value[num_upper - 1]) // self.page_size == boundary_page:
+            self._page_refs[boundary_page] += 1  # both halves hold the page cut through
         node.key, node.value, node.parent = node.key[num_upper:], node.value[num_upper:], upper
         return upper
 
@@ -169,7 +182,7 @@ class RadixCache(PrefixCache):
             _, _, leaf = heapq.heappop(heap)
             parent = leaf.parent
             assert parent is not None
-            self.allocator.free(leaf.value)
+            self._free_pages_of(leaf)
             del parent.children[leaf.key[0]]
             leaf.parent = None
             self._evictable_size -= len(leaf.key)
@@ -178,26 +191,30 @@ class RadixCache(PrefixCache):
                 heapq.heappush(heap, (parent.last_access, parent.node_id, parent))
         return num_freed
 
+    def _free_pages_of(self, leaf: TreeNode) -> None:
+        """Drop `leaf`'s hold on its pages; free those no other node holds."""
+        pages = distinct_pages(leaf.value, self.page_size)
+        self._page_refs[pages] -= 1
+        self.allocator.free(pages[self._page_refs[pages] == 0])
+
     def reset(self) -> None:
-        """Free every slot of the tree and empty it; raises RuntimeError if anything is locked."""
+        """Free every page of the tree and empty it; raises RuntimeError if anything is locked."""
         if self.root.lock_ref != 1:
             raise RuntimeError("reset() while nodes are locked")
-        values = [n.value for n in self.root.walk() if n is not self.root]
-        if values:
-            self.allocator.free(torch.cat(values))
+        self.allocator.free(self._page_refs.nonzero().flatten())
         self._new_tree()
 
     # -- checking ---------------------------------------------------------------------------
 
     def check_integrity(
         self,
-        request_slots: Iterable[Tensor] = (),
+        request_pages: Iterable[Tensor] = (),
         *,
         locked_nodes: Iterable[TreeNode] | None = None,
     ) -> None:
         """Raise IntegrityError unless the invariants in the module docstring hold (see
         PrefixCache.check_integrity): every `lock_ref` then equals the locks at or below it."""
-        sizes = check_tree_shape(self.root)
+        sizes = check_tree_shape(self.root, self.page_size)
         recorded = (self._evictable_size, self._protected_size)
         check(sizes == recorded, f"(evictable, protected) sizes are {recorded}, tree has {sizes}")
         if locked_nodes is not None:
@@ -207,8 +224,12 @@ class RadixCache(PrefixCache):
                     expected[id(n)] = expected.get(id(n), 0) + 1
             for n in self.root.walk():
                 check(n.lock_ref == expected.get(id(n), 0), f"lock_ref of {n!r} mismatches locks")
-        tree_slots = [n.value for n in self.root.walk()]
-        check_ownership(self.allocator, {"tree": tree_slots, "requests": list(request_slots)})
+        page_refs = torch.zeros_like(self._page_refs)
+        for n in self.root.walk():
+            page_refs[distinct_pages(n.value, self.page_size)] += 1
+        check(torch.equal(page_refs, self._page_refs), "page reference counts mismatch the tree")
+        tree_pages = page_refs.nonzero().flatten()
+        check_ownership(self.allocator, {"tree": [tree_pages], "requests": list(request_pages)})
 
 
 def _as_key(ids: Sequence[int]) -> tuple[int, ...]:

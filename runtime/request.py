@@ -128,9 +128,10 @@ _NO_SLOTS = torch.empty(0, dtype=torch.int64)
 class Request:
     """One prompt in flight.
 
-    KV invariant: `slots[i]` holds the K/V of `fill_ids[i]` for i < `kv_len`. The first `tree_len`
-    slots belong to the prefix cache and are locked through `last_node` (None: no lock held);
-    the rest are the request's own. The last output token is never in the KV yet: it is the next
+    KV invariant: `slots[i]` holds the K/V of `fill_ids[i]` for i < `kv_len`, laid out in pages
+    (pages.py). The pages of the first `tree_len` slots belong to the prefix cache and are
+    locked through `last_node` (None: no lock held); the rest are the request's own
+    (cache_manager.py). The last output token is never in the KV yet: it is the next
     decode step's input (with the tokens jump-forward appended after the last sampled one, if any).
     """
 
@@ -171,10 +172,6 @@ class Request:
     @property
     def kv_len(self) -> int:
         return len(self.slots)
-
-    @property
-    def own_slots(self) -> torch.Tensor:
-        return self.slots[self.tree_len :]
 
     @property
     def max_new_tokens(self) -> int:

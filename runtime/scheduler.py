@@ -1,8 +1,8 @@
 """Continuous batching: which requests run next, and what their results do.
 
-Every step is either an EXTEND batch (prompt chunks of admitted requests, at most
-`prefill_chunk_tokens` tokens) or a DECODE batch (one token for every decoding request); when
-both kinds have work they alternate, so a long prompt never stalls decoding for long.
+Every step runs one forward over a decode row for every decoding request (its next token) and
+prompt chunks of admitted requests (chunked prefill) in the rest of the `prefill_chunk_tokens`
+budget: decoding never waits for a long prompt, and a prompt never waits for decoding.
 
 The parts: `Admission` (admission.py) starts waiting requests in policy order (policy.py)
 within the memory; `CacheManager` (cache_manager.py) holds their KV slots; batch.py lays out
@@ -28,7 +28,6 @@ from sgl_lang.runtime.batch import (
     ExtendChunk,
     SampleRow,
     ScheduledBatch,
-    decode_batch,
     extend_batch,
     record_prompt_logprobs,
 )
@@ -54,7 +53,7 @@ class Scheduler:
         max_context_len: int,
     ) -> None:
         self.config = config
-        self.memory = CacheManager(kv_pool.allocator, prefix_cache)
+        self.memory = CacheManager(kv_pool, prefix_cache)
         self.counters = SchedulerCounters()
         self.admission = Admission(config, self.memory, self.counters)
         self.sampler = sampler
@@ -96,21 +95,23 @@ class Scheduler:
     # -- scheduling ----------------------------------------------------------------------
 
     def schedule(self) -> ScheduledBatch | None:
-        """The next batch, or None when there is nothing to run."""
+        """The next batch (decode rows first, then prompt chunks), or None when there is
+        nothing to run."""
         self.num_steps += 1
         while True:
-            if self.running and self.last_kind is BatchKind.EXTEND:
-                batch = self._schedule_decode() or self._schedule_extend()
-            else:
-                batch = self._schedule_extend() or self._schedule_decode()
-            if batch is not None or len(self.prefilling) < 2:
+            decode_chunks = self._schedule_decode()
+            budget = self.config.prefill_chunk_tokens - sum(num for _, num in decode_chunks)
+            chunks = decode_chunks + self._schedule_extend(budget)
+            if chunks or len(self.prefilling) < 2:
                 break
             self._retract(min(self.prefilling, key=_progress))  # over-committed: make room
+        batch = extend_batch(chunks) if chunks else None
         self.last_kind = batch.kind if batch else None
         return batch
 
-    def _schedule_extend(self) -> ScheduledBatch | None:
-        budget = self.config.prefill_chunk_tokens
+    def _schedule_extend(self, budget: int) -> list[ExtendChunk]:
+        """Prompt chunks of the prefilling requests, then of newly admitted ones, within
+        `budget` tokens, their slots allocated."""
         chunks: list[ExtendChunk] = []
         for req in self.prefilling:
             if budget > 0:
@@ -129,36 +130,29 @@ class Scheduler:
                 self.waiting.remove(req)
                 self.prefilling.append(req)
                 req.status = RequestStatus.PREFILLING
-        return self._build_extend(chunks) if chunks else None
-
-    def _build_extend(self, chunks: list[ExtendChunk]) -> ScheduledBatch | None:
         allocated = []
         for req, num in chunks:
-            num = min(num, self.memory.num_allocatable)
-            new_slots = self.memory.alloc(num) if num > 0 else None
-            if new_slots is None:
+            num = min(num, self.memory.num_growable(req))
+            if num <= 0 or self.memory.grow(req, num) is None:
                 continue  # over-committed memory: wait, or be retracted
-            req.slots = torch.cat((req.slots, new_slots))
             allocated.append(ExtendChunk(req, num))
-        return extend_batch(allocated) if allocated else None
+        return allocated
 
-    def _schedule_decode(self) -> ScheduledBatch | None:
-        while self.running and not self.memory.make_room(
-            sum(r.fill_len - r.kv_len for r in self.running)
+    def _schedule_decode(self) -> list[ExtendChunk]:
+        """A decode row for every running request: the output tokens not in its KV yet, their
+        slots allocated (evicting, then retracting, when memory is short)."""
+        memory = self.memory
+        while self.running and not memory.make_room(
+            sum(memory.num_pages_to_grow(r, r.fill_len - r.kv_len) for r in self.running)
         ):
             if len(self.running) + len(self.prefilling) == 1:
                 self._finish(self.running[0], FinishReason.LENGTH)  # alone and the pool is full
             else:
                 self._retract(min(self.active_requests(), key=_progress))
-        if not self.running:
-            return None
-        reqs = self.running.copy()
-        nums = [r.fill_len - r.kv_len for r in reqs]  # 1, or more after jump-forward
-        new_slots = self.memory.alloc(sum(nums))
-        assert new_slots is not None
-        for req, slots in zip(reqs, new_slots.split(nums), strict=True):
-            req.slots = torch.cat((req.slots, slots))
-        return decode_batch(reqs, new_slots, nums)
+        rows = [ExtendChunk(r, r.fill_len - r.kv_len) for r in self.running]  # 1, or more after
+        for req, num in rows:  # jump-forward; room was made above, so `grow` succeeds
+            memory.grow(req, num)
+        return rows
 
     def _retract(self, req: Request) -> None:
         """Give back `req`'s slots and requeue it at the front; its tokens are kept."""
@@ -171,12 +165,11 @@ class Scheduler:
     # -- results -------------------------------------------------------------------------
 
     def postprocess(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:
-        """Count the step; after an extend, record prompt log-probs and cache what was computed
+        """Count the step; record prompt log-probs and cache what the prompt chunks computed
         (a complete prompt starts decoding); then sample the next tokens."""
         self.counters.count_batch(batch)
-        if batch.kind is BatchKind.EXTEND:
-            self._record_prompt_logprobs(batch, logits)
-            self._cache_extended(batch.requests)
+        self._record_prompt_logprobs(batch, logits)
+        self._cache_extended(batch.requests[batch.num_decode_rows :])
         self._sample(batch.sample_rows, logits)
 
     def _record_prompt_logprobs(self, batch: ScheduledBatch, logits: torch.Tensor) -> None:

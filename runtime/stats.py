@@ -30,14 +30,16 @@ class SchedulerCounters:
     decode_batch_sizes: Counter[int] = field(default_factory=Counter)
 
     def count_batch(self, batch: ScheduledBatch) -> None:
-        """Count one step: its kind and its tokens (a decode step: one per request)."""
-        if batch.kind is BatchKind.DECODE:
+        """Count one step: its decode rows (one token each) and its prompt tokens; a mixed step
+        counts as a decode step and an extend step."""
+        num_decode_rows = batch.num_decode_rows
+        if num_decode_rows:
             self.num_decode_steps += 1
-            self.num_decode_tokens += len(batch.requests)
-            self.decode_batch_sizes[len(batch.requests)] += 1
-        else:
+            self.num_decode_tokens += num_decode_rows
+            self.decode_batch_sizes[num_decode_rows] += 1
+        if batch.kind is not BatchKind.DECODE:
             self.num_extend_steps += 1
-            self.num_extend_tokens += batch.forward.num_tokens
+            self.num_extend_tokens += sum(batch.forward.extend_lens[num_decode_rows:])
 
 
 class EngineHealth(NamedTuple):
@@ -95,7 +97,7 @@ def snapshot(
     return EngineStats(
         num_waiting=len(scheduler.waiting),
         num_running=len(scheduler.prefilling) + len(scheduler.running),
-        kv_slots_used=memory.allocator.num_used,
+        kv_slots_used=memory.allocator.num_used_pages * memory.page_size,
         kv_slots_total=memory.allocator.num_slots,
         tree_tokens=memory.prefix_cache.total_size,
         num_prompt_tokens=counters.num_prompt_tokens,

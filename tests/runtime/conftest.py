@@ -77,21 +77,43 @@ def tiny_model(tokenizer: Any) -> LoadedModel:
     return LoadedModel(TINY_CONFIG, model, tokenizer, Path("."))
 
 
-@pytest.fixture(params=KERNELS)
-def kernels(request: pytest.FixtureRequest) -> str:
-    """Each kernel set available here, in turn."""
-    return str(request.param)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Engine tests run once per kernel set available here, and a module that sets `PAGE_SIZES`
+    runs them at each of those page sizes too (the vllm kernels only at multiples of 32)."""
+    if "kernels" not in metafunc.fixturenames:
+        return
+    sizes = getattr(metafunc.module, "PAGE_SIZES", None)
+    if sizes is None or "page_size" not in metafunc.fixturenames:
+        metafunc.parametrize("kernels", KERNELS)
+        return
+    combos = [(k, p) for k in KERNELS for p in sizes if k != "vllm" or p % 32 == 0]
+    metafunc.parametrize(("kernels", "page_size"), combos, ids=[f"{k}-{p}" for k, p in combos])
 
 
 @pytest.fixture
-def make_engine(tiny_model: LoadedModel, kernels: str) -> Iterator[Callable[..., Engine]]:
-    """Build unthreaded engines on the tiny model (`model=` overrides) with `kernels` (`kernels=`
-    overrides); closed at teardown."""
+def kernels() -> str:
+    """The kernel set of the engines `make_engine` builds (see `pytest_generate_tests`)."""
+    return "auto"
+
+
+@pytest.fixture
+def page_size() -> int | None:
+    """The KV page size of the engines `make_engine` builds; None: what the kernels need."""
+    return None
+
+
+@pytest.fixture
+def make_engine(
+    tiny_model: LoadedModel, kernels: str, page_size: int | None
+) -> Iterator[Callable[..., Engine]]:
+    """Build unthreaded engines on the tiny model (`model=` overrides) with `kernels` and
+    `page_size` (`kernels=`, `page_size=` override); closed at teardown."""
     engines: list[Engine] = []
 
     def make(**options: Any) -> Engine:
         options.setdefault("model", tiny_model)
         options.setdefault("kernels", kernels)
+        options.setdefault("page_size", page_size)
         options.setdefault("threaded", False)
         options.setdefault("kv_cache_tokens", 4096)
         engine = Engine(**options)
@@ -146,14 +168,13 @@ def collect(stream: OutputStream) -> Completion:
 
 
 def assert_idle_and_leak_free(engine: Engine) -> None:
-    """Nothing running, every slot either free or in the tree; a flush frees them all."""
+    """Nothing running, every page either free or in the tree; a flush frees them all."""
     allocator = engine.kv_pool.allocator
     assert not engine.scheduler.has_work
-    tree_tokens = engine.prefix_cache.total_size
-    assert allocator.num_free + tree_tokens == allocator.num_slots
+    engine.check_integrity()  # no request holds a page: each is free or the tree's
     assert engine.prefix_cache.protected_size == 0
     engine.flush_cache()
-    assert allocator.num_free == allocator.num_slots
+    assert allocator.num_free_pages == allocator.num_pages
     engine.check_integrity()
 
 

@@ -17,6 +17,8 @@ from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_runner import ForwardBatch, ModelRunner
 from sgl_lang.runtime.request import Chunk, FinishReason, RequestError
 
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
+
 
 def sync_engine_state(engine: Any) -> None:
     """Return once the engine thread has handled every command sent before (flush is a
@@ -80,7 +82,7 @@ def test_leaving_the_stream_early_cancels_and_frees_the_slots(make_engine: Any) 
     sync_engine_state(engine)  # the cancel has been handled, the flush emptied the tree
     stats = engine.stats()
     assert stats.num_running == stats.num_waiting == 0
-    assert allocator.num_free == allocator.num_slots
+    assert allocator.num_free_pages == allocator.num_pages
     assert stats.num_decode_tokens < 1999  # it did not run to the end
 
 

@@ -18,6 +18,8 @@ from sgl_lang.runtime.model_runner import ForwardBatch
 from sgl_lang.runtime.request import FinishReason, RequestError
 from sgl_lang.runtime.sampling import SamplingParams
 
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
+
 POISON_ID = 49_100  # a real token that `token_ids` never draws: the injected forward fails on it
 HOSTILE_REGEX = "a{1000000}"  # llguidance's lexer gives up on it at the first output token
 SELF_REF_SCHEMA = {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}
@@ -57,7 +59,7 @@ def assert_serving_and_clean(engine: Engine) -> None:
     engine.loop.call(engine.check_integrity)
     engine.flush_cache()
     allocator = engine.kv_pool.allocator
-    assert allocator.num_free == allocator.num_slots
+    assert allocator.num_free_pages == allocator.num_pages
 
 
 @pytest.mark.parametrize("ids", [[-1], [5, 49_152], [7, 10**9, 8]])
@@ -180,7 +182,7 @@ def test_a_failure_it_cannot_recover_from_stops_the_engine_and_reports_it(
     assert engine.health().serving
 
     def broken() -> None:
-        raise IntegrityError("slot 3 is owned by nobody (leaked)")
+        raise IntegrityError("page 3 is owned by nobody (leaked)")
 
     monkeypatch.setattr(engine, "check_integrity", broken)
     poison_forward(engine, monkeypatch)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgl_lang.runtime.kv_pool import DoubleFreeError, KVPool, SlotAllocator
+from sgl_lang.runtime.kv_pool import KVPool
+from sgl_lang.runtime.pages import DoubleFreeError, PageAllocator
 
 
 def ids(slots: torch.Tensor | None) -> list[int]:
@@ -15,55 +16,55 @@ def ids(slots: torch.Tensor | None) -> list[int]:
 
 
 def test_alloc_hands_out_lowest_slots_first_and_never_slot_0() -> None:
-    allocator = SlotAllocator(6)
-    assert allocator.num_slots == 6 and allocator.num_free == 6
+    allocator = PageAllocator(6)
+    assert allocator.num_pages == 6 and allocator.num_free_pages == 6
     assert ids(allocator.alloc(2)) == [1, 2]
     assert ids(allocator.alloc(3)) == [3, 4, 5]
-    assert allocator.num_free == 1 and allocator.num_used == 5
+    assert allocator.num_free_pages == 1 and allocator.num_used_pages == 5
     assert ids(allocator.alloc(0)) == []
     assert ids(allocator.alloc(1)) == [6]
     assert allocator.alloc(1) is None
 
 
 def test_alloc_returns_none_and_takes_nothing_when_too_few_are_free() -> None:
-    allocator = SlotAllocator(4)
+    allocator = PageAllocator(4)
     allocator.alloc(3)
     assert allocator.alloc(2) is None
-    assert allocator.num_free == 1
+    assert allocator.num_free_pages == 1
     assert ids(allocator.alloc(1)) == [4]
 
 
 def test_freed_slots_go_to_the_back_in_the_given_order() -> None:
-    allocator = SlotAllocator(6)
+    allocator = PageAllocator(6)
     allocator.alloc(4)  # 1 2 3 4; free: 5 6
     allocator.free(torch.tensor([3, 1]))
-    assert allocator.free_slots.tolist() == [5, 6, 3, 1]
+    assert allocator.free_pages.tolist() == [5, 6, 3, 1]
     assert ids(allocator.alloc(3)) == [5, 6, 3]
     allocator.free(torch.tensor([2]))
     assert ids(allocator.alloc(2)) == [1, 2]
 
 
 def test_returned_slots_are_not_a_view_of_the_free_list() -> None:
-    allocator = SlotAllocator(4)
+    allocator = PageAllocator(4)
     slots = allocator.alloc(2)
     assert slots is not None
     slots[0] = 99
-    assert allocator.free_slots.tolist() == [3, 4]
+    assert allocator.free_pages.tolist() == [3, 4]
     assert ids(allocator.alloc(2)) == [3, 4]
 
 
 def test_double_free_raises_and_frees_nothing() -> None:
-    allocator = SlotAllocator(4)
+    allocator = PageAllocator(4)
     allocator.alloc(2)
     allocator.free(torch.tensor([1]))
-    with pytest.raises(DoubleFreeError, match="slot 1 is already free"):
+    with pytest.raises(DoubleFreeError, match="page 1 is already free"):
         allocator.free(torch.tensor([2, 1]))
-    assert allocator.free_slots.tolist() == [3, 4, 1]
-    with pytest.raises(DoubleFreeError, match="slot 3"):
+    assert allocator.free_pages.tolist() == [3, 4, 1]
+    with pytest.raises(DoubleFreeError, match="page 3"):
         allocator.free(torch.tensor([3]))  # never allocated
     with pytest.raises(DoubleFreeError, match="duplicates"):
         allocator.free(torch.tensor([2, 2]))
-    assert allocator.num_free == 3
+    assert allocator.num_free_pages == 3
 
 
 @pytest.mark.parametrize(
@@ -77,21 +78,21 @@ def test_double_free_raises_and_frees_nothing() -> None:
     ],
 )
 def test_free_rejects_bad_slots(slots: torch.Tensor, message: str) -> None:
-    allocator = SlotAllocator(4)
+    allocator = PageAllocator(4)
     allocator.alloc(4)
     with pytest.raises(ValueError, match=message):
         allocator.free(slots)
-    assert allocator.num_free == 0
+    assert allocator.num_free_pages == 0
 
 
 def test_free_of_nothing_is_a_no_op() -> None:
-    allocator = SlotAllocator(2)
+    allocator = PageAllocator(2)
     allocator.free(torch.empty(0, dtype=torch.int64))
-    assert allocator.free_slots.tolist() == [1, 2]
+    assert allocator.free_pages.tolist() == [1, 2]
 
 
 def test_clear_restores_ascending_order() -> None:
-    allocator = SlotAllocator(3)
+    allocator = PageAllocator(3)
     allocator.alloc(3)
     allocator.free(torch.tensor([2, 3, 1]))
     allocator.clear()
@@ -100,20 +101,20 @@ def test_clear_restores_ascending_order() -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, 2.0])
 def test_allocator_validates_num_slots(bad: object) -> None:
-    with pytest.raises(ValueError, match="num_slots"):
-        SlotAllocator(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_pages"):
+        PageAllocator(bad)  # type: ignore[arg-type]
 
 
 def test_alloc_rejects_negative() -> None:
     with pytest.raises(ValueError, match="num"):
-        SlotAllocator(2).alloc(-1)
+        PageAllocator(2).alloc(-1)
 
 
 def test_kv_pool_shapes_and_write() -> None:
     pool = KVPool(num_layers=2, num_slots=5, num_kv_heads=3, head_dim=4)
     assert len(pool.k) == len(pool.v) == 2
     assert pool.k[1].shape == (6, 3, 4) and pool.k[1].dtype == torch.float32
-    assert pool.allocator.num_slots == 5
+    assert pool.allocator.num_pages == 5
     k = torch.arange(24, dtype=torch.float64).view(2, 3, 4)
     pool.write(1, torch.tensor([4, 2]), k, -k)
     assert pool.k[1].dtype == torch.float32

@@ -12,11 +12,14 @@ from conftest import assert_idle_and_leak_free, greedy, run_all, token_ids
 
 from sgl_lang.runtime.cache_integrity import IntegrityError
 from sgl_lang.runtime.cache_manager import CacheManager
-from sgl_lang.runtime.kv_pool import SlotAllocator
+from sgl_lang.runtime.kv_pool import KVPool
+from sgl_lang.runtime.pages import PageAllocator
 from sgl_lang.runtime.prefix_cache import NoOpPrefixCache, PrefixCache
 from sgl_lang.runtime.radix_cache import RadixCache
 from sgl_lang.runtime.request import Request
 from sgl_lang.runtime.sampling import SamplingParams
+
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
 
 
 def offer(cache: PrefixCache, ids: list[int]) -> torch.Tensor:
@@ -34,7 +37,7 @@ def offer(cache: PrefixCache, ids: list[int]) -> torch.Tensor:
 def test_the_caller_owns_exactly_what_the_cache_does_not_keep(
     cache_class: Any, num_protected: int, num_evictable: int
 ) -> None:
-    cache = cache_class(SlotAllocator(12))
+    cache = cache_class(PageAllocator(12))
     own = [offer(cache, [1, 2, 3]), offer(cache, [1, 2, 4, 5]), offer(cache, [7])]
     cache.check_integrity(own, locked_nodes=[])
     kept = cache.match_prefix([1, 2, 4, 5])
@@ -45,12 +48,12 @@ def test_the_caller_owns_exactly_what_the_cache_does_not_keep(
     assert cache.match_prefix([1, 2, 4, 5]).slots.tolist() == kept.slots.tolist()
     cache.unlock(kept.last_node)
     cache.check_integrity(own, locked_nodes=[])
-    with pytest.raises(IntegrityError, match="slot 1 is owned more than once"):
+    with pytest.raises(IntegrityError, match="page 1 is owned more than once"):
         cache.check_integrity([*own, torch.tensor([1])])
 
 
 def test_the_no_op_cache_keeps_nothing() -> None:
-    allocator = SlotAllocator(8)
+    allocator = PageAllocator(8)
     cache = NoOpPrefixCache(allocator)
     slots = allocator.alloc(3)
     assert slots is not None
@@ -60,32 +63,31 @@ def test_the_no_op_cache_keeps_nothing() -> None:
     assert match.last_node is cache.root and cache.match_prefix([]).last_node is cache.root
     cache.lock(match.last_node)
     assert (cache.evictable_size, cache.protected_size, cache.total_size) == (0, 0, 0)
-    assert cache.evict(3) == 0 and allocator.num_free == 5  # the slots are still the caller's
+    assert cache.evict(3) == 0 and allocator.num_free_pages == 5  # the slots are still the caller's
     cache.unlock(match.last_node)
     cache.reset()
     cache.check_integrity([slots])
-    with pytest.raises(IntegrityError, match="slot 1 is owned more than once: requests x2"):
+    with pytest.raises(IntegrityError, match="page 1 is owned more than once: requests x2"):
         cache.check_integrity([slots, slots[:1]])
-    with pytest.raises(IntegrityError, match="slot 3 is owned by nobody"):
+    with pytest.raises(IntegrityError, match="page 3 is owned by nobody"):
         cache.check_integrity([slots[:2]])
 
 
 def test_without_a_cache_a_request_keeps_its_slots_and_frees_them_all() -> None:
-    allocator = SlotAllocator(8)
-    memory = CacheManager(allocator, NoOpPrefixCache(allocator))
+    pool = KVPool(1, 8, 1, 1)
+    allocator = pool.allocator
+    memory = CacheManager(pool, NoOpPrefixCache(allocator))
     req = Request("r", 0, [5, 6, 7, 8], SamplingParams(max_new_tokens=2))
     match = memory.match(req)
     memory.prefix_cache.lock(match.last_node)
     memory.borrow(req, match)
-    new_slots = memory.alloc(4)
-    assert new_slots is not None
-    req.slots = torch.cat((req.slots, new_slots))
+    assert memory.grow(req, 4) is not None
     memory.cache_computed(req)
     assert req.slots.tolist() == [1, 2, 3, 4] and req.tree_len == 0
     memory.check_integrity([req])
     memory.release(req)
     assert req.kv_len == 0 and req.last_node is None
-    assert allocator.free_slots.tolist() == [5, 6, 7, 8, 1, 2, 3, 4]
+    assert allocator.free_pages.tolist() == [5, 6, 7, 8, 1, 2, 3, 4]
     memory.check_integrity([])
 
 

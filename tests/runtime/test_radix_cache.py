@@ -4,6 +4,8 @@ after every step; check_integrity itself is shown to catch corruption."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -11,13 +13,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sgl_lang.runtime.cache_integrity import IntegrityError
-from sgl_lang.runtime.kv_pool import SlotAllocator
+from sgl_lang.runtime.cache_manager import CacheManager
+from sgl_lang.runtime.kv_pool import KVPool
+from sgl_lang.runtime.pages import PageAllocator, num_pages_for
 from sgl_lang.runtime.prefix_cache import TreeNode
 from sgl_lang.runtime.radix_cache import RadixCache
+from sgl_lang.runtime.request import Request, RequestKind
+from sgl_lang.runtime.sampling import SamplingParams
 
 
 def make_cache(num_slots: int = 16) -> RadixCache:
-    return RadixCache(SlotAllocator(num_slots))
+    return RadixCache(PageAllocator(num_slots))
 
 
 def put(cache: RadixCache, ids: list[int]) -> int:
@@ -93,7 +99,7 @@ def test_insert_returns_the_number_already_cached() -> None:
     cache = make_cache()
     assert put(cache, [1, 2, 3]) == 0  # slots 1 2 3
     assert put(cache, [1, 2, 5, 6]) == 2  # slots 4 5 6 7; 4 and 5 are duplicates
-    assert cache.allocator.free_slots.tolist()[-2:] == [4, 5]
+    assert cache.allocator.free_pages.tolist()[-2:] == [4, 5]
     assert edges(cache.root) == {(1, 2): {(3,): {}, (5, 6): {}}}
     assert cache.match_prefix([1, 2, 5, 6]).slots.tolist() == [1, 2, 6, 7]
     assert put(cache, [1, 2, 3]) == 3
@@ -126,10 +132,10 @@ def test_evict_frees_least_recently_used_leaves_first() -> None:
     put(cache, [3, 3])  # slots 5 6
     cache.match_prefix([1, 1])  # now [2, 2] is the oldest
     assert cache.evict(1) == 2
-    assert cache.allocator.free_slots.tolist() == [3, 4]
+    assert cache.allocator.free_pages.tolist() == [3, 4]
     assert cache.match_prefix([2, 2]).slots.tolist() == []
     assert cache.evict(3) == 4  # [3, 3] then [1, 1]
-    assert cache.allocator.free_slots.tolist() == [3, 4, 5, 6, 1, 2]
+    assert cache.allocator.free_pages.tolist() == [3, 4, 5, 6, 1, 2]
     assert cache.total_size == 0 and cache.evict(1) == 0
     cache.check_integrity()
 
@@ -140,9 +146,9 @@ def test_evict_reaches_a_parent_once_its_children_are_gone() -> None:
     put(cache, [1, 2, 5, 6])  # slots 6 7 (4 5 were duplicates, freed)
     put(cache, [9])  # slot 8
     cache.match_prefix([9])  # the [1, 2] subtree is now older than [9]
-    free_before = cache.allocator.free_slots.tolist()
+    free_before = cache.allocator.free_pages.tolist()
     assert cache.evict(4) == 5  # (3,), (5, 6), then their parent (1, 2)
-    assert cache.allocator.free_slots.tolist() == [*free_before, 3, 6, 7, 1, 2]
+    assert cache.allocator.free_pages.tolist() == [*free_before, 3, 6, 7, 1, 2]
     assert edges(cache.root) == {(9,): {}}
     cache.check_integrity()
 
@@ -210,7 +216,7 @@ def test_reset_frees_every_slot() -> None:
         cache.reset()
     cache.unlock(node)
     cache.reset()
-    assert cache.total_size == 0 and cache.allocator.num_free == 8
+    assert cache.total_size == 0 and cache.allocator.num_free_pages == 8
     assert edges(cache.root) == {}
     cache.check_integrity()
 
@@ -229,11 +235,11 @@ def corruptible() -> tuple[RadixCache, TreeNode]:
 def test_integrity_catches_a_slot_owned_twice() -> None:
     cache, _ = corruptible()
     with pytest.raises(
-        IntegrityError, match=r"slot 1 is owned more than once: tree x1, requests x1"
+        IntegrityError, match=r"page 1 is owned more than once: tree x1, requests x1"
     ):
         cache.check_integrity([torch.tensor([1])])
-    cache.allocator._free_slots = torch.cat((cache.allocator.free_slots, torch.tensor([4])))
-    with pytest.raises(IntegrityError, match="slot 4 is owned more than once"):
+    cache.allocator._free_pages = torch.cat((cache.allocator.free_pages, torch.tensor([4])))
+    with pytest.raises(IntegrityError, match="page 4 is owned more than once"):
         cache.check_integrity()
 
 
@@ -243,7 +249,7 @@ def test_integrity_catches_a_leaked_slot() -> None:
     assert own is not None
     assert own.tolist() == [7, 8]
     cache.check_integrity([own])
-    with pytest.raises(IntegrityError, match=r"slot 7 is owned by nobody \(leaked\)"):
+    with pytest.raises(IntegrityError, match=r"page 7 is owned by nobody \(leaked\)"):
         cache.check_integrity([own[1:]])
 
 
@@ -290,18 +296,28 @@ NUM_SLOTS = 24
 token_ids = st.lists(st.integers(0, 3), max_size=9)
 
 
+def kv_code(prefix: Sequence[int]) -> float:
+    """The K value a "forward" writes for the last token of `prefix` (its context included)."""
+    return float(hash(tuple(prefix)) % 2**20)
+
+
 class CacheMachine(RuleBasedStateMachine):
-    """Requests match, lock, allocate, insert and unlock as the engine does. The reference is a
-    dict of cached prefixes (prefix -> slot of its last token) plus each prefix's last use."""
+    """Requests match, lock, borrow, allocate, compute, cache and release through CacheManager
+    as the engine does, on a pool of `PAGE_SIZE`-slot pages whose K values identify what was
+    computed. The reference is a dict of cached prefixes (prefix -> slot of its last token) plus
+    each prefix's last use."""
+
+    PAGE_SIZE = 1
 
     def __init__(self) -> None:
         super().__init__()
-        self.cache = make_cache(NUM_SLOTS)
+        self.pool = KVPool(1, NUM_SLOTS, 1, 1, page_size=self.PAGE_SIZE)
+        self.cache = RadixCache(self.pool.allocator)
+        self.memory = CacheManager(self.pool, self.cache)
         self.expected: dict[tuple[int, ...], int] = {}
         self.last_used: dict[tuple[int, ...], int] = {}
         self.clock = 0
-        # running requests: (ids, prefix_len, own slots, locked node)
-        self.running: list[tuple[list[int], int, torch.Tensor, TreeNode]] = []
+        self.running: list[Request] = []
 
     def expected_match(self, ids: list[int]) -> list[int]:
         slots = []
@@ -317,7 +333,11 @@ class CacheMachine(RuleBasedStateMachine):
             self.last_used[tuple(ids[:end])] = self.clock
 
     def locked_prefixes(self) -> set[tuple[int, ...]]:
-        return {tuple(ids[:end]) for ids, n, _, _ in self.running for end in range(1, n + 1)}
+        locked = set()
+        for req in self.running:
+            num_locked = len(self.expected_match(req.prompt_ids[: req.num_cached_tokens]))
+            locked |= {tuple(req.prompt_ids[:end]) for end in range(1, num_locked + 1)}
+        return locked
 
     @rule(ids=token_ids)
     def match(self, ids: list[int]) -> None:
@@ -327,32 +347,40 @@ class CacheMachine(RuleBasedStateMachine):
 
     @rule(ids=token_ids)
     def start_request(self, ids: list[int]) -> None:
-        match = self.cache.match_prefix(ids)
+        req = Request(f"r{self.clock}", 0, ids, SamplingParams(), kind=RequestKind.PREFILL)
+        match = self.memory.match(req)
         self.touch(ids, len(match.slots))
         self.cache.lock(match.last_node)
-        prefix_len = len(match.slots)
-        own = self.cache.allocator.alloc(len(ids) - prefix_len)
-        if own is None:
-            self.evict(len(ids) - prefix_len - self.cache.allocator.num_free)
-            own = self.cache.allocator.alloc(len(ids) - prefix_len)
-        if own is None:  # not enough room even after eviction: give up
+        num_matched = len(match.slots)
+        num_pages = num_pages_for(len(ids), self.PAGE_SIZE) - num_matched // self.PAGE_SIZE
+        while self.pool.allocator.num_free_pages < num_pages and self.cache.evictable_size:
+            self.evict(num_pages - self.pool.allocator.num_free_pages)
+        if self.pool.allocator.num_free_pages < num_pages:  # no room even after eviction
             self.cache.unlock(match.last_node)
             return
-        self.running.append((ids, prefix_len, own, match.last_node))
+        assert self.memory.borrow(req, match)
+        assert (
+            req.kv_len == num_matched and req.tree_len == num_matched - num_matched % self.PAGE_SIZE
+        )
+        new_slots = self.memory.grow(req, len(ids) - num_matched)
+        assert new_slots is not None
+        codes = [kv_code(ids[: i + 1]) for i in range(num_matched, len(ids))]
+        self.pool.k[0][new_slots] = torch.tensor(codes).view(-1, 1, 1)  # the forward
+        req.num_cached_tokens = num_matched
+        self.running.append(req)
 
     @precondition(lambda self: self.running)
     @rule(data=st.data())
     def finish_request(self, data: st.DataObject) -> None:
-        index = data.draw(st.integers(0, len(self.running) - 1))
-        ids, prefix_len, own, node = self.running.pop(index)
-        prefix_slots = torch.tensor(self.expected_match(ids[:prefix_len]), dtype=torch.int64)
-        num_cached = self.cache.insert(ids, torch.cat((prefix_slots, own)))
-        assert num_cached == len(self.expected_match(ids)) >= prefix_len
-        self.cache.allocator.free(own[: num_cached - prefix_len])
+        req = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
+        ids, slots = req.prompt_ids, req.slots
+        num_cached = len(self.expected_match(ids))
+        offers = req.kv_len > req.tree_len  # else the cache had it all: nothing to offer
+        self.memory.release(req)
         for end in range(num_cached + 1, len(ids) + 1):
-            self.expected[tuple(ids[:end])] = int(own[end - 1 - prefix_len])
-        self.touch(ids, len(ids))
-        self.cache.unlock(node)
+            self.expected[tuple(ids[:end])] = int(slots[end - 1])
+        if offers:
+            self.touch(ids, len(ids))
 
     @rule(num_tokens=st.integers(0, 8))
     def evict(self, num_tokens: int) -> None:
@@ -380,18 +408,36 @@ class CacheMachine(RuleBasedStateMachine):
 
     @invariant()
     def consistent(self) -> None:
-        self.cache.check_integrity(
-            [own for _, _, own, _ in self.running],
-            locked_nodes=[node for *_, node in self.running],
-        )
+        self.memory.check_integrity(self.running)
         assert contents(self.cache) == self.expected
         locked = self.locked_prefixes()
         assert locked <= self.expected.keys()
         assert self.cache.protected_size == len(locked)
         assert self.cache.total_size == len(self.expected)
 
+    @invariant()
+    def every_slot_read_holds_its_tokens_kv(self) -> None:
+        """A request reads its whole context where it lies; the page of a cached token holds
+        the earlier tokens of that page at the lower offsets (what a partial-page copy reads)."""
+        keys = self.pool.k[0][:, 0, 0]
+        for req in self.running:
+            codes = [kv_code(req.prompt_ids[: i + 1]) for i in range(req.kv_len)]
+            assert keys[req.slots].tolist() == codes
+        size = self.PAGE_SIZE
+        for prefix, slot in self.expected.items():
+            first = (len(prefix) - 1) // size * size
+            page_codes = [kv_code(prefix[: first + o + 1]) for o in range(len(prefix) - first)]
+            page_start = slot // size * size
+            assert keys[page_start : slot + 1].tolist() == page_codes
 
-CacheMachine.TestCase.settings = settings(
+
+class PagedCacheMachine(CacheMachine):
+    """The same with pages of 4 slots: partial pages, copies, pages shared by nodes."""
+
+    PAGE_SIZE = 4
+
+
+MACHINE_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=40,
     derandomize=True,
@@ -399,4 +445,7 @@ CacheMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+CacheMachine.TestCase.settings = MACHINE_SETTINGS
+PagedCacheMachine.TestCase.settings = MACHINE_SETTINGS
 test_cache_against_reference = CacheMachine.TestCase
+test_paged_cache_against_reference = PagedCacheMachine.TestCase

@@ -22,6 +22,8 @@ from sgl_lang.runtime.policy import dfs_weight_order
 from sgl_lang.runtime.prefix_cache import NoOpPrefixCache
 from sgl_lang.runtime.request import FinishReason, OutputStream, RequestKind, RequestStatus
 
+PAGE_SIZES = (1, 32)  # every engine test runs with pages of 1 and of 32 slots
+
 
 def shared_prefix_prompts(num: int, num_groups: int = 4, prefix_len: int = 40) -> list[list[int]]:
     """Groups sharing prefixes of varying lengths (partial matches split tree nodes)."""
@@ -243,7 +245,7 @@ def test_without_cache_nothing_is_matched_or_kept(make_engine: Any) -> None:
     completions = run_all(engine, prompts, greedy(4))
     assert all(c.meta.cached_tokens == 0 for c in completions)
     assert isinstance(engine.prefix_cache, NoOpPrefixCache)
-    assert engine.kv_pool.allocator.num_free == engine.kv_pool.allocator.num_slots
+    assert engine.kv_pool.allocator.num_free_pages == engine.kv_pool.allocator.num_pages
     assert engine.stats().num_extend_tokens == sum(len(p) for p in prompts)
 
 
