@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -12,9 +13,8 @@ __all__ = ["Program", "RunResult", "load"]
 
 
 def __getattr__(name: str) -> Any:
-    """The Python API, imported on first use (the command line does not need it)."""
+    """The Python API, imported on first use: the command line and the packages below the app
+    layer (the server, the runtime) import `sgl_lang` and must not load the app with it."""
     if name in __all__:
-        from sgl_lang import api
-
-        return getattr(api, name)
+        return getattr(importlib.import_module("sgl_lang.api"), name)
     raise AttributeError(f"module 'sgl_lang' has no attribute {name!r}")
