@@ -227,6 +227,10 @@ def print_table(results: Sequence[Result]) -> None:
         "accuracy",
         "failed",
         title="programs per second (higher is better)",
+        caption="\n".join(
+            f"{name}: {make_system(name).description}"
+            for name in dict.fromkeys(r.system for r in results)
+        ),
     )
     by_ratio = ratios(results)
     for r in results:
