@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -128,7 +129,8 @@ class VllmEngine:
         prompt_ids = await asyncio.to_thread(self.prompt_ids, request.prompt)
         params = sampling_params(request)
         emit = None if on_chunk is None else _on_loop(asyncio.get_running_loop(), on_chunk)
-        return await asyncio.wrap_future(self._call(self._generate(prompt_ids, params, emit)))
+        with vllm_errors():
+            return await asyncio.wrap_future(self._call(self._generate(prompt_ids, params, emit)))
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The token ids the model reads for `prompt` (the ids `local` sends, unhealed)."""
@@ -174,18 +176,16 @@ class VllmEngine:
         contexts = [prefix_ids or neutral_ids(self.tokenizer)]
         if method == "unconditional":
             contexts.append(neutral_ids(self.tokenizer))
-        scored = await asyncio.gather(
-            *(
-                asyncio.wrap_future(self._call(self._token_logprobs(context, ids)))
-                for context in contexts
-                for ids in choice_ids
+        with vllm_errors():
+            scored = await asyncio.gather(
+                *(
+                    asyncio.wrap_future(self._call(self._token_logprobs(context, ids)))
+                    for context in contexts
+                    for ids in choice_ids
+                )
             )
-        )
-        num = len(choice_ids)
-        try:
+            num = len(choice_ids)
             return choice_scores(method, scored[:num], scored[num:] or None)
-        except ValueError as exc:
-            raise BackendError(str(exc)) from None
 
     async def _token_logprobs(self, context: list[int], ids: list[int]) -> list[float]:
         """The log-prob of each of `ids` after `context` and the ids before it."""
@@ -209,7 +209,8 @@ class VllmEngine:
 
         prompt_ids = await asyncio.to_thread(self.prompt_ids, prompt)
         params = SamplingParams(max_tokens=1, temperature=0.0)
-        await asyncio.wrap_future(self._call(self._generate(prompt_ids, params, None)))
+        with vllm_errors():
+            await asyncio.wrap_future(self._call(self._generate(prompt_ids, params, None)))
 
     def _rid(self) -> str:
         return f"sgl-{next(self._ids)}"
@@ -226,6 +227,17 @@ class VllmEngine:
         self._thread.join(timeout=60)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+@contextlib.contextmanager
+def vllm_errors() -> Iterator[None]:
+    """vLLM's failures (a prompt it refuses, a dead engine core) as `BackendError`s."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"vLLM: {exc}") from None
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, on_chunk: OnChunk) -> OnChunk:
