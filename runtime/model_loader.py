@@ -29,6 +29,7 @@ __all__ = [
     "cache_dir",
     "converted_dir",
     "embedded_model_path",
+    "hf_folder",
     "load_model",
 ]
 
@@ -102,17 +103,25 @@ def load_model(
     torch_device = _check_device(device)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating point dtype, got {dtype}")
+    model_dir = hf_folder(path)
+    converted = path is None or Path(path).expanduser().is_file()
+    return _load_folder(model_dir, torch_device, dtype, converted=converted)
+
+
+def hf_folder(path: str | Path | None) -> Path:
+    """The Hugging Face folder of a model path (None = the embedded SmolLM2): a folder as it
+    is, a `.gguf` file its safetensors copy in the cache (converted now if it is not yet)."""
     model_path = embedded_model_path() if path is None else Path(path).expanduser()
     if not model_path.exists():
         raise ModelNotFoundError(f"model path not found: {model_path}")
-    if model_path.is_file():
-        if model_path.suffix != ".gguf":
-            raise ValueError(f"path: expected a .gguf file or a model folder, got {model_path}")
-        model_dir = converted_dir(model_path)
-        if not model_dir.is_dir():
-            _convert_atomically(model_path, model_dir)
-        return _load_folder(model_dir, torch_device, dtype, converted=True)
-    return _load_folder(model_path, torch_device, dtype, converted=False)
+    if not model_path.is_file():
+        return model_path
+    if model_path.suffix != ".gguf":
+        raise ValueError(f"path: expected a .gguf file or a model folder, got {model_path}")
+    model_dir = converted_dir(model_path)
+    if not model_dir.is_dir():
+        _convert_atomically(model_path, model_dir)
+    return model_dir
 
 
 def _check_device(device: str) -> torch.device:

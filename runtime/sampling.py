@@ -2,9 +2,11 @@
 
 Order of operations per row: frequency/presence penalties on the output so far, the request's
 `logits_mask` and `logits_processor` (constrained decoding), then greedy argmax (temperature 0)
-or temperature, top-k, top-p and min-p truncation and a draw from the request's own generator (a
-seeded request draws the same tokens whatever batch it runs in). The reported log-probability is the model's own
-(log-softmax of the raw logits), so it does not depend on the sampling knobs.
+or temperature, top-k, top-p and min-p truncation and a draw (a seeded request from its own
+generator, so it draws the same tokens whatever batch it runs in). The batch is sampled in
+whole-batch tensor calls; only those hooks and seeded draws are per row. The reported
+log-probability is the model's own (log-softmax of the raw logits), so it does not depend on
+the sampling knobs.
 """
 
 from __future__ import annotations
@@ -108,7 +110,12 @@ class SampleResult(NamedTuple):
 
 
 class Sampler:
-    """Picks one token per row of a logits batch, each row with its own request's params."""
+    """Picks one token per row of a logits batch, each row with its own request's params.
+
+    The whole batch is sampled in a few tensor calls: greedy rows take one argmax, the others
+    one softmax with their temperatures and one sort for their truncation filters. Per row
+    remain only what a row owns: its penalties, mask and processor (rows without them skip
+    the loop) and the draw of a seeded row from its own generator."""
 
     def sample(
         self,
@@ -124,39 +131,74 @@ class Sampler:
         it were not there (the engine: one request's constraint fails that request alone)."""
         logits = logits.float()
         model_logprobs = torch.log_softmax(logits, dim=-1)
-        token_ids = torch.zeros(len(params), dtype=torch.int64)
         errors: list[Exception | None] = [None] * len(params)
-        for row, (p, ids, gen) in enumerate(zip(params, output_ids, generators, strict=True)):
-            try:  # a row's mask or processor (its constraint) fails that row alone
-                token_ids[row] = self._sample_row(logits[row], p, ids, gen)
-            except Exception as exc:
-                if not row_errors:
-                    raise
-                errors[row] = exc
+        logits = _apply_row_hooks(logits, params, output_ids, errors, row_errors)
+        token_ids = torch.zeros(len(params), dtype=torch.int64)
+        live = [row for row, error in enumerate(errors) if error is None]
+        greedy_rows = [row for row in live if params[row].is_greedy]
+        if greedy_rows:
+            token_ids[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+        random_rows = [row for row in live if not params[row].is_greedy]
+        if random_rows:
+            weights = sampling_weights(logits[random_rows], [params[r] for r in random_rows])
+            token_ids[random_rows] = _draw(weights, [generators[r] for r in random_rows])
         logprobs = model_logprobs.gather(1, token_ids[:, None])[:, 0]
         return SampleResult(
             token_ids, logprobs, tuple(errors), top_logprobs(model_logprobs, params)
         )
 
-    def _sample_row(
-        self,
-        logits: Tensor,
-        p: SamplingParams,
-        output_ids: Sequence[int],
-        gen: torch.Generator | None,
-    ) -> int:
-        if (p.frequency_penalty or p.presence_penalty) and output_ids:
-            logits = apply_penalties(logits, output_ids, p.frequency_penalty, p.presence_penalty)
-        if p.logits_mask is not None and (allowed := p.logits_mask(output_ids)) is not None:
-            if not bool(allowed.any()):
-                raise ValueError("logits_mask allowed no token")
-            logits = logits.masked_fill(~allowed, float("-inf"))
-        if p.logits_processor is not None:
-            logits = p.logits_processor(logits, output_ids)
-        if p.is_greedy:
-            return int(logits.argmax())
-        probs = filtered_probs(logits / p.temperature, p.top_k, p.top_p, p.min_p)
-        return int(torch.multinomial(probs, 1, generator=gen))
+
+def _apply_row_hooks(
+    logits: Tensor,
+    params: Sequence[SamplingParams],
+    output_ids: Sequence[Sequence[int]],
+    errors: list[Exception | None],
+    row_errors: bool,
+) -> Tensor:
+    """`logits` after each row's penalties, mask and processor; a row that raises is noted in
+    `errors` (or raises, without `row_errors`)."""
+    hooked_rows = [row for row, p in enumerate(params) if _has_row_hooks(p, output_ids[row])]
+    if not hooked_rows:
+        return logits
+    logits = logits.clone()
+    for row in hooked_rows:
+        try:  # a row's mask or processor (its constraint) fails that row alone
+            logits[row] = _row_hooks(logits[row], params[row], output_ids[row])
+        except Exception as exc:
+            if not row_errors:
+                raise
+            errors[row] = exc
+    return logits
+
+
+def _has_row_hooks(p: SamplingParams, output_ids: Sequence[int]) -> bool:
+    penalised = bool(p.frequency_penalty or p.presence_penalty) and bool(output_ids)
+    return penalised or p.logits_mask is not None or p.logits_processor is not None
+
+
+def _row_hooks(logits: Tensor, p: SamplingParams, output_ids: Sequence[int]) -> Tensor:
+    if (p.frequency_penalty or p.presence_penalty) and output_ids:
+        logits = apply_penalties(logits, output_ids, p.frequency_penalty, p.presence_penalty)
+    if p.logits_mask is not None and (allowed := p.logits_mask(output_ids)) is not None:
+        if not bool(allowed.any()):
+            raise ValueError("logits_mask allowed no token")
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    if p.logits_processor is not None:
+        logits = p.logits_processor(logits, output_ids)
+    return logits
+
+
+def _draw(weights: Tensor, generators: Sequence[torch.Generator | None]) -> Tensor:
+    """One token per row of `weights` [B, V]: the unseeded rows in one draw from torch's
+    global generator, each seeded row from its own (so its draw does not depend on the batch)."""
+    token_ids = torch.zeros(weights.shape[0], dtype=torch.int64)
+    unseeded = [row for row, gen in enumerate(generators) if gen is None]
+    if unseeded:
+        token_ids[unseeded] = torch.multinomial(weights[unseeded], 1)[:, 0]
+    for row, gen in enumerate(generators):
+        if gen is not None:
+            token_ids[row] = torch.multinomial(weights[row], 1, generator=gen)[0]
+    return token_ids
 
 
 def top_logprobs(
@@ -189,22 +231,23 @@ def apply_penalties(
     return logits - frequency * counts - presence * (counts > 0)
 
 
-def filtered_probs(logits: Tensor, top_k: int, top_p: float, min_p: float) -> Tensor:
-    """Softmax of `logits` [V] restricted to the top-k tokens, the smallest set whose mass
-    reaches top-p, and the tokens with at least min_p times the top probability."""
-    probs = torch.softmax(logits, dim=-1)
-    if not top_k and top_p >= 1 and min_p <= 0:  # no filter: skip the sort (~4 ms at 49k)
-        return probs / probs.sum()  # the very floats the filtered path yields with all kept
-    sorted_probs, order = probs.sort(descending=True)
-    keep = torch.ones_like(sorted_probs, dtype=torch.bool)
-    if top_k:
-        keep[top_k:] = False
-    if top_p < 1:
-        mass_before = sorted_probs.cumsum(0) - sorted_probs
-        keep &= mass_before < top_p  # the token that crosses top_p is kept
-    if min_p > 0:
-        keep &= sorted_probs >= min_p * sorted_probs[0]
-    keep[0] = True
-    filtered = torch.zeros_like(probs)
-    filtered[order[keep]] = sorted_probs[keep]
-    return filtered / filtered.sum()
+def sampling_weights(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """Per row of `logits` [B, V], the softmax at the row's temperature restricted to its
+    top-k tokens, the smallest set whose mass reaches its top-p, and the tokens with at least
+    min_p times the top probability; not renormalised (`torch.multinomial` takes weights).
+    Every step works on whole rows, so a row's weights do not depend on the other rows."""
+    temperatures = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
+    probs = torch.softmax(logits / temperatures[:, None], dim=-1)
+    if all(not p.top_k and p.top_p >= 1 and p.min_p <= 0 for p in params):
+        return probs  # no filter: skip the sort (~4 ms a row at 49k)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    vocab_size = logits.shape[-1]
+    top_k = torch.tensor([p.top_k or vocab_size for p in params])
+    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype)
+    min_p = torch.tensor([p.min_p for p in params], dtype=logits.dtype)
+    keep = torch.arange(vocab_size)[None, :] < top_k[:, None]
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    keep &= (mass_before < top_p[:, None]) | (top_p[:, None] >= 1)  # the crossing token stays
+    keep &= sorted_probs >= min_p[:, None] * sorted_probs[:, :1]
+    keep[:, 0] = True
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)

@@ -21,12 +21,9 @@ def peer_python(peer: str) -> Path:
 
 def safetensors_dir() -> Path:
     """The safetensors copy of the embedded GGUF that `runtime/model_loader.py` writes."""
-    from sgl_lang.runtime.model_loader import converted_dir, embedded_model_path, load_model
+    from sgl_lang.runtime.model_loader import hf_folder
 
-    folder = converted_dir(embedded_model_path())
-    if not folder.is_dir():
-        load_model(None)  # converts and caches it
-    return folder
+    return hf_folder(None)
 
 
 def gguf_path() -> Path:

@@ -1,21 +1,28 @@
-"""vLLM (`vllm-cpu`, prefix caching on) as an OpenAI-compatible server in its own virtual
-environment, driven over `/v1/completions` with the token ids our backend would send.
-`select` is what vLLM users do: one request per choice with `prompt_logprobs`; regex
-constraints go through vLLM's `structured_outputs`. Settings (docs/benchmarks.md): the
-safetensors copy (GGUF does not run on vLLM-CPU), fp32, `--enforce-eager`, 2 threads."""
+"""vLLM (`vllm-cpu`, prefix caching on) as an OpenAI-compatible server, driven over
+`/v1/completions` with the token ids our backend would send. `select` is what vLLM users do:
+one request per choice with `prompt_logprobs`; regex constraints go through vLLM's
+`structured_outputs`. Settings (docs/benchmarks.md): the `vllm` backend's
+(`sgl_lang/bridge/vllm_engine.py`: the safetensors copy of the model, fp32, eager, prefix
+caching), its OpenMP threads pinned to every CPU of this process (`VLLM_CPU_OMP_THREADS_BIND`;
+vLLM's own default leaves one idle). The server runs on this environment's Python when it
+has vLLM, else on the peer venv of `benchmarks/peers/setup.sh vllm`."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from sgl_lang.bridge.vllm_engine import ENGINE_SETTINGS, cpu_bind
 from sgl_lang.protocol import (
     Backend,
     BackendError,
@@ -38,7 +45,6 @@ LOG_PATH = PEERS_DIR / "vllm-server.log"
 
 class Vllm(System):
     name = "vllm"
-    description = "vLLM-CPU server, prefix caching on (its own venv)"
     parallel = 64
 
     def __init__(self) -> None:
@@ -46,9 +52,14 @@ class Vllm(System):
         self._url = ""
         self._tokenizer: Any = None
         self._counts = [0, 0]
+        self._cpus = os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or cpu_bind()
+        self.description = (
+            f"vLLM-CPU server on {len(self._cpus.split(','))} cores "
+            f"(VLLM_CPU_OMP_THREADS_BIND={self._cpus}), prefix caching on"
+        )
 
     def start(self) -> None:
-        python = peer_python("vllm")
+        python = Path(sys.executable) if importlib.util.find_spec("vllm") else peer_python("vllm")
         model_dir = safetensors_dir()
         from transformers import AutoTokenizer
 
@@ -57,7 +68,7 @@ class Vllm(System):
         self._url = f"http://127.0.0.1:{port}"
         env = {
             **os.environ,
-            "OMP_NUM_THREADS": "2",
+            "VLLM_CPU_OMP_THREADS_BIND": self._cpus,
             "VLLM_CPU_KVCACHE_SPACE": "2",
             "VLLM_SERVER_DEV_MODE": "1",
             "HF_HUB_OFFLINE": "1",
@@ -70,10 +81,7 @@ class Vllm(System):
             str(model_dir),
             "--served-model-name",
             MODEL_NAME,
-            "--dtype",
-            "float32",
-            "--enable-prefix-caching",
-            "--enforce-eager",
+            *server_flags(ENGINE_SETTINGS),
             "--max-model-len",
             "8192",
             "--enable-prompt-tokens-details",
@@ -116,6 +124,15 @@ class Vllm(System):
             except subprocess.TimeoutExpired:
                 self._server.kill()
             self._server = None
+
+
+def server_flags(settings: dict[str, Any]) -> list[str]:
+    """Engine keyword arguments as `vllm serve` flags (True: the bare flag)."""
+    flags: list[str] = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags
 
 
 def _free_port() -> int:

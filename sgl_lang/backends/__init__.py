@@ -32,11 +32,13 @@ BACKENDS: dict[str, str] = {
     "openai": "sgl_lang.backends.openai:create",
     "anthropic": "sgl_lang.backends.anthropic:create",
     "gemini": "sgl_lang.backends.gemini:create",
+    "vllm": "sgl_lang.backends.vllm:create",
 }
-ENGINE_SCHEMES = frozenset({"local"})  # their factories take engine options and a default model
-_TARGET_OPTIONAL = frozenset({"test", "local"})
+# their factories take engine options and a default model
+ENGINE_SCHEMES = frozenset({"local", "vllm"})
+_TARGET_OPTIONAL = frozenset({"test", "local", "vllm"})
 _FORMS = (
-    "test, test:PATH, local, local:PATH, http://HOST:PORT, openai:MODEL, "
+    "test, test:PATH, local, local:PATH, vllm, vllm:PATH, http://HOST:PORT, openai:MODEL, "
     "openai:MODEL@http://HOST:PORT/v1, anthropic:MODEL, gemini:MODEL"
 )
 _TARGET_NAMES = {"openai": "MODEL", "anthropic": "MODEL", "gemini": "MODEL"}
@@ -77,7 +79,7 @@ def get_backend(
 
 def reached_url(uri: str) -> str | None:
     """The URL of the server a backend URI sends prompts to, or None for a backend that runs
-    here (`test`, `local`). Raises `BackendError` for a malformed URI."""
+    here (`test`, `local`, `vllm`). Raises `BackendError` for a malformed URI."""
     scheme, target = _split(uri)
     if scheme in ENGINE_SCHEMES or scheme in _TARGET_OPTIONAL:
         return None
@@ -91,7 +93,7 @@ def reached_url(uri: str) -> str | None:
 
 
 def local_target(uri: str) -> str | None:
-    """The file a `test:PATH` or `local:PATH` URI reads, else None."""
+    """The file a `test:PATH`, `local:PATH` or `vllm:PATH` URI reads, else None."""
     scheme, target = _split(uri)
     return target if scheme in _TARGET_OPTIONAL and target else None
 
@@ -111,7 +113,7 @@ def _split(uri: str) -> tuple[str, str]:
             f"backend `{uri}` needs a {_TARGET_NAMES[scheme].lower()}: "
             f"write `{scheme}:{_TARGET_NAMES[scheme]}`"
         )
-    if colon and not target and scheme in _TARGET_OPTIONAL:
+    if colon and not target and scheme in _TARGET_OPTIONAL and scheme != "vllm":  # `vllm:` ok
         raise BackendError(
             f"backend `{uri}` has an empty path: write `{scheme}` or `{scheme}:PATH`"
         )

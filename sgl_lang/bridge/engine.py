@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sgl_lang.bridge.healing import HealingMasks, Unhealed, plan_healing
-from sgl_lang.bridge.render import encode, render_prompt
+from sgl_lang.bridge.render import encode, render_prompt, score_split
 from sgl_lang.bridge.sampling import sampling_params
 from sgl_lang.protocol import (
     BackendError,
@@ -92,7 +92,7 @@ class BridgedEngine:
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         """`Backend.score`: the engine's log-probs of each choice, scored by `method` (the
         prompt tokenized in a worker thread)."""
-        prefix_ids, choices = await asyncio.to_thread(self._score_prefix, prompt, choices)
+        prefix_ids, choices = await asyncio.to_thread(score_split, self.tokenizer, prompt, choices)
         unconditional = method == "unconditional"
         with engine_errors():
             scored = await self.engine.score(prefix_ids, list(choices), unconditional=unconditional)
@@ -101,17 +101,6 @@ class BridgedEngine:
                 [s.token_logprobs for s in scored],
                 [s.unconditional_logprobs or () for s in scored] if unconditional else None,
             )
-
-    def _score_prefix(
-        self, prompt: Prompt, choices: Sequence[str]
-    ) -> tuple[list[int], Sequence[str]]:
-        rendered = render_prompt(self.tokenizer, prompt)
-        if rendered.ends_with_content:  # "Answer: " + "yes" scores as "Answer:" + " yes"
-            text = rendered.text.rstrip(" ")
-            space = rendered.text[len(text) :]
-            rendered, choices = rendered._replace(text=text), [space + c for c in choices]
-        ids = self.tokenizer.encode(rendered.text, add_special_tokens=not rendered.is_chat)
-        return ids, choices
 
     async def cache_prefix(self, prompt: Prompt) -> None:
         """`Backend.cache_prefix`: compute the prompt's KV now. A hint only, so a prompt that

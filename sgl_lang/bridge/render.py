@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sgl_lang.protocol import BackendError, Image, Message, Prompt, Text
@@ -82,14 +83,36 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> Rendered:
 
 
 def encode(engine: Engine, rendered: Rendered) -> list[int]:
+    """Token ids of a rendered prompt for `engine`'s tokenizer (`encode_ids`)."""
+    return encode_ids(engine.tokenizer, rendered)
+
+
+def encode_ids(tokenizer: Any, rendered: Rendered) -> list[int]:
     """Token ids of a rendered prompt (a chat template writes its own special tokens); an
     empty prompt is the BOS token, or EOS for models without one."""
-    tokenizer = engine.tokenizer
     ids: list[int] = tokenizer.encode(rendered.text, add_special_tokens=not rendered.is_chat)
-    if not ids:
-        bos = tokenizer.bos_token_id
-        ids = [tokenizer.eos_token_id if bos is None else bos]
-    return ids
+    return ids or neutral_ids(tokenizer)
+
+
+def neutral_ids(tokenizer: Any) -> list[int]:
+    """The BOS token, or EOS for models without one: the prompt of no prompt."""
+    bos = tokenizer.bos_token_id
+    return [tokenizer.eos_token_id if bos is None else bos]
+
+
+def score_split(
+    tokenizer: Any, prompt: Prompt, choices: Sequence[str]
+) -> tuple[list[int], Sequence[str]]:
+    """The prefix ids of `select` and its choices, split as the model would write them: a
+    trailing space of the prompt's own text moves into the choices ("Answer: " + "yes"
+    scores as "Answer:" + " yes")."""
+    rendered = render_prompt(tokenizer, prompt)
+    if rendered.ends_with_content:
+        text = rendered.text.rstrip(" ")
+        space = rendered.text[len(text) :]
+        rendered, choices = rendered._replace(text=text), [space + c for c in choices]
+    ids = tokenizer.encode(rendered.text, add_special_tokens=not rendered.is_chat)
+    return ids, choices
 
 
 def _apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:

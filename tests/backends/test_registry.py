@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import sgl_lang.backends as backends
-from sgl_lang.backends import get_backend
+from sgl_lang.backends import get_backend, local_target, reached_url
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.backends.openai import OpenAIBackend
 from sgl_lang.backends.test import TestBackend
 from sgl_lang.bridge.options import EngineOptions
-from sgl_lang.protocol import BackendError
+from sgl_lang.protocol import SELECT_METHODS, BackendError, Regex
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,7 +126,7 @@ def test_other_import_errors_are_not_swallowed(
         ("http:localhost", "malformed backend URI `http:localhost`: expected http://HOST:PORT"),
         ("https://", "malformed backend URI `https://`"),
         ("openai:", "backend `openai:` needs a model: write `openai:MODEL`"),
-        ("vllm", "unknown backend `vllm` (known forms: "),
+        ("vlm:x", "unknown backend `vlm:x`; did you mean `vllm`?"),
         ("test:", "backend `test:` has an empty path"),
     ],
 )
@@ -142,13 +143,26 @@ def test_unknown_backend_lists_the_known_forms() -> None:
     assert "did you mean" not in info.value.message
 
 
-def test_vllm_is_an_unknown_backend_whose_message_names_the_served_route() -> None:
-    """There is no in-process vLLM backend: the message lists the known forms, among them the
-    route to `vllm serve` (docs/backends.md, "vLLM")."""
-    with pytest.raises(BackendError) as info:
-        get_backend("vllm:/models/llama")
-    assert info.value.message.startswith("unknown backend `vllm:/models/llama` (known forms: ")
-    assert "openai:MODEL@http://HOST:PORT/v1" in info.value.message
+@pytest.mark.parametrize("uri", ["vllm", "vllm:"])
+def test_vllm_without_a_path_is_the_embedded_model_on_vllm(uri: str) -> None:
+    """Creating it is cheap: vLLM is neither imported nor started."""
+    backend = get_backend(uri)
+    assert backend.name == "vllm" and backend.capabilities.enforces(Regex("a"))
+    assert backend.capabilities.select_methods == frozenset(SELECT_METHODS)
+    assert not backend.capabilities.images
+    assert local_target(uri) is None and reached_url(uri) is None
+
+
+def test_vllm_path_must_exist(tmp_path: Path) -> None:
+    assert get_backend(f"vllm:{tmp_path}").name == f"vllm:{tmp_path}"
+    with pytest.raises(BackendError, match="vllm model not found: /no/such/model"):
+        get_backend("vllm:/no/such/model")
+
+
+def test_vllm_is_refused_where_vllm_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BackendError, match=r"needs vLLM, which is not installed here"):
+        get_backend("vllm")
 
 
 def test_importing_backends_imports_no_runtime() -> None:

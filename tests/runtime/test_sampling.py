@@ -1,5 +1,6 @@
 """Sampler: greedy, temperature, top-k/top-p/min-p, penalties, seeds, the logits-mask hook and
-the reported log-probs; and seeded sampling that does not depend on the batch it runs in."""
+the reported log-probs; the whole batch sampled at once gives each row what it gets alone; and
+seeded sampling that does not depend on the batch it runs in."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from conftest import run_all, token_ids
 
-from sgl_lang.runtime.sampling import Sampler, SamplingParams, apply_penalties, filtered_probs
+from sgl_lang.runtime.sampling import Sampler, SamplingParams, apply_penalties, sampling_weights
 
 PROBS = torch.tensor([0.05, 0.5, 0.15, 0.3])  # sorted: 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
 LOGITS = PROBS.log()
@@ -54,9 +55,12 @@ def test_truncation_filters_keep_exactly_the_expected_tokens(
     assert draw(params) == allowed
 
 
-def test_filtered_probs_renormalise() -> None:
-    probs = filtered_probs(LOGITS, top_k=2, top_p=1.0, min_p=0.0)
-    assert torch.allclose(probs, torch.tensor([0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8]))
+def test_sampling_weights_filter_each_row_by_its_own_params() -> None:
+    rows = [SamplingParams(top_k=2), SamplingParams(), SamplingParams(top_p=0.5, temperature=0.5)]
+    weights = sampling_weights(LOGITS.repeat(3, 1), rows)
+    assert torch.allclose(weights[0], torch.tensor([0.0, 0.5, 0.0, 0.3]))
+    assert torch.allclose(weights[1], PROBS)
+    assert weights[2].nonzero().flatten().tolist() == [1]
 
 
 def test_temperature_flattens_the_distribution() -> None:
@@ -160,28 +164,63 @@ def test_the_engine_applies_a_logits_mask_per_request(make_engine: Any) -> None:
     assert not set(completions[1].meta.output_ids) <= set(allowed_ids.tolist())
 
 
-# Temperature only: no sort over the vocabulary, yet the very floats of the filtered path, so
-# a seeded request draws the same tokens as before.
+# The batch at once: each row gets what it would get alone (greedy rows the same argmax, seeded
+# rows the same draws), whatever the other rows ask for.
+
+BATCH_PARAMS = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(seed=1, top_p=0.9),
+    SamplingParams(seed=2, temperature=0.7, top_k=50),
+    SamplingParams(temperature=0.0, presence_penalty=1.5),
+    SamplingParams(seed=3, min_p=0.05, logits_mask=lambda ids: torch.arange(49152) % 3 == 0),
+    SamplingParams(seed=4),
+    SamplingParams(top_k=1),
+]
 
 
-def sorted_path(logits: torch.Tensor) -> torch.Tensor:
-    """The filtered path of `filtered_probs` with every token kept (the reference)."""
-    probs = torch.softmax(logits, dim=-1)
-    sorted_probs, order = probs.sort(descending=True)
-    filtered = torch.zeros_like(probs)
-    filtered[order] = sorted_probs
-    return filtered / filtered.sum()
+def test_a_batch_samples_each_row_as_it_would_alone() -> None:
+    logits = torch.randn(len(BATCH_PARAMS), 49152, generator=torch.Generator().manual_seed(0)) * 4
+    output_ids = [[5, 9, 9]] * len(BATCH_PARAMS)
 
-
-def test_unfiltered_probs_are_bit_identical_to_the_sorted_path() -> None:
-    gen = torch.Generator().manual_seed(0)
-    for row in range(20):
-        logits = torch.randn(49152, generator=gen) * (1 + row % 5) / (0.1 + row % 4)
-        logits[: row * 10] = logits[0]  # ties
-        probs = filtered_probs(logits, top_k=0, top_p=1.0, min_p=0.0)
-        assert torch.equal(probs, sorted_path(logits))
-        draws = [
-            int(torch.multinomial(p, 1, generator=torch.Generator().manual_seed(row)))
-            for p in (probs, sorted_path(logits))
+    def generators() -> list[torch.Generator | None]:
+        return [
+            None if p.seed is None else torch.Generator().manual_seed(p.seed) for p in BATCH_PARAMS
         ]
-        assert draws[0] == draws[1]
+
+    for _ in range(5):
+        batch_gens, alone_gens = generators(), generators()
+        together = Sampler().sample(logits, BATCH_PARAMS, output_ids, batch_gens)
+        alone = [
+            Sampler().sample(logits[row : row + 1], [p], output_ids[:1], [alone_gens[row]])
+            for row, p in enumerate(BATCH_PARAMS)
+        ]
+        assert together.token_ids.tolist() == [int(a.token_ids[0]) for a in alone]
+        assert torch.equal(together.logprobs, torch.cat([a.logprobs for a in alone]))
+        greedy_rows = [0, 6]
+        assert together.token_ids[greedy_rows].tolist() == logits[greedy_rows].argmax(-1).tolist()
+        assert int(together.token_ids[4]) % 3 == 0
+        logits = logits.roll(1000, dims=-1)
+
+
+def test_a_failing_row_fails_alone_in_a_batch() -> None:
+    def nothing(ids: Any) -> torch.Tensor:
+        return torch.zeros(4, dtype=torch.bool)
+
+    params = [SamplingParams(temperature=0.0), SamplingParams(logits_mask=nothing)]
+    params.append(SamplingParams(temperature=0.0, logits_mask=lambda ids: torch.arange(4) != 1))
+    result = Sampler().sample(LOGITS.repeat(3, 1), params, [[]] * 3, [None] * 3, row_errors=True)
+    assert result.token_ids.tolist()[::2] == [1, 3]
+    assert result.errors[0] is None and isinstance(result.errors[1], ValueError)
+
+
+def test_unfiltered_weights_are_the_softmax_the_filtered_path_keeps() -> None:
+    """Temperature only skips the sort, yet gives the very floats of the filtered path with
+    every token kept, so a seeded request draws the same tokens either way."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(20, 49152, generator=gen) * (1 + torch.arange(20)[:, None] % 5)
+    logits[:, :100] = logits[:, :1]  # ties
+    plain = sampling_weights(logits, [SamplingParams()] * 20)
+    kept_all = sampling_weights(logits, [SamplingParams(min_p=1e-30)] * 20)
+    nonzero = kept_all > 0
+    assert torch.equal(plain[nonzero], kept_all[nonzero])
+    assert torch.equal(plain, torch.softmax(logits, dim=-1))
