@@ -80,14 +80,20 @@ def tiny_model(tokenizer: Any) -> LoadedModel:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Engine tests run once per kernel set available here, and a module that sets `PAGE_SIZES`
     runs them at each of those page sizes too (the vllm kernels only at multiples of 32)."""
-    if "kernels" not in metafunc.fixturenames:
-        return
+    marked = {name for m in metafunc.definition.iter_markers("parametrize") for name in _names(m)}
+    if "kernels" not in metafunc.fixturenames or "kernels" in marked:
+        return  # a test choosing its kernels itself
     sizes = getattr(metafunc.module, "PAGE_SIZES", None)
     if sizes is None or "page_size" not in metafunc.fixturenames:
         metafunc.parametrize("kernels", KERNELS)
         return
     combos = [(k, p) for k in KERNELS for p in sizes if k != "vllm" or p % 32 == 0]
     metafunc.parametrize(("kernels", "page_size"), combos, ids=[f"{k}-{p}" for k, p in combos])
+
+
+def _names(mark: pytest.Mark) -> list[str]:
+    names = mark.args[0]
+    return [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
 
 
 @pytest.fixture
