@@ -15,6 +15,7 @@ import click
 
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglError, SglWarning
+from sgl_lang.runtime.config import GROUP_SIZES, QUANT_MODES
 from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
 if TYPE_CHECKING:
@@ -88,6 +89,14 @@ engine_options = _options(
         "--max-running", type=click.IntRange(min=1), help="Max requests decoded together."
     ),
     click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
+    click.option(
+        "--quantize", type=click.Choice(QUANT_MODES), help="Linear weights (default: none)."
+    ),
+    click.option(
+        "--quantize-group-size",
+        type=click.Choice([str(size) for size in GROUP_SIZES]),
+        help="int4 columns sharing one scale (default: 32).",
+    ),
 )
 runtime_options = _options(
     click.option(
@@ -188,6 +197,8 @@ def run_options(
     max_running: int | None,
     max_tokens: int | None,
     threads: int | None,
+    quantize: str | None,
+    quantize_group_size: str | None,
     allow_read: bool,
     allow_write: bool,
     allow_net: bool,
@@ -226,6 +237,8 @@ def run_options(
             "max_running_requests": max_running,
             "max_tokens": max_tokens,
             "threads": threads,
+            "quantize": quantize,
+            "quantize_group_size": int(quantize_group_size) if quantize_group_size else None,
             "max_steps": max_steps,
             "timeout_s": timeout,
         },
@@ -419,6 +432,8 @@ def serve(
     cache: bool | None,
     max_running: int | None,
     threads: int | None,
+    quantize: str | None,
+    quantize_group_size: str | None,
     allowed_hosts: tuple[str, ...],
     max_body_mb: float,
     debug: bool,
@@ -433,6 +448,8 @@ def serve(
         enable_cache=cache is not False,
         max_running_requests=max_running,
         num_threads=threads,
+        quantize=quantize,
+        quantize_group_size=int(quantize_group_size) if quantize_group_size else None,
     )
     _guard(
         debug,

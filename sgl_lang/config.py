@@ -12,6 +12,8 @@ read, and the CLI's flags override it. Every key is optional:
     max_running_requests = 64       # requests decoded together
     max_tokens = 256                # default `max_tokens` of `gen`
     threads = 2                     # torch threads
+    quantize = "int4"               # linear weights: none | int8 | int4 (docs/quantization.md)
+    quantize_group_size = 32        # int4 columns sharing a scale: 32 | 64 | 128 | 256
     max_steps = 1000000             # statements and expressions a run may execute (default: no limit)
     timeout_s = 60                  # seconds a run may take (default: no limit)
     max_text_len = 10000000         # characters of one str or prompt (default 10,000,000)
@@ -39,7 +41,7 @@ from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglValueError
 from sgl_lang.limits import Limits
-from sgl_lang.runtime.config import POLICIES
+from sgl_lang.runtime.config import GROUP_SIZES, POLICIES, QUANT_MODES
 from sgl_lang.source import Source, Span
 from sgl_lang.stdlib.permissions import Permissions
 
@@ -100,6 +102,8 @@ class RunConfig:
     max_running_requests: int | None = None
     max_tokens: int | None = None
     threads: int | None = None
+    quantize: str | None = None
+    quantize_group_size: int | None = None
     max_steps: int | None = None
     timeout_s: float | None = None
     max_text_len: int | None = None
@@ -122,6 +126,14 @@ class RunConfig:
         if self.policy is not None and self.policy not in POLICIES:
             choices = ", ".join(POLICIES)
             raise ValueError(f"`policy` must be one of {choices}, got {self.policy!r}")
+        if self.quantize is not None and self.quantize not in QUANT_MODES:
+            choices = ", ".join(QUANT_MODES)
+            raise ValueError(f"`quantize` must be one of {choices}, got {self.quantize!r}")
+        if self.quantize_group_size is not None and self.quantize_group_size not in GROUP_SIZES:
+            choices = ", ".join(map(str, GROUP_SIZES))
+            raise ValueError(
+                f"`quantize_group_size` must be one of {choices}, got {self.quantize_group_size!r}"
+            )
         if not isinstance(self.cache, bool):
             raise ValueError(f"`cache` must be true or false, got {self.cache!r}")
         for name in ("max_running_requests", "max_tokens", "threads"):
@@ -153,6 +165,8 @@ class RunConfig:
             enable_cache=self.cache,
             max_running_requests=self.max_running_requests,
             num_threads=self.threads,
+            quantize=self.quantize,
+            quantize_group_size=self.quantize_group_size,
         )
 
 

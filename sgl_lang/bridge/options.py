@@ -19,6 +19,8 @@ class EngineOptions:
     enable_cache: bool = True
     max_running_requests: int | None = None
     num_threads: int | None = None
+    quantize: str | None = None  # "none" | "int8" | "int4": docs/quantization.md
+    quantize_group_size: int | None = None
 
     def engine_fields(self) -> dict[str, Any]:
         """Keyword arguments of `EngineConfig`."""
@@ -28,5 +30,7 @@ class EngineOptions:
             "policy": self.policy,
             "max_running_requests": self.max_running_requests,
             "num_threads": self.num_threads,
+            "quantize": self.quantize,
+            "quantize_group_size": self.quantize_group_size,
         }
         return {name: value for name, value in fields.items() if value is not None}
