@@ -61,9 +61,9 @@ from sgl_lang.runtime.detokenizer import IncrementalDecoder
 from sgl_lang.runtime.engine_loop import EngineLoop
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
-from sgl_lang.runtime.quantization import QuantSpec
 from sgl_lang.runtime.model_runner import ModelRunner
 from sgl_lang.runtime.prefix_cache import NoOpPrefixCache, PrefixCache
+from sgl_lang.runtime.quantization import QuantSpec
 from sgl_lang.runtime.radix_cache import RadixCache
 from sgl_lang.runtime.request import (
     ChoiceLogprobs,

@@ -24,7 +24,13 @@ import torch
 
 from sgl_lang.runtime.models.config import ModelConfig
 from sgl_lang.runtime.models.llama import LlamaModel
-from sgl_lang.runtime.quantization import QuantSpec, from_tensors, install, quantize_model, to_tensors
+from sgl_lang.runtime.quantization import (
+    QuantSpec,
+    from_tensors,
+    install,
+    quantize_model,
+    to_tensors,
+)
 
 __all__ = [
     "LoadedModel",
