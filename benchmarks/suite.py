@@ -11,7 +11,7 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,21 @@ def _mmlu_rows(split: str, subject: str) -> list[list[str]]:
 
 
 def _mmlu_items(num: int, quick: bool, count_tokens: CountTokens) -> list[Item]:
+    return mmlu_items(MMLU_SUBJECTS, num)
+
+
+def mmlu_subjects() -> list[str]:
+    """Every subject with a test file in the data folder, sorted."""
+    return sorted(
+        p.name.removesuffix("_test.csv")
+        for p in (DATA_DIR / "mmlu" / "data" / "test").glob("*_test.csv")
+    )
+
+
+def mmlu_items(subjects: Sequence[str], num: int) -> list[Item]:
+    """`num` questions taken round-robin over `subjects`, each with its subject's 5 dev shots."""
     groups = []
-    for subject in MMLU_SUBJECTS:
+    for subject in subjects:
         shots = [
             {"question": row[0], "choices": row[1:5], "answer": row[5]}
             for row in _mmlu_rows("dev", subject)

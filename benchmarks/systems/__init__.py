@@ -47,6 +47,12 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "sgl-fcfs": _ours(
         "sgl-fcfs", "sgl-lang: radix cache on, first come first served", policy="fcfs"
     ),
+    "sgl-int8": _ours(
+        "sgl-int8", "sgl-lang, int8 weights (quantized), radix cache on", quantize="int8"
+    ),
+    "sgl-int4": _ours(
+        "sgl-int4", "sgl-lang, int4 weights (quantized), radix cache on", quantize="int4"
+    ),
     "transformers": _transformers,
     "vllm": _vllm,
     "llamacpp": _llamacpp,
