@@ -29,7 +29,7 @@ _ACT_DTYPE = torch.bfloat16  # what both kernels multiply in
 class QuantSpec:
     """How a model's linear weights are stored: `mode` in QUANT_MODES; int4 groups of
     `group_size` input columns (or gcd(group_size, in_features) when that does not divide);
-    `lm_head` quantizes the output projection too, always as int8 (int4 there costs ~10x the
+    `lm_head` quantizes the output projection too, always as int8 (int4 there costs ~6x the
     logit error of int4 elsewhere: docs/quantization.md)."""
 
     mode: str = "none"
