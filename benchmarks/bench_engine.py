@@ -167,14 +167,15 @@ def llamacpp_rates(num_prompt: int, num_steps: int, repeat: int) -> tuple[float,
 def quantized_section(args: argparse.Namespace, repeat: int) -> None:
     """Our prefill/decode per weight layout beside llama.cpp's Q4_1, same prompt ids."""
     num_steps = 16 if args.quick else 64
-    peer = llamacpp_rates(128, num_steps, repeat)
     rows = []
     for mode in args.quantize.split(","):
         loaded = load_model(args.model, quantize=QuantSpec(mode, args.group_size))
         rows.append((QuantSpec(mode, args.group_size).tag, engine_prefill(loaded, 512, repeat),
                      engine_decode(loaded, 1, num_steps),
                      engine_decode(loaded, 32, num_steps // 4)))  # fmt: skip
+        print(f"  {rows[-1][0]}: prefill, decode b1, b32 tok/s {rows[-1][1:]}", flush=True)
         del loaded
+    peer = llamacpp_rates(128, num_steps, repeat)
     base = next((row for row in rows if row[0] == "none"), None)
     print(f"\nbatch-1 decode vs llama.cpp Q4_1 ({args.threads} threads, 128-token prompt)")
     print(f"{'weights':<14}{'prefill512':>11}{'dec b1':>9}{'dec b32':>9}{'b1/llama':>10}"
