@@ -102,22 +102,32 @@ def main() -> None:
     print(f"MMLU {len(suites['mmlu'])} questions over {len(subjects)} subjects, "
           f"HellaSwag {len(suites['hellaswag'])} tasks")  # fmt: skip
     names = args.systems.split(",")
-    results = {name: run_system(name, suites) for name in names}
-    reference = results[names[0]]
     print(f"\n{'system':<12}" + "".join(f"{w + ' acc':>15}{'agree':>8}" for w in suites))
-    for name, answers in results.items():
-        if isinstance(answers, str):
-            print(f"{name:<12}not run: {answers}")
-            continue
-        cells = ""
-        for workload, items in suites.items():
-            agree = (
-                f"{agreement(answers[workload], reference[workload]):.1%}"
-                if not isinstance(reference, str)
-                else "-"
-            )
-            cells += f"{accuracy(workload, items, answers[workload]):>15.1%}{agree:>8}"
-        print(f"{name:<12}{cells}")
+    reference: dict[str, list[Any]] | str | None = None
+    for name in names:  # each row as soon as its system is done
+        answers = run_system(name, suites)
+        reference = answers if reference is None else reference
+        print(row(name, suites, answers, reference), flush=True)
+
+
+def row(
+    name: str,
+    suites: dict[str, list[Item]],
+    answers: dict[str, list[Any]] | str,
+    reference: dict[str, list[Any]] | str,
+) -> str:
+    """One system's accuracy and agreement with `reference` per workload."""
+    if isinstance(answers, str):
+        return f"{name:<12}not run: {answers}"
+    cells = ""
+    for workload, items in suites.items():
+        agree = (
+            "-"
+            if isinstance(reference, str)
+            else (f"{agreement(answers[workload], reference[workload]):.1%}")
+        )
+        cells += f"{accuracy(workload, items, answers[workload]):>15.1%}{agree:>8}"
+    return f"{name:<12}{cells}"
 
 
 if __name__ == "__main__":
