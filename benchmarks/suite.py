@@ -13,7 +13,7 @@ import random
 import re
 import string
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,19 +88,26 @@ def _mmlu_rows(split: str, subject: str) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def mmlu_subjects(num: int) -> list[str]:
+def mmlu_subjects(num: int | None = None) -> list[str]:
     """The subjects `num` questions are drawn from: the first ones in sorted order (as SGLang's
-    `--nsub`), at least four, as many as `num` needs at 30 questions each."""
+    `--nsub`), at least four, as many as `num` needs at 30 questions each (None: every one)."""
     available = sorted(
-        p.name.removesuffix("_dev.csv") for p in (DATA_DIR / "mmlu/data/dev").glob("*.csv")
+        p.name.removesuffix("_test.csv")
+        for p in (DATA_DIR / "mmlu" / "data" / "test").glob("*_test.csv")
     )
-    wanted = max(MMLU_MIN_SUBJECTS, -(-num // MMLU_QUESTIONS_PER_SUBJECT))
-    return available[:wanted]
+    if num is None:
+        return available
+    return available[: max(MMLU_MIN_SUBJECTS, -(-num // MMLU_QUESTIONS_PER_SUBJECT))]
 
 
 def _mmlu_items(num: int, quick: bool, count_tokens: CountTokens) -> list[Item]:
+    return mmlu_items(mmlu_subjects(num), num)
+
+
+def mmlu_items(subjects: Sequence[str], num: int) -> list[Item]:
+    """`num` questions taken round-robin over `subjects`, each with its subject's 5 dev shots."""
     groups = []
-    for subject in mmlu_subjects(num):
+    for subject in subjects:
         shots = [
             {"question": row[0], "choices": row[1:5], "answer": row[5]}
             for row in _mmlu_rows("dev", subject)

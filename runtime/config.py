@@ -11,6 +11,8 @@ POLICIES = ("lpm", "dfs-weight", "fcfs")
 GRAMMAR_ENGINES = ("llguidance", "xgrammar")  # constrained decoding: grammar_engines.py
 DTYPES = ("float32", "bfloat16", "float16")
 KERNELS = ("auto", "torch", "vllm")  # runtime/kernels: auto = vllm where its ops import
+QUANT_MODES = ("none", "int8", "int4")  # weight-only quantization: docs/quantization.md
+GROUP_SIZES = (32, 64, 128, 256)  # int4 group sizes the kernel accepts
 DEFAULT_KV_CACHE_CAP_BYTES = 2 * 1024**3
 DEFAULT_KV_CACHE_FRACTION = 0.2  # of the memory available when the engine starts
 
@@ -46,6 +48,9 @@ class EngineConfig:
     grammar_compile_timeout: float = 30.0  # seconds; a constraint compiling longer fails
     kernels: str = "auto"  # the forward's kernel set: auto | torch | vllm (docs/kernels.md)
     page_size: int | None = None  # KV slots per page; None = what the kernels need (vllm: 32)
+    quantize: str = "none"  # linear weights: "none" | "int8" | "int4" (runtime/quantization.py)
+    quantize_group_size: int = 32  # int4: input columns sharing one scale and zero
+    quantize_lm_head: bool = True  # quantize the output projection too
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -68,6 +73,15 @@ class EngineConfig:
         if self.kernels not in KERNELS:
             raise ValueError(
                 f"EngineConfig.kernels: expected one of {KERNELS}, got {self.kernels!r}"
+            )
+        if self.quantize not in QUANT_MODES:
+            raise ValueError(
+                f"EngineConfig.quantize: expected one of {QUANT_MODES}, got {self.quantize!r}"
+            )
+        if self.quantize_group_size not in GROUP_SIZES:
+            raise ValueError(
+                f"EngineConfig.quantize_group_size: expected one of {GROUP_SIZES}, "
+                f"got {self.quantize_group_size!r}"
             )
         if not 0 < self.new_token_ratio <= 1:
             raise ValueError(

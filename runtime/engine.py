@@ -64,6 +64,7 @@ from sgl_lang.runtime.kv_pool import KVPool
 from sgl_lang.runtime.model_loader import LoadedModel, load_model
 from sgl_lang.runtime.model_runner import ModelRunner
 from sgl_lang.runtime.prefix_cache import NoOpPrefixCache, PrefixCache
+from sgl_lang.runtime.quantization import QuantSpec
 from sgl_lang.runtime.radix_cache import RadixCache
 from sgl_lang.runtime.request import (
     ChoiceLogprobs,
@@ -88,8 +89,9 @@ class Engine:
     """Continuous batching over a radix-tree prefix cache, stepped by a background thread.
 
     `config` (or its fields as keywords) says which model and how much KV memory; `model=`
-    injects an already loaded model (tests); `threaded=False` leaves stepping to the caller
-    (`step()`), for tests that inspect the state between steps.
+    injects an already loaded model (tests; used as it is: `quantize` is `load_model`'s);
+    `threaded=False` leaves stepping to the caller (`step()`), for tests that inspect the state
+    between steps.
     """
 
     def __init__(
@@ -104,7 +106,10 @@ class Engine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         dtype = getattr(torch, config.dtype)
-        loaded = model or load_model(config.model_path, device=config.device, dtype=dtype)
+        quantize = QuantSpec(config.quantize, config.quantize_group_size, config.quantize_lm_head)
+        loaded = model or load_model(
+            config.model_path, device=config.device, dtype=dtype, quantize=quantize
+        )
         self.tokenizer, self.model_config = loaded.tokenizer, loaded.config
         c = loaded.config
         self.constraints = ConstraintCache(

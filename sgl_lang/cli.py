@@ -16,7 +16,7 @@ import click
 
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglError, SglWarning
-from sgl_lang.runtime.config import KERNELS
+from sgl_lang.runtime.config import GROUP_SIZES, KERNELS, QUANT_MODES
 from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
 ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")  # sglang-router's
@@ -97,6 +97,15 @@ engine_options = _options(
         help="Max requests decoded together.",
     ),
     click.option("--threads", type=click.IntRange(min=1), help="Torch threads."),
+    click.option(
+        "--quantize", type=click.Choice(QUANT_MODES), help="Linear weights (default: none)."
+    ),
+    click.option(
+        "--quantize-group-size",
+        type=click.Choice([str(size) for size in GROUP_SIZES]),
+        callback=lambda _ctx, _param, value: None if value is None else int(value),
+        help="int4 columns sharing one scale (default: 32).",
+    ),
     click.option(
         "--kernels",
         type=click.Choice(KERNELS),

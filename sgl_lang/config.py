@@ -13,6 +13,8 @@ read, and the CLI's flags override it. Every key is optional:
     max_tokens = 256                # default `max_tokens` of `gen`
     threads = 2                     # torch threads
     kernels = "auto"                # forward kernels: auto (vllm if installed) | torch | vllm
+    quantize = "int4"               # linear weights: none | int8 | int4 (docs/quantization.md)
+    quantize_group_size = 32        # int4 columns sharing a scale: 32 | 64 | 128 | 256
     max_steps = 1000000             # statements and expressions a run may execute (default: no limit)
     timeout_s = 60                  # seconds a run may take (default: no limit)
     max_text_len = 10000000         # characters of one str or prompt (default 10,000,000)
@@ -40,7 +42,7 @@ from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglValueError
 from sgl_lang.limits import Limits
-from sgl_lang.runtime.config import KERNELS, POLICIES
+from sgl_lang.runtime.config import GROUP_SIZES, KERNELS, POLICIES, QUANT_MODES
 from sgl_lang.source import Source, Span
 from sgl_lang.stdlib.permissions import Permissions
 
@@ -104,6 +106,8 @@ class RunConfig:
     max_tokens: int | None = None
     threads: int | None = None
     kernels: str | None = None
+    quantize: str | None = None
+    quantize_group_size: int | None = None
     max_steps: int | None = None
     timeout_s: float | None = None
     max_text_len: int | None = None
@@ -128,6 +132,14 @@ class RunConfig:
             raise ValueError(f"`policy` must be one of {choices}, got {self.policy!r}")
         if self.kernels is not None and self.kernels not in KERNELS:
             raise ValueError(f"`kernels` must be one of {', '.join(KERNELS)}, got {self.kernels!r}")
+        if self.quantize is not None and self.quantize not in QUANT_MODES:
+            choices = ", ".join(QUANT_MODES)
+            raise ValueError(f"`quantize` must be one of {choices}, got {self.quantize!r}")
+        if self.quantize_group_size is not None and self.quantize_group_size not in GROUP_SIZES:
+            choices = ", ".join(map(str, GROUP_SIZES))
+            raise ValueError(
+                f"`quantize_group_size` must be one of {choices}, got {self.quantize_group_size!r}"
+            )
         if not isinstance(self.cache, bool):
             raise ValueError(f"`cache` must be true or false, got {self.cache!r}")
         for name in ("max_running_requests", "max_tokens", "threads"):
@@ -166,6 +178,8 @@ ENGINE_KEYS = {
     "max_running_requests": "max_running_requests",
     "threads": "num_threads",
     "kernels": "kernels",
+    "quantize": "quantize",
+    "quantize_group_size": "quantize_group_size",
 }
 
 

@@ -50,6 +50,12 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "sgl-page32": _ours(
         "sgl-page32", "sgl-lang: radix cache on, lpm, KV pages of 32 tokens", page_size=32
     ),
+    "sgl-int8": _ours(
+        "sgl-int8", "sgl-lang, int8 weights (quantized), radix cache on", quantize="int8"
+    ),
+    "sgl-int4": _ours(
+        "sgl-int4", "sgl-lang, int4 weights (quantized), radix cache on", quantize="int4"
+    ),
     "transformers": _transformers,
     "vllm": _vllm,
     "llamacpp": _llamacpp,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.bridge.engine import BridgedEngine
@@ -15,9 +15,9 @@ KV_CACHE_GB = 2.0
 
 
 class Ours(System):
-    """Our runtime with `EngineConfig` overrides (`enable_cache`, `policy`)."""
+    """Our runtime with `EngineConfig` overrides (`enable_cache`, `policy`, `quantize`)."""
 
-    _loaded: Any = None  # one model load shared by every configuration
+    _loaded: ClassVar[dict[str, Any]] = {}  # one model load per weight layout, shared
 
     def __init__(self, name: str, description: str, **config: Any) -> None:
         self.name, self.description, self.config = name, description, config
@@ -27,11 +27,13 @@ class Ours(System):
         from sgl_lang.runtime.config import EngineConfig
         from sgl_lang.runtime.engine import Engine
         from sgl_lang.runtime.model_loader import load_model
+        from sgl_lang.runtime.quantization import QuantSpec
 
-        if Ours._loaded is None:
-            Ours._loaded = load_model(None)
         config = EngineConfig(kv_cache_gb=KV_CACHE_GB, **self.config)
-        self._shared = BridgedEngine(Engine(config, model=Ours._loaded))
+        spec = QuantSpec(config.quantize, config.quantize_group_size, config.quantize_lm_head)
+        if spec.tag not in Ours._loaded:
+            Ours._loaded[spec.tag] = load_model(None, quantize=spec)
+        self._shared = BridgedEngine(Engine(config, model=Ours._loaded[spec.tag]))
 
     def backend(self) -> Backend:
         assert self._shared is not None, "start() first"

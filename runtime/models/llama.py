@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from sgl_lang.runtime.kernels import Kernels, PreparedLinear
 from sgl_lang.runtime.kernels.base import cos_sin_cache
 from sgl_lang.runtime.models.config import ModelConfig
+from sgl_lang.runtime.quantization import QuantizedWeight
 
 if TYPE_CHECKING:
     from sgl_lang.runtime.kv_pool import KVPool
@@ -41,6 +43,16 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
         medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         return torch.where(medium, smoothed, scaled)
     return inv_freq
+
+
+def _prepare_linear(
+    kernels: Kernels, weight: Tensor | QuantizedWeight, bias: Tensor | None = None
+) -> PreparedLinear:
+    """A quantized weight runs its own kernel (runtime/quantization.py); a tensor is prepared
+    by the kernel set."""
+    if isinstance(weight, QuantizedWeight):
+        return partial(weight.linear, bias=bias)
+    return kernels.prepare_linear(weight, bias)
 
 
 def _param(t: Tensor) -> nn.Parameter:
@@ -144,15 +156,15 @@ class LlamaModel(nn.Module):
         """The linear weights (lm_head too) prepared by `kernels`, and the rotary table."""
         layers = [
             PreparedLayer(
-                kernels.prepare_linear(layer.qkv_weight, layer.qkv_bias),
-                kernels.prepare_linear(layer.o_weight),
-                kernels.prepare_linear(layer.gate_up_weight),
-                kernels.prepare_linear(layer.down_weight),
+                _prepare_linear(kernels, layer.qkv_weight, layer.qkv_bias),
+                _prepare_linear(kernels, layer.o_weight),
+                _prepare_linear(kernels, layer.gate_up_weight),
+                _prepare_linear(kernels, layer.down_weight),
             )
             for layer in self.layers
         ]
         cos_sin = cos_sin_cache(self.inv_freq, self.config.max_position_embeddings, self.dtype)
-        return PreparedModel(kernels, layers, kernels.prepare_linear(self.lm_head), cos_sin)
+        return PreparedModel(kernels, layers, _prepare_linear(kernels, self.lm_head), cos_sin)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -20,6 +20,8 @@ class EngineOptions:
     max_running_requests: int | None = None
     num_threads: int | None = None
     kernels: str | None = None  # None: auto
+    quantize: str | None = None  # "none" | "int8" | "int4": docs/quantization.md
+    quantize_group_size: int | None = None
 
     def engine_fields(self) -> dict[str, Any]:
         """Keyword arguments of `EngineConfig`."""
@@ -30,5 +32,7 @@ class EngineOptions:
             "max_running_requests": self.max_running_requests,
             "num_threads": self.num_threads,
             "kernels": self.kernels,
+            "quantize": self.quantize,
+            "quantize_group_size": self.quantize_group_size,
         }
         return {name: value for name, value in fields.items() if value is not None}
