@@ -97,7 +97,9 @@ def _is_off(node: nodes.Gen, name: str) -> bool:
     value = next(kw.value for kw in node.args if kw.name == name)
     if not isinstance(value, nodes.Const):
         return False
-    return value.value is None or value.value is False or (name == "min_tokens" and value.value == 0)
+    return (
+        value.value is None or value.value is False or (name == "min_tokens" and value.value == 0)
+    )
 
 
 def _select_site(node: nodes.Select, capabilities: Capabilities) -> ConstraintSite:

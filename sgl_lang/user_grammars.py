@@ -36,7 +36,10 @@ def parse_problem(source: str, text: str, quote: Callable[[str], str] = repr) ->
     except lark.UnexpectedEOF:
         return f"the output {quote(text)} ends before the grammar allows it to"
     except lark.UnexpectedInput as exc:
-        where = f"at character {exc.pos_in_stream}" if exc.pos_in_stream >= 0 else "at its end"
+        position = exc.pos_in_stream
+        where = (
+            f"at character {position}" if position is not None and position >= 0 else "at its end"
+        )
         return f"the output {quote(text)} does not parse with the grammar ({where})"
     return None
 

@@ -310,7 +310,9 @@ def _logprobs(prompt_text: str, text: str, num_top: int) -> tuple[TokenLogprob, 
     for position, piece in enumerate(_pieces(text)):
         digest = _digest(prompt_text, position, piece)
         logprob = -int.from_bytes(digest[:4]) / 2**32 * 5
-        others = [(" " + VOCAB[byte % len(VOCAB)], logprob - 1 - i) for i, byte in enumerate(digest)]
+        others = [
+            (" " + VOCAB[byte % len(VOCAB)], logprob - 1 - i) for i, byte in enumerate(digest)
+        ]
         top = ((piece, logprob), *others)[:num_top]
         logprobs.append(TokenLogprob(piece, logprob, top))
     return tuple(logprobs)
