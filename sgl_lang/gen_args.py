@@ -97,7 +97,9 @@ def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> d
         return {"logprobs": _logprobs(value, span)}
     if name == "seed":
         return {"seed": None if value is None else _require(value, int, name, span)}
-    if name in ("ignore_eos", "heal", "include_stop", "reasoning"):
+    if name == "reasoning":
+        return _reasoning(value, span)
+    if name in ("ignore_eos", "heal", "include_stop"):
         return {name: _require(value, bool, name, span)}
     if name in ("max_tokens", "top_k", "min_tokens"):
         number = _require(value, int, name, span)
@@ -145,6 +147,18 @@ def _stop_regex(value: Any, span: Span) -> str:
     if compiled.fullmatch(""):
         raise SglValueError("`stop_regex` must not match the empty string", span)
     return str(pattern)
+
+
+def _reasoning(value: Any, span: Span) -> dict[str, Any]:
+    """`reasoning=true`/`false`, or a budget: the most tokens of reasoning (reasoning on)."""
+    if isinstance(value, bool):
+        return {"reasoning": value}
+    if isinstance(value, int) and value > 0:
+        return {"reasoning": True, "reasoning_budget": value}
+    raise SglTypeError(
+        f"`reasoning` must be a bool or a budget of tokens (an int > 0), not {to_repr(value)}",
+        span,
+    )
 
 
 def _logprobs(value: Any, span: Span) -> int:

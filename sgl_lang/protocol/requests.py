@@ -17,7 +17,8 @@ class GenRequest:
     regex, excluded the same way. The end of the model's turn (and its stop tokens) cannot
     come before `min_tokens` tokens. `logprobs` (K >= 0, None: off) asks for each generated
     token's log-prob and its K most likely alternatives (`GenResult.logprobs`); `reasoning`
-    asks for the model's reasoning apart from its answer (`GenResult.reasoning`)."""
+    asks for the model's reasoning apart from its answer (`GenResult.reasoning`), with at most
+    `reasoning_budget` tokens of it where the provider takes a budget (None: its default)."""
 
     prompt: Prompt
     max_tokens: int = 256
@@ -37,6 +38,7 @@ class GenRequest:
     include_stop: bool = False
     logprobs: int | None = None
     reasoning: bool = False
+    reasoning_budget: int | None = None
 
     @property
     def options(self) -> frozenset[str]:
