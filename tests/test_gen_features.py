@@ -5,6 +5,7 @@ the test backend (which honours them all), in `meta(NAME)`, as located errors, a
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import lark
@@ -18,6 +19,7 @@ from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.protocol import Capabilities
 
+ROOT = Path(__file__).resolve().parent.parent
 OPENAI = "openai:gpt-4o@http://127.0.0.1:9/v1"  # creating it needs no network
 ARITHMETIC = r"""
 start: expr
@@ -121,3 +123,12 @@ def test_check_reports_the_options_a_backend_cannot_honour(tmp_path: Path) -> No
     )
     ok = CliRunner().invoke(cli.main, ["check", "--backend", "test", str(program)])
     assert ok.exit_code == 0, ok.stderr
+
+
+def test_the_examples_of_language_md_run_on_the_test_backend() -> None:
+    text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    section = text.split("### Grammars, log-probs, stops and reasoning")[1].split("\n## ")[0]
+    blocks = re.findall(r"```sgl\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 4
+    for block in blocks:
+        run(block)
