@@ -132,3 +132,13 @@ def test_the_examples_of_language_md_run_on_the_test_backend() -> None:
     assert len(blocks) == 4
     for block in blocks:
         run(block)
+
+
+def test_check_finds_an_invalid_literal_grammar(tmp_path: Path) -> None:
+    program = tmp_path / "p.sgl"
+    program.write_text('gen e(grammar="start: expr")\n')
+    result = CliRunner().invoke(cli.main, ["check", str(program)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"{program}:1:7: value error: invalid grammar: Rule 'expr' used but not defined"
+    )
