@@ -178,7 +178,7 @@ class BridgedEngine:
             raise BackendError("the local engine ended a request without a result")
         reason = finish_reason(meta, self.engine.model_config.eos_token_ids, params.ignore_eos)
         num_completion = meta.completion_tokens - (bool(healed_text) and meta.completion_tokens > 0)
-        logprobs = self._token_logprobs(meta, reason, bool(healed_text))
+        logprobs = self._token_logprobs(meta, reason, healed_text)
         return GenResult(
             "".join(pieces),
             reason,
@@ -189,23 +189,31 @@ class BridgedEngine:
         )
 
     def _token_logprobs(
-        self, meta: GenerationMeta, reason: str, healed: bool
+        self, meta: GenerationMeta, reason: str, healed_text: str
     ) -> tuple[TokenLogprob, ...]:
         """Each generated token with its log-prob and top alternatives (none when not asked
-        for); the healed token (it re-produces prompt text) and an ending EOS are left out."""
+        for). The first token's text (and its alternatives') lose the healed text they start
+        with, and it is left out if that was all of it; an ending EOS is left out too."""
         if meta.output_logprobs is None:
             return ()
         num_tokens = len(meta.output_logprobs) - (reason == "eos")
         tops = meta.output_top_logprobs or ((),) * len(meta.output_logprobs)
-        steps = list(zip(meta.output_ids, meta.output_logprobs, tops, strict=False))
-        decode = self._token_text
-        return tuple(
-            TokenLogprob(decode(token_id), logprob, tuple((decode(i), lp) for i, lp in top))
-            for token_id, logprob, top in steps[int(healed) : num_tokens]
-        )
+        steps = list(zip(meta.output_ids, meta.output_logprobs, tops, strict=False))[:num_tokens]
+        tokens = [self._token(*step, healed_text if i == 0 else "") for i, step in enumerate(steps)]
+        if tokens and healed_text and not tokens[0].text:
+            del tokens[0]
+        return tuple(tokens)
 
-    def _token_text(self, token_id: int) -> str:
-        return str(self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False))
+    def _token(
+        self, token_id: int, logprob: float, top: Sequence[tuple[int, float]], healed_text: str
+    ) -> TokenLogprob:
+        """One step's token and its alternatives, their texts without `healed_text`."""
+
+        def text(i: int) -> str:
+            decoded = self.tokenizer.decode([i], clean_up_tokenization_spaces=False)
+            return str(decoded).removeprefix(healed_text)
+
+        return TokenLogprob(text(token_id), logprob, tuple((text(i), lp) for i, lp in top))
 
     async def _chunks(
         self, prompt_ids: list[int], params: SamplingParams

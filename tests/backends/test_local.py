@@ -240,6 +240,9 @@ def test_token_logprobs_sum_to_the_engines_score_of_the_output(
     assert "".join(token.text for token in result.logprobs) == result.text
     for token in result.logprobs:  # greedy: the token is the most likely of its top 3
         assert len(token.top) == 3 and token.top[0] == (token.text, token.logprob)
+    counting = GenRequest(Prompt((Text("1, 2, 3, 4, 5,"),)), max_tokens=4, logprobs=1)
+    healed = asyncio.run(backend.generate(counting))  # the backed-up "," is not listed
+    assert healed.logprobs and "".join(t.text for t in healed.logprobs) == healed.text
     prompt_ids = engine.tokenizer.encode("The capital of France is")
     [scored] = asyncio.run(engine.score(prompt_ids, [result.text]))
     assert sum(scored.token_logprobs) == pytest.approx(
