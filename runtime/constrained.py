@@ -1,4 +1,5 @@
-"""Constrained decoding: a regex, a JSON schema or a list of choices becomes a token mask per step.
+"""Constrained decoding: a regex, a JSON schema, a list of choices or a Lark grammar becomes a
+token mask per step.
 
     params = SamplingParams(max_new_tokens=16, constraint=ConstraintSpec.regex(r"-?(0|[1-9][0-9]*)"))
     # what the engine does per request (Engine.submit):
@@ -53,15 +54,16 @@ from sgl_lang.runtime.grammar_engines import (
 
 __all__ = ["Constraint", "ConstraintCache", "ConstraintSpec", "TokenConstraint", "ascii_digits"]
 
-CONSTRAINT_KINDS = ("regex", "json", "choices")
+CONSTRAINT_KINDS = ("regex", "json", "choices", "grammar")
 
 
 @dataclass(frozen=True)
 class ConstraintSpec:
     """What the output must be, as plain data (hashable: it is the compile cache key).
-    `source` is the regex, the JSON schema as JSON text, or the choices as a JSON list; the
-    output is `prefix` followed by a match. Build one with `ConstraintSpec.regex(...)`,
-    `.json(...)` or `.choices(...)`, and `.with_prefix(text)`."""
+    `source` is the regex, the JSON schema as JSON text, the choices as a JSON list, or a Lark
+    grammar; the output is `prefix` followed by a match. Build one with
+    `ConstraintSpec.regex(...)`, `.json(...)`, `.choices(...)` or `.grammar(...)`, and
+    `.with_prefix(text)`."""
 
     kind: str
     source: str
@@ -90,6 +92,12 @@ class ConstraintSpec:
         if isinstance(options, str) or not options or not all(options):
             raise ValueError("ConstraintSpec.choices needs a list of non-empty strings")
         return cls("choices", json.dumps(list(options)))
+
+    @classmethod
+    def grammar(cls, source: str) -> ConstraintSpec:
+        """The output parses in full with `source`, a context-free grammar in Lark syntax
+        (start rule `start`; llguidance's dialect, which adds e.g. `%json`)."""
+        return cls("grammar", source)
 
     def with_prefix(self, prefix: str) -> ConstraintSpec:
         """The same constraint after the literal text `prefix` (token healing)."""

@@ -4,12 +4,15 @@ never emitting any part of a stop string.
 Text is decoded over a sliding window of tokens (a few prompt tokens give the first output token
 its context, e.g. a leading space). A window whose text ends in U+FFFD is an incomplete byte
 sequence: it waits for the next token. Decoded text then waits in `_pending` while its tail could
-still begin a stop string; once a stop string appears, the text before it is emitted and the
-decoder is `stopped`.
+still begin a stop string; once a stop string appears, the text before it is emitted (through it,
+with `include_stop`) and the decoder is `stopped`. A `stop_regex` is searched in all the text
+decoded so far, so with one all text waits until the end or a match (a regex match cannot be
+foreseen from a prefix).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,10 +24,17 @@ class IncrementalDecoder:
     """Decodes one request's output tokens into text pieces (see the module docstring)."""
 
     def __init__(
-        self, tokenizer: Any, stop: Sequence[str] = (), prompt_ids: Sequence[int] = ()
+        self,
+        tokenizer: Any,
+        stop: Sequence[str] = (),
+        prompt_ids: Sequence[int] = (),
+        stop_regex: str | None = None,
+        include_stop: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop = tuple(stop)
+        self.stop_regex = re.compile(stop_regex) if stop_regex else None
+        self.include_stop = include_stop
         self._ids = list(prompt_ids[-NUM_CONTEXT_TOKENS:])
         self._prefix_offset = 0  # window start: decoded only as context
         self._read_offset = len(self._ids)  # tokens before this are already text
@@ -55,11 +65,14 @@ class IncrementalDecoder:
         return text
 
     def _release(self, text: str) -> str:
-        hits = [(i, s) for s in self.stop if (i := text.find(s)) >= 0]
+        hits = [(i, i + len(s)) for s in self.stop if (i := text.find(s)) >= 0]
+        if self.stop_regex is not None and (match := self.stop_regex.search(text)):
+            hits.append((match.start(), match.end()))
         if hits:
             self.stopped, self._pending = True, ""
-            return text[: min(hits)[0]]
-        num_held = _longest_stop_prefix(text, self.stop)
+            start, end = min(hits)
+            return text[: end if self.include_stop else start]
+        num_held = len(text) if self.stop_regex else _longest_stop_prefix(text, self.stop)
         self._pending = text[len(text) - num_held :]
         return text[: len(text) - num_held]
 

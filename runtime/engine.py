@@ -219,7 +219,11 @@ class Engine:
         self._check_ids(prompt_ids)
         arrival = next(self._arrivals)
         generate = kind is RequestKind.GENERATE
-        decoder = IncrementalDecoder(self.tokenizer, params.stop, prompt_ids) if generate else None
+        decoder = None
+        if generate:
+            decoder = IncrementalDecoder(
+                self.tokenizer, params.stop, prompt_ids, params.stop_regex, params.include_stop
+            )
         constraint = None
         if generate and params.constraint is not None:
             # this request's own matcher masks every step (the logits_processor) and advances

@@ -159,6 +159,8 @@ def llguidance_grammar(spec: ConstraintSpec) -> str:
     rule: the prefix literal, then the spec's own grammar."""
     from llguidance import LLMatcher, regex_to_lark
 
+    if spec.kind == "grammar":
+        return _lark_grammar(spec)
     options = json.loads(spec.source) if spec.kind == "choices" else []
     choices = " | ".join(json.dumps(option) for option in options)
     if not spec.prefix:
@@ -174,6 +176,17 @@ def llguidance_grammar(spec: ConstraintSpec) -> str:
     else:
         body = f"({choices})"
     return LLMatcher.grammar_from_lark(f"start: {json.dumps(spec.prefix)} {body}")
+
+
+def _lark_grammar(spec: ConstraintSpec) -> str:
+    """A user's Lark grammar; with a prefix, a top-level grammar that reads the prefix and then
+    the user's grammar as a nested one (`@user`), so its rule names cannot clash."""
+    from llguidance import LLMatcher
+
+    if not spec.prefix:
+        return LLMatcher.grammar_from_lark(spec.source)
+    start = {"lark_grammar": f"start: {json.dumps(spec.prefix)} @user"}
+    return json.dumps({"grammars": [start, {"name": "user", "lark_grammar": spec.source}]})
 
 
 # -- xgrammar -----------------------------------------------------------------------------------
@@ -228,6 +241,8 @@ class XGrammarEngine(GrammarEngine):
     def compile(self, spec: ConstraintSpec) -> CompiledGrammar:
         import xgrammar
 
+        if spec.kind == "grammar":
+            raise ValueError("the xgrammar engine cannot read Lark grammars: use llguidance")
         started = time.perf_counter()
         try:
             grammar = xgrammar_grammar(spec)

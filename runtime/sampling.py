@@ -11,6 +11,7 @@ the sampling knobs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -30,11 +31,12 @@ LogitsProcessor = Callable[[Tensor, Sequence[int]], Tensor]
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request generates. `temperature=0` is greedy; `top_k=0`, `top_p=1` and
-    `min_p=0` switch those filters off. `stop` strings end the output and are not part of it;
-    `stop_token_ids` and the model's EOS ids (unless `ignore_eos`) end it too. `constraint` (a
-    regex, JSON schema or choices; see constrained.py) masks every step (through the
-    engine's `logits_processor`) and ends the output when the grammar is complete; it excludes
-    `ignore_eos` and a hand-made `logits_processor`."""
+        `min_p=0` switch those filters off. `stop` strings (and the first match of `stop_regex` in the
+    decoded text) end the output and are not part of it unless `include_stop`;
+        `stop_token_ids` and the model's EOS ids (unless `ignore_eos`) end it too. `constraint` (a
+        regex, JSON schema or choices; see constrained.py) masks every step (through the
+        engine's `logits_processor`) and ends the output when the grammar is complete; it excludes
+        `ignore_eos` and a hand-made `logits_processor`."""
 
     max_new_tokens: int = 128
     temperature: float = 1.0
@@ -45,6 +47,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_regex: str | None = None  # ends the output at its first match in the decoded text
+    include_stop: bool = False  # the stop string (or regex match) stays in the output
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     return_logprobs: bool = False
@@ -82,6 +86,8 @@ class SamplingParams:
             )
         if any(not s for s in self.stop):
             raise ValueError("SamplingParams.stop: stop strings must not be empty")
+        if self.stop_regex is not None:
+            _check_stop_regex(self.stop_regex)
         if self.constraint is not None:
             if not isinstance(self.constraint, ConstraintSpec):
                 raise ValueError(
@@ -96,6 +102,15 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+
+def _check_stop_regex(pattern: str) -> None:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"SamplingParams.stop_regex is not a valid regex: {exc}") from None
+    if compiled.fullmatch(""):
+        raise ValueError("SamplingParams.stop_regex must not match the empty string")
 
 
 TopLogprobs = tuple[tuple[int, float], ...]

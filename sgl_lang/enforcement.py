@@ -1,5 +1,6 @@
-"""Which `gen`/`select` constraints a backend enforces: `sgl check --backend`'s report, and the
-errors that stop `sgl run` before anything runs (unless `--allow-unenforced`)."""
+"""Which `gen`/`select` constraints a backend enforces, and which optional `gen` features
+(`logprobs`, `reasoning`, ...) it honours: `sgl check --backend`'s report, and the errors that
+stop `sgl run` before anything runs (constraints: unless `--allow-unenforced`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from dataclasses import dataclass
 
 from sgl_lang import nodes
 from sgl_lang.errors import SglConstraintError
-from sgl_lang.gen_args import CONSTRAINT_ARGUMENTS
+from sgl_lang.gen_args import CONSTRAINT_ARGUMENTS, OPTION_ARGUMENTS
 from sgl_lang.protocol import SELECT_METHODS, Capabilities
 from sgl_lang.source import Span
 
 # `gen` argument -> the capability that enforces it (`type=` is decoded as a regex)
-ARGUMENT_CAPABILITY = {"regex": "regex", "type": "regex", "json": "json", "choices": "choices"}
+ARGUMENT_CAPABILITY = {
+    "regex": "regex",
+    "type": "regex",
+    "json": "json",
+    "choices": "choices",
+    "grammar": "grammar",
+}
 UNENFORCED_HINT = (
     "`sgl run --allow-unenforced` generates without the constraint, checks the output "
     "and retries it (--retries N)"
@@ -24,22 +31,30 @@ class ConstraintSite:
     """A `gen` with a constraint, or a `select`, and whether a backend enforces it.
 
     `constraint` is the `gen`'s constraint argument; for a `select` it is "scored" (the backend
-    scores the choices) or "choices" (it cannot, and `select` becomes `gen … choices=`)."""
+    scores the choices) or "choices" (it cannot, and `select` becomes `gen … choices=`). For an
+    `is_option` site it is an optional feature (`OPTION_ARGUMENTS`), `enforced` when the backend
+    honours it."""
 
     statement: str
     name: str
     constraint: str
     enforced: bool
     span: Span
+    is_option: bool = False
 
     def report_line(self, backend_name: str) -> str:
         """`FILE:LINE:COL: gen `NAME` regex: enforced by BACKEND` (or `NOT enforced by`)."""
         verdict = "enforced by" if self.enforced else "NOT enforced by"
+        if self.is_option:
+            verdict = "honoured by" if self.enforced else "NOT honoured by"
         head = f"{self.span.location}: {self.statement} `{self.name}` {self.constraint}"
         return f"{head}: {verdict} {backend_name}"
 
     def error(self, backend_name: str) -> SglConstraintError:
         """The error for a site the backend cannot enforce."""
+        if self.is_option:
+            message = f"backend `{backend_name}` cannot honour `{self.constraint}`"
+            return SglConstraintError(message, self.span)
         if self.statement == "select":
             what = "score the choices of this `select` nor enforce them while decoding"
             message = f"backend `{backend_name}` can neither {what}"
@@ -57,19 +72,34 @@ def constraint_sites(
     if imported:
         body = tuple(stmt for stmt in body if isinstance(stmt, nodes.FuncDef))
     calls = (node for node in nodes.walk(*body) if isinstance(node, (nodes.Gen, nodes.Select)))
-    sites = (_site(node, capabilities) for node in calls)
-    return [site for site in sites if site is not None]
+    return [site for node in calls for site in _sites(node, capabilities)]
 
 
-def _site(node: nodes.Gen | nodes.Select, capabilities: Capabilities) -> ConstraintSite | None:
+def _sites(node: nodes.Gen | nodes.Select, capabilities: Capabilities) -> list[ConstraintSite]:
     if isinstance(node, nodes.Select):
-        return _select_site(node, capabilities)
-    given = {kw.name for kw in node.args}
-    argument = next((name for name in CONSTRAINT_ARGUMENTS if name in given), None)
-    if argument is None:
-        return None
-    enforced = ARGUMENT_CAPABILITY[argument] in capabilities.constraints
-    return ConstraintSite("gen", node.name, argument, enforced, node.span)
+        return [_select_site(node, capabilities)]
+    spans = {kw.name: kw.span for kw in node.args if kw.name}
+    sites = [
+        ConstraintSite("gen", node.name, name, name in capabilities.gen_options, span, True)
+        for name, span in spans.items()
+        if name in OPTION_ARGUMENTS and not _is_off(node, name)
+    ]
+    argument = next((name for name in CONSTRAINT_ARGUMENTS if name in spans), None)
+    if argument is not None:
+        enforced = ARGUMENT_CAPABILITY[argument] in capabilities.constraints
+        sites.insert(0, ConstraintSite("gen", node.name, argument, enforced, node.span))
+    return sites
+
+
+def _is_off(node: nodes.Gen, name: str) -> bool:
+    """Whether the argument `name` is a literal that asks for nothing (`reasoning=false`,
+    `logprobs=none`, `min_tokens=0`): a backend need not honour it."""
+    value = next(kw.value for kw in node.args if kw.name == name)
+    if not isinstance(value, nodes.Const):
+        return False
+    return (
+        value.value is None or value.value is False or (name == "min_tokens" and value.value == 0)
+    )
 
 
 def _select_site(node: nodes.Select, capabilities: Capabilities) -> ConstraintSite:

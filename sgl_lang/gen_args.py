@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 from sgl_lang import nodes
@@ -12,19 +13,26 @@ from sgl_lang.protocol import (
     TYPE_PATTERNS,
     Choices,
     GenRequest,
+    GenResult,
+    Grammar,
     JsonSchema,
     Prompt,
     Regex,
 )
 from sgl_lang.source import Span
+from sgl_lang.user_grammars import grammar_error
 from sgl_lang.values import to_repr, type_name
 
 GEN_ARGUMENTS = frozenset(
     "max_tokens stop temperature top_p top_k min_p frequency_penalty presence_penalty seed "
-    "ignore_eos regex json type choices heal".split()
+    "ignore_eos regex json type choices heal grammar min_tokens stop_regex include_stop "
+    "logprobs reasoning".split()
 )
 SELECT_ARGUMENTS = frozenset({"method"})
-CONSTRAINT_ARGUMENTS = ("regex", "json", "type", "choices")
+CONSTRAINT_ARGUMENTS = ("regex", "json", "type", "choices", "grammar")
+# `gen` arguments -> the `Capabilities.gen_options` feature they need
+OPTION_ARGUMENTS = ("min_tokens", "stop_regex", "include_stop", "logprobs", "reasoning")
+MAX_LOGPROBS = 20  # top alternatives per token: OpenAI's and the engine's limit
 
 
 class GenArgs(NamedTuple):
@@ -57,6 +65,12 @@ def check_gen_args(
         raise SglValueError(
             f"`{conflict[0]}` and `{conflict[1]}` cannot be used together", spans[conflict[1]]
         )
+    if fields.get("min_tokens") and fields.get("constraint") is not None:
+        raise SglValueError(
+            "`min_tokens` cannot be used with a constraint (the constraint decides where the "
+            "output ends)",
+            spans["min_tokens"],
+        )
     type_name = fields.pop("type_name")
     return GenArgs(GenRequest(Prompt(()), **fields), type_name)
 
@@ -73,11 +87,21 @@ def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> d
     if name == "type":
         kind = _type(value, span, builtins)
         return {"constraint": Regex(TYPE_PATTERNS[kind]), "type_name": kind}
+    if name == "grammar":
+        return {"constraint": Grammar(_grammar(value, span))}
+    if name in ("stop_regex", "logprobs") and value is None:
+        return {name: None}
+    if name == "stop_regex":
+        return {"stop_regex": _stop_regex(value, span)}
+    if name == "logprobs":
+        return {"logprobs": _logprobs(value, span)}
     if name == "seed":
         return {"seed": None if value is None else _require(value, int, name, span)}
-    if name in ("ignore_eos", "heal"):
+    if name == "reasoning":
+        return _reasoning(value, span)
+    if name in ("ignore_eos", "heal", "include_stop"):
         return {name: _require(value, bool, name, span)}
-    if name in ("max_tokens", "top_k"):
+    if name in ("max_tokens", "top_k", "min_tokens"):
         number = _require(value, int, name, span)
         if number < 0:
             raise SglValueError(f"`{name}` must be >= 0, not {number}", span)
@@ -107,6 +131,43 @@ def _stop(value: Any, span: Span) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _grammar(value: Any, span: Span) -> str:
+    source = _require(value, str, "grammar", span)
+    if problem := grammar_error(source):
+        raise SglValueError(f"invalid grammar: {problem}", span)
+    return str(source)
+
+
+def _stop_regex(value: Any, span: Span) -> str:
+    pattern = _require(value, str, "stop_regex", span)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise SglValueError(f"invalid `stop_regex` {to_repr(pattern)}: {exc}", span) from None
+    if compiled.fullmatch(""):
+        raise SglValueError("`stop_regex` must not match the empty string", span)
+    return str(pattern)
+
+
+def _reasoning(value: Any, span: Span) -> dict[str, Any]:
+    """`reasoning=true`/`false`, or a budget: the most tokens of reasoning (reasoning on)."""
+    if isinstance(value, bool):
+        return {"reasoning": value}
+    if isinstance(value, int) and value > 0:
+        return {"reasoning": True, "reasoning_budget": value}
+    raise SglTypeError(
+        f"`reasoning` must be a bool or a budget of tokens (an int > 0), not {to_repr(value)}",
+        span,
+    )
+
+
+def _logprobs(value: Any, span: Span) -> int:
+    number = _require(value, int, "logprobs", span)
+    if not 0 <= number <= MAX_LOGPROBS:
+        raise SglValueError(f"`logprobs` must be between 0 and {MAX_LOGPROBS}, not {number}", span)
+    return int(number)
+
+
 def _json_schema(value: Any, span: Span) -> dict[str, Any]:
     if isinstance(value, Schema):
         return value.json_schema()
@@ -128,6 +189,35 @@ def _type(value: Any, span: Span, builtins: dict[str, Any]) -> str:
         if value is builtins.get(kind) or value == kind:
             return kind
     raise SglTypeError(f"`type` must be int, float or bool, not {to_repr(value)}", span)
+
+
+def gen_meta(result: GenResult, request: GenRequest) -> dict[str, Any]:
+    """What `meta(NAME)` returns for a `gen`: its counts and finish reason; with `logprobs`,
+    one `{"token", "logprob", "top"}` per generated token (`top`: text -> log-prob of the
+    most likely tokens at that step); with `reasoning`, the reasoning text (none if the
+    model wrote none)."""
+    meta: dict[str, Any] = {
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cached_tokens": result.cached_tokens,
+    }
+    if request.logprobs is not None:
+        meta["logprobs"] = [
+            {"token": token.text, "logprob": token.logprob, "top": _top(token.top)}
+            for token in result.logprobs or ()
+        ]
+    if request.reasoning:
+        meta["reasoning"] = result.reasoning
+    return meta
+
+
+def _top(alternatives: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    """Text -> log-prob, most likely first; of two tokens with the same text the likelier."""
+    top: dict[str, float] = {}
+    for text, logprob in alternatives:
+        top.setdefault(text, logprob)
+    return top
 
 
 def check_select_args(node: nodes.Select, values: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from sgl_lang.errors import (
     SglTypeError,
     SglValueError,
 )
-from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args
+from sgl_lang.gen_args import GenArgs, check_gen_args, check_select_args, gen_meta
 from sgl_lang.limits import DEFAULT_LIMITS, Limits, check_num_items, check_text_len, limit_error
 from sgl_lang.limits import current as current_limits
 from sgl_lang.objects import (
@@ -263,16 +263,14 @@ class Interpreter:
         self._check_can_generate(ctx, "gen")
         values = {kw.name: await self.eval(kw.value, ctx) for kw in node.args if kw.name}
         args = check_gen_args(node, values, self.builtins, self.default_max_tokens)
+        if missing := self.backend.capabilities.missing_options(args.request):
+            span = next(kw.span for kw in node.args if kw.name == missing[0])
+            raise SglValueError(f"backend `{self.backend.name}` cannot honour `{missing[0]}`", span)
         args = args._replace(request=replace(args.request, prompt=ctx.state.prompt()))
         result, value = await self._generate(args, Site("gen", node.name, node.span), ctx)
         ctx.state.append(result.text, generated=True)
         self._bind_generated(node.name, value, ctx)
-        ctx.state.meta[node.name] = {
-            "finish_reason": result.finish_reason,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-            "cached_tokens": result.cached_tokens,
-        }
+        ctx.state.meta[node.name] = gen_meta(result, args.request)
 
     async def _generate(self, args: GenArgs, site: Site, ctx: Context) -> tuple[GenResult, Any]:
         """The result of `args.request` and the value it binds (`calls.generate_checked`)."""

@@ -14,8 +14,8 @@ from sgl_lang.protocol import (
     Choices,
     Constraint,
     JsonSchema,
-    constraint_problem,
 )
+from sgl_lang.user_grammars import output_problem
 from sgl_lang.values import to_repr
 
 _ANY_JSON = JsonSchema({})
@@ -31,7 +31,7 @@ def output_value(text: str, args: GenArgs, *, enforced: bool) -> Any:
         return convert_type(text, args.type_name)
     checked = _conversion_check(constraint) if enforced else constraint
     try:
-        problem = constraint_problem(checked, text, to_repr)
+        problem = output_problem(checked, text, to_repr)
     except BackendError as exc:  # a schema the checker cannot read
         raise SglValueError(f"cannot check the output: {exc}") from None
     if problem:

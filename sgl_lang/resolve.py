@@ -23,6 +23,7 @@ from sgl_lang.errors import (
 )
 from sgl_lang.gen_args import GEN_ARGUMENTS, SELECT_ARGUMENTS, conflicting_constraints
 from sgl_lang.stdlib import BUILTIN_NAMES, MODULE_NAMES
+from sgl_lang.user_grammars import grammar_error
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,11 @@ class Checker:
                         hint=_suggest(kw.name, GEN_ARGUMENTS),
                     )
                 )
+        for kw in stmt.args:
+            if kw.name == "grammar" and isinstance(kw.value, nodes.Str) and kw.value.is_constant:
+                problem = grammar_error("".join(str(part) for part in kw.value.parts))
+                if problem:
+                    self._report(SglValueError(f"invalid grammar: {problem}", kw.span))
         names = [kw.name for kw in stmt.args if kw.name]
         conflict = conflicting_constraints(names)
         if conflict:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import lark
 import pytest
 
 from sgl_lang.backends.local import LocalBackend
@@ -111,6 +112,10 @@ def check_example(name: str, result: Run) -> None:
         assert [plan["p"] for plan in plans] == [1, 2]
         assert all(isinstance(a, int) for pair in answers for a in pair)
         assert "majority answer:" in printed
+    elif name == "arithmetic":
+        lark.Lark(values["ARITH"], parser="earley").parse(values["expr"])  # raises if not
+        assert "".join(token["token"] for token in values["tokens"]) == values["expr"]
+        assert all(len(token["top"]) <= 2 for token in values["tokens"])
     elif name == "agent_calc":
         assert values["action"] in ("calculate", "finish") and "final:" in printed
     else:

@@ -259,8 +259,8 @@ def test_completion_offers_gen_arguments_names_and_module_members(
         result = client.request("textDocument/completion", client.at(path, line, character))
         return [item["label"] for item in result["items"]]
 
-    assert labels(2, 22) == ["stop"]
-    assert labels(2, 6)[:3] == ["choices", "frequency_penalty", "heal"]
+    assert labels(2, 22) == ["stop", "stop_regex"]
+    assert labels(2, 6)[:3] == ["choices", "frequency_penalty", "grammar"]
     assert labels(3, 5) == ["findall"]
     assert labels(4, 2) == ["count", "continue"]
 

@@ -10,6 +10,9 @@
 - Enforced: `json` and `choices` (structured outputs, `output_config.format`; choices as a
   `{"choice": OPTION}` schema, unwrapped). `regex` is checked afterwards; `select` falls back.
 - Only `max_tokens` and `stop` are sent: the Messages API in this SDK takes no sampling knobs.
+- `reasoning` turns extended thinking on (`thinking`, with `reasoning_budget` or
+  `THINKING_BUDGET` tokens, added to `max_tokens` so the answer keeps its own); the thinking
+  deltas become `GenResult.reasoning`. The API refuses it with a prefilled assistant message.
 - The key is `$ANTHROPIC_API_KEY` (`$ANTHROPIC_BASE_URL` moves the endpoint); the SDK
   retries rate limits and transient errors with backoff.
 """
@@ -50,7 +53,10 @@ MAX_RETRIES = 3
 TIMEOUT_S = 600.0
 MIN_CACHED_CHARS = 4096  # ~1024 tokens, the smallest prefix the API caches
 CACHE_CONTROL = {"type": "ephemeral"}
-CAPABILITIES = Capabilities(frozenset({"json", "choices"}), frozenset(), images=True)
+THINKING_BUDGET = 1024  # the API's smallest budget
+CAPABILITIES = Capabilities(
+    frozenset({"json", "choices"}), frozenset(), images=True, gen_options=frozenset({"reasoning"})
+)
 STOP_REASONS = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "length"}
 
 
@@ -81,6 +87,11 @@ class AnthropicBackend(Backend):
         self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
     ) -> GenResult:
         kwargs, trimmed = self.request_fields(request.prompt, request.max_tokens)
+        if request.reasoning:
+            budget = max(request.reasoning_budget or THINKING_BUDGET, THINKING_BUDGET)
+            kwargs["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            kwargs["max_tokens"] += budget
+        thinking: list[str] = []
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)
         constraint = request.constraint
@@ -105,6 +116,8 @@ class AnthropicBackend(Backend):
                     )
                 elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                     output.add(event.delta.text)
+                elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
+                    thinking.append(event.delta.thinking)
                 elif event.type == "message_delta":
                     reason = STOP_REASONS.get(event.delta.stop_reason or "", "eos")
                     usage["output_tokens"] = event.usage.output_tokens
@@ -115,8 +128,14 @@ class AnthropicBackend(Backend):
             text = unwrap_choice(text)
             if on_chunk is not None and text:
                 on_chunk(text)
+        reasoning = "".join(thinking) if request.reasoning else None
         return GenResult(
-            text, reason, usage["input_tokens"], usage["output_tokens"], usage["cache_read"]
+            text,
+            reason,
+            usage["input_tokens"],
+            usage["output_tokens"],
+            usage["cache_read"],
+            reasoning=reasoning,
         )
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:

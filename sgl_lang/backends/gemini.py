@@ -7,6 +7,8 @@
   `choices` (Gemini's enum output, `text/x.enum`). `regex` is checked afterwards; `select`
   falls back to `gen choices=`.
 - Gemini caches repeated prefixes implicitly; `cached_tokens` reports its hits.
+- `reasoning`: thinking with its thoughts included (`thinking_config`, the budget is
+  `reasoning_budget` when given); the thought parts become `GenResult.reasoning`.
 - The key is `$GEMINI_API_KEY` (or `$GOOGLE_API_KEY`); the SDK retries rate limits and
   transient errors with backoff.
 """
@@ -35,7 +37,9 @@ from sgl_lang.protocol import (
 API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 NUM_ATTEMPTS = 4
 TIMEOUT_MS = 600_000
-CAPABILITIES = Capabilities(frozenset({"json", "choices"}), frozenset(), images=True)
+CAPABILITIES = Capabilities(
+    frozenset({"json", "choices"}), frozenset(), images=True, gen_options=frozenset({"reasoning"})
+)
 FINISH_REASONS = {"STOP": "eos", "MAX_TOKENS": "length"}
 
 
@@ -67,6 +71,7 @@ class GeminiBackend(Backend):
     ) -> GenResult:
         contents, config = self.request_fields(request)
         output = Output(on_chunk)
+        thoughts: list[str] = []
         reason, usage = "eos", None
         try:
             stream = await self._sdk().aio.models.generate_content_stream(
@@ -78,6 +83,8 @@ class GeminiBackend(Backend):
                     for part in (candidate.content.parts or ()) if candidate.content else ():
                         if part.text and not part.thought:
                             output.add(part.text)
+                        elif part.text:
+                            thoughts.append(part.text)
                     if candidate.finish_reason is not None:
                         name = getattr(candidate.finish_reason, "value", candidate.finish_reason)
                         reason = FINISH_REASONS.get(str(name), "eos")
@@ -88,7 +95,15 @@ class GeminiBackend(Backend):
         prompt_tokens = getattr(usage, "prompt_token_count", 0) or 0
         completion_tokens = getattr(usage, "candidates_token_count", 0) or 0
         cached_tokens = getattr(usage, "cached_content_token_count", 0) or 0
-        return GenResult(output.text, reason, prompt_tokens, completion_tokens, cached_tokens)
+        reasoning = "".join(thoughts) if request.reasoning else None
+        return GenResult(
+            output.text,
+            reason,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+            reasoning=reasoning,
+        )
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         raise BackendError(f"`{self.name}` cannot score choices")
@@ -141,6 +156,9 @@ class GeminiBackend(Backend):
             config["frequency_penalty"] = request.frequency_penalty
         if request.presence_penalty:
             config["presence_penalty"] = request.presence_penalty
+        if request.reasoning:
+            thinking = {"include_thoughts": True, "thinking_budget": request.reasoning_budget}
+            config["thinking_config"] = {k: v for k, v in thinking.items() if v is not None}
         constraint = request.constraint
         if isinstance(constraint, JsonSchema):
             config["response_mime_type"] = "application/json"

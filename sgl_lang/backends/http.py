@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 
 from sgl_lang.protocol import (
-    CONSTRAINT_KINDS,
     SELECT_METHODS,
     Backend,
     BackendError,
@@ -38,6 +37,11 @@ API_KEY_ENV = "SGL_API_KEY"
 TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0)
 NUM_CONNECT_RETRIES = 3  # a server that is still starting: 0.5 s, 1 s, 2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+# what the wire's `sampling_params` carry (protocol/wire.py); grammars and the optional gen
+# features (logprobs, min_tokens, ...) do not reach the server's /generate yet
+WIRE_CONSTRAINTS = frozenset({"regex", "json", "choices"})
 
 
 def create(target: str, *, user_chosen: bool = True) -> HttpBackend:
@@ -59,7 +63,7 @@ class HttpBackend(Backend):
     ) -> None:
         self.name = url
         self.url = url.rstrip("/")
-        self.capabilities = Capabilities(CONSTRAINT_KINDS, frozenset(SELECT_METHODS), images=False)
+        self.capabilities = Capabilities(WIRE_CONSTRAINTS, frozenset(SELECT_METHODS), images=False)
         self._api_key = api_key  # sent as a bearer token
         self._transport = transport  # tests: an ASGI transport to an in-process server
         self._client: httpx.AsyncClient | None = None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.bridge.registry import engine_key, loaded_engine, shared_engine
 from sgl_lang.protocol import (
+    GEN_OPTIONS,
     SELECT_METHODS,
     Backend,
     BackendError,
@@ -31,7 +32,7 @@ from sgl_lang.protocol import (
 if TYPE_CHECKING:
     from sgl_lang.bridge.engine import BridgedEngine
 
-ENFORCED_CONSTRAINTS = frozenset({"regex", "json", "choices"})  # runtime/constrained.py
+ENFORCED_CONSTRAINTS = frozenset({"regex", "json", "choices", "grammar"})  # runtime/constrained.py
 
 
 def create(
@@ -65,7 +66,7 @@ class LocalBackend(Backend):
     ) -> None:
         self.name = "local" if model_path is None else f"local:{model_path}"
         self.capabilities = Capabilities(
-            ENFORCED_CONSTRAINTS, frozenset(SELECT_METHODS), images=False
+            ENFORCED_CONSTRAINTS, frozenset(SELECT_METHODS), images=False, gen_options=GEN_OPTIONS
         )
         self.model_path = model_path
         self.options = options or EngineOptions()

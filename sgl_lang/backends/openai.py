@@ -12,7 +12,11 @@
   each choice is scored from the log-probs the server gives the prompt's tokens (`echo` with
   `logprobs` and `max_tokens: 0` on `/completions`: `sgl serve`, vLLM), by the methods of the
   `local` backend; only prompts without messages can be scored this way.
-- `top_k`, `min_p` and `ignore_eos` are sent only when set, as extensions.
+- `top_k`, `min_p`, `ignore_eos` and `min_tokens` are sent only when set, as extensions.
+- `logprobs=K`: `logprobs`/`top_logprobs` (chat) or `logprobs: K` (completions), read from
+  the streamed chunks. `reasoning`: the `reasoning_content` that OpenAI-compatible servers
+  (vLLM, SGLang, DeepSeek) stream apart, else a `<think>` block in the text; the answer is
+  streamed at the end.
 - The key is `$OPENAI_API_KEY` (required without URL); it is sent to a URL only when the user
   chose the URI (`--backend`), never to a URL a program wrote. The SDK retries rate limits
   and transient errors with backoff.
@@ -24,6 +28,7 @@ import asyncio
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sgl_lang.backends.chat import (
@@ -46,15 +51,20 @@ from sgl_lang.protocol import (
     Image,
     JsonSchema,
     Prompt,
+    TokenLogprob,
     choice_scores,
+    with_reasoning,
 )
 
 API_KEY_ENV = "OPENAI_API_KEY"
 MAX_RETRIES = 3
 TIMEOUT_S = 600.0
-CAPABILITIES = Capabilities(frozenset({"json", "choices"}), frozenset(), images=True)
+GEN_OPTIONS = frozenset({"logprobs", "reasoning", "min_tokens"})
+CAPABILITIES = Capabilities(
+    frozenset({"json", "choices"}), frozenset(), images=True, gen_options=GEN_OPTIONS
+)
 SCORING_CAPABILITIES = Capabilities(
-    CAPABILITIES.constraints, frozenset(SELECT_METHODS), images=True
+    CAPABILITIES.constraints, frozenset(SELECT_METHODS), images=True, gen_options=GEN_OPTIONS
 )
 SCORING_OPTION = "select=logprobs"
 NEUTRAL_CONTEXT = "\n"  # what a choice follows when scored "without the prompt"
@@ -109,7 +119,8 @@ class OpenAIBackend(Backend):
         prompt = request.prompt
         chat = prompt.is_chat or prompt.open_role is not None
         choices = request.constraint if isinstance(request.constraint, Choices) else None
-        output = Output(on_chunk, hold=choices is not None)
+        output = Output(on_chunk, hold=choices is not None or request.reasoning)
+        extras = _Extras(chat)
         kwargs = self._common(request)
         fields = self._chat_fields(request) if chat else self._completion_fields(request)
         kwargs["extra_body"].update(fields.pop("extra_body", {}))
@@ -121,6 +132,7 @@ class OpenAIBackend(Backend):
                 usage = chunk.usage or usage
                 for choice in chunk.choices:
                     output.add(choice.delta.content if chat else choice.text)
+                    extras.add(choice)
                     finish = choice.finish_reason or finish
         except BackendError:
             raise
@@ -129,9 +141,10 @@ class OpenAIBackend(Backend):
         text = output.text
         if choices is not None:
             text = unwrap_choice(text)
-            if on_chunk is not None and text:
-                on_chunk(text)
-        return _result(text, finish, usage, request)
+        result = extras.into(_result(text, finish, usage, request), request)
+        if (choices is not None or request.reasoning) and on_chunk is not None and result.text:
+            on_chunk(result.text)
+        return result
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         """As the `local` backend scores: spaces ending the prompt move into the choices, and
@@ -210,7 +223,12 @@ class OpenAIBackend(Backend):
             kwargs["frequency_penalty"] = request.frequency_penalty
         if request.presence_penalty:
             kwargs["presence_penalty"] = request.presence_penalty
-        extra = {"top_k": request.top_k, "min_p": request.min_p, "ignore_eos": request.ignore_eos}
+        extra = {
+            "top_k": request.top_k,
+            "min_p": request.min_p,
+            "ignore_eos": request.ignore_eos,
+            "min_tokens": request.min_tokens,
+        }
         kwargs["extra_body"] = {name: value for name, value in extra.items() if value}
         return kwargs
 
@@ -222,6 +240,8 @@ class OpenAIBackend(Backend):
             messages.append({"role": "assistant", "content": prefill})
             fields["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         fields["messages"] = messages
+        if request.logprobs is not None:
+            fields.update(logprobs=True, top_logprobs=request.logprobs)
         constraint = request.constraint
         spec: dict[str, Any]
         if isinstance(constraint, JsonSchema):
@@ -237,12 +257,51 @@ class OpenAIBackend(Backend):
             "prompt": request.prompt.plain_text(),
             "max_tokens": request.max_tokens,
         }
+        if request.logprobs is not None:
+            fields["logprobs"] = request.logprobs
         constraint = request.constraint
         if isinstance(constraint, JsonSchema):  # the completions API has no response_format
             fields["extra_body"] = {"guided_json": constraint.schema}
         elif isinstance(constraint, Choices):
             fields["extra_body"] = {"guided_choice": list(constraint.options)}
         return fields
+
+
+class _Extras:
+    """What the streamed choices carry besides the text: token log-probs and the reasoning."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat = chat
+        self.logprobs: list[TokenLogprob] = []
+        self.reasoning: list[str] = []
+
+    def add(self, choice: Any) -> None:
+        logprobs = getattr(choice, "logprobs", None)
+        if self.chat:
+            for item in getattr(logprobs, "content", None) or ():
+                top = tuple((alt.token, alt.logprob) for alt in item.top_logprobs or ())
+                self.logprobs.append(TokenLogprob(item.token, item.logprob, top))
+            extra = getattr(choice.delta, "model_extra", None) or {}
+            self.reasoning.append(extra.get("reasoning_content") or "")
+        elif logprobs is not None:
+            tokens = logprobs.tokens or []
+            tops = logprobs.top_logprobs or [{}] * len(tokens)
+            for token, logprob, top in zip(
+                tokens, logprobs.token_logprobs or [], tops, strict=False
+            ):
+                alternatives = sorted((top or {}).items(), key=lambda item: -item[1])
+                self.logprobs.append(TokenLogprob(token, logprob, tuple(alternatives)))
+
+    def into(self, result: GenResult, request: GenRequest) -> GenResult:
+        """`result` with what was asked for: log-probs, and the reasoning (the server's
+        field, else a `<think>` block of the text)."""
+        if request.logprobs is not None:
+            result = replace(result, logprobs=tuple(self.logprobs))
+        if not request.reasoning:
+            return result
+        if reasoning := "".join(self.reasoning):
+            return replace(result, reasoning=reasoning)
+        return with_reasoning(result)
 
 
 def _message(turn: Turn) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from sgl_lang.protocol import (
     GenResult,
     Image,
     Prompt,
+    TokenLogprob,
 )
 
 KEY_VERSION = 1  # part of every key: a new key format never replays answers of an old one
@@ -217,7 +218,13 @@ class ReplayFile:
 def _decode(kind: str, answer: Any) -> Replayed | list[float]:
     """A recorded answer as a result; ValueError/TypeError when it is not one."""
     if kind == "gen" and isinstance(answer, dict) and isinstance(answer.get("text"), str):
-        return Replayed(**answer)
+        logprobs = answer.get("logprobs")
+        if logprobs is not None:  # JSON lists back into `TokenLogprob`s
+            logprobs = tuple(
+                TokenLogprob(str(text), float(logprob), tuple((str(t), float(lp)) for t, lp in top))
+                for text, logprob, top in logprobs
+            )
+        return Replayed(**{**answer, "logprobs": logprobs})
     if kind == "score" and isinstance(answer, list):
         return [float(score) for score in answer]
     raise ValueError(f"not a {kind} answer")

@@ -1,4 +1,5 @@
-"""Random texts that satisfy a constraint, for the test backend: regex and JSON Schema samplers."""
+"""Random texts that satisfy a constraint, for the test backend: regex, JSON Schema and grammar
+samplers."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typing import Any
 from sgl_lang.protocol import (
     BackendError,
     Constraint,
+    Grammar,
     JsonSchema,
     Regex,
     json_problem,
     resolve_ref,
 )
+from sgl_lang.user_grammars import grammar_error, grammar_parser, parse_problem
 
 VOCAB = (
     "the a one this that model answer question fox dog cat river city light time day "
@@ -33,6 +36,8 @@ def sample(constraint: Constraint, rng: random.Random) -> str:
         return sample_regex(constraint.pattern, rng)
     if isinstance(constraint, JsonSchema):
         return json.dumps(sample_json(constraint.schema, rng))
+    if isinstance(constraint, Grammar):
+        return sample_grammar(constraint.source, rng)
     if not constraint.options:
         raise BackendError("`choices` needs at least one option")
     return rng.choice(constraint.options)
@@ -131,6 +136,66 @@ def _in_set(items: list[tuple[Any, Any]], char: str) -> bool:
         if name == "CATEGORY" and re.fullmatch(_CATEGORIES[str(arg)][1], char):
             return True
     return False
+
+
+# ---------------------------------------------------------------- grammar
+
+_GRAMMAR_DEPTH = 6  # past this depth every rule takes its shortest way to terminals
+
+
+def sample_grammar(source: str, rng: random.Random) -> str:
+    """A string that parses in full with the Lark grammar `source`: a random derivation from
+    `start` whose terminals are drawn as regexes; checked by parsing it (retrying)."""
+    if problem := grammar_error(source):
+        raise BackendError(f"invalid grammar: {problem}")
+    parser = grammar_parser(source)
+    expansions: dict[str, list[list[Any]]] = {}
+    for rule in parser.rules:
+        expansions.setdefault(rule.origin.name, []).append(list(rule.expansion))
+    patterns = {term.name: term.pattern.to_regexp() for term in parser.terminals}
+    heights = _rule_heights(expansions)
+    for _ in range(_MAX_ATTEMPTS):
+        text = _derive("start", expansions, patterns, heights, rng, 0)
+        if parse_problem(source, text) is None:
+            return text
+    raise BackendError("test backend could not sample a string of the grammar")
+
+
+def _derive(
+    name: str,
+    expansions: dict[str, list[list[Any]]],
+    patterns: dict[str, str],
+    heights: dict[str, int],
+    rng: random.Random,
+    depth: int,
+) -> str:
+    options = expansions[name]
+    if depth >= _GRAMMAR_DEPTH:
+        options = [min(options, key=lambda symbols: _height(symbols, heights))]
+    parts = []
+    for symbol in rng.choice(options):
+        if symbol.is_term:
+            parts.append(sample_regex(patterns[symbol.name], rng))
+        else:
+            parts.append(_derive(symbol.name, expansions, patterns, heights, rng, depth + 1))
+    return "".join(parts)
+
+
+def _rule_heights(expansions: dict[str, list[list[Any]]]) -> dict[str, int]:
+    """Each rule's least derivation height (a fixpoint; unreachable-to-terminals: huge)."""
+    heights = dict.fromkeys(expansions, math.inf)
+    changed = True
+    while changed:
+        changed = False
+        for name, options in expansions.items():
+            best = min(_height(symbols, heights) for symbols in options)
+            if best < heights[name]:
+                heights[name], changed = best, True
+    return {name: int(min(height, 10**6)) for name, height in heights.items()}
+
+
+def _height(symbols: list[Any], heights: dict[str, Any]) -> float:
+    return 1 + max((heights[s.name] for s in symbols if not s.is_term), default=0)
 
 
 # ---------------------------------------------------------------- JSON Schema

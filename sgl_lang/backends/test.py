@@ -8,7 +8,11 @@ and `request.seed`, so the same request always gives the same result, in any pro
 - Constraints are always met (`samplers.py`): a regex yields a string that matches it in full,
   a JSON schema a valid document, choices one of the options. Constrained output ignores `stop` and
   `max_tokens` (it is never cut, so it always satisfies its constraint).
-- Sampling parameters other than `seed` are recorded in `requests` but change nothing.
+- Sampling parameters other than `seed` are recorded in `requests` but change nothing;
+  `min_tokens`, `stop_regex` and `include_stop` apply to free text as in a real engine.
+- `logprobs=K` gives each token a log-prob drawn from the prompt and the token, and K
+  alternatives (the token first, then vocabulary words less likely); `reasoning` moves a
+  reply's `<think>…</think>` block to `GenResult.reasoning` (streamed output is the answer).
 - `test:PATH` reads canned replies from a JSON file, either a list of strings (used in order,
   one per `generate`, then generated text) or a list of `{"match": REGEX, "reply": TEXT}`
   (the first whose regex is found in the prompt text; in `score`, a matching reply that is one
@@ -28,12 +32,13 @@ import json
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sgl_lang.backends.samplers import VOCAB, sample
 from sgl_lang.protocol import (
     CONSTRAINT_KINDS,
+    GEN_OPTIONS,
     SELECT_METHODS,
     Backend,
     BackendError,
@@ -42,8 +47,10 @@ from sgl_lang.protocol import (
     GenRequest,
     GenResult,
     Prompt,
-    constraint_problem,
+    TokenLogprob,
+    with_reasoning,
 )
+from sgl_lang.user_grammars import output_problem
 
 MAX_REMEMBERED_PROMPTS = 1024
 EOS = None  # in a token stream: the model ends its turn here
@@ -71,7 +78,9 @@ class TestBackend(Backend):
 
     def __init__(self, replies: list[Reply] | None = None, path: str = "") -> None:
         self.name = f"test:{path}" if path else "test"
-        self.capabilities = Capabilities(CONSTRAINT_KINDS, frozenset(SELECT_METHODS), images=True)
+        self.capabilities = Capabilities(
+            CONSTRAINT_KINDS, frozenset(SELECT_METHODS), images=True, gen_options=GEN_OPTIONS
+        )
         self.replies = replies or []
         self.requests: list[GenRequest] = []
         self.prefix_hints: list[Prompt] = []
@@ -91,21 +100,29 @@ class TestBackend(Backend):
             reply = self._reply_for(prompt_text)
             await asyncio.sleep(0)
             rng = _rng(prompt_text, request.seed)
+            streamed = None if request.reasoning else on_chunk
             if request.constraint is not None:
                 text = _constrained(request.constraint, reply, rng)
-                num_tokens = await _stream(_pieces(text), on_chunk)
+                num_tokens = await _stream(_pieces(text), streamed)
                 finish_reason = "eos"
             else:
                 tokens: Iterable[str | None] = _free_tokens(rng, prompt_text)
                 if reply is not None:
                     tokens = itertools.chain(_pieces(reply.text), [EOS], tokens)
-                text, finish_reason, num_tokens = await _emit(tokens, request, on_chunk)
+                text, finish_reason, num_tokens = await _emit(tokens, request, streamed)
             prompt_words = prompt_text.split()
             cached_tokens = self._remember(prompt_words)
             self._remember((prompt_text + text).split())
-            return GenResult(
+            result = GenResult(
                 text, finish_reason, max(1, len(prompt_words)), num_tokens, cached_tokens
             )
+            if request.logprobs is not None:
+                result = replace(result, logprobs=_logprobs(prompt_text, text, request.logprobs))
+            if request.reasoning:
+                result = with_reasoning(result)
+                if on_chunk is not None and result.text:
+                    on_chunk(result.text)
+            return result
         finally:
             self._num_in_flight -= 1
 
@@ -220,8 +237,10 @@ def _free_tokens(rng: random.Random, prompt_text: str) -> Iterator[str | None]:
 async def _emit(
     tokens: Iterable[str | None], request: GenRequest, on_chunk: Callable[[str], None] | None
 ) -> tuple[str, str, int]:
-    """Apply `max_tokens`, `stop` and `ignore_eos` to a token stream, streaming what is final
-    (never a possible start of a stop string). Returns text, finish reason, token count."""
+    """Apply `max_tokens`, `min_tokens`, `stop`, `stop_regex`, `include_stop` and
+    `ignore_eos` to a token stream, streaming what is final (never a possible start of a stop
+    string; with `stop_regex`, nothing before the end). Returns text, finish reason, token
+    count."""
     stops = [stop for stop in request.stop if stop]
     text, num_sent, num_tokens, finish_reason = "", 0, 0, "eos"
     for token in tokens:
@@ -229,23 +248,34 @@ async def _emit(
             finish_reason = "length"
             break
         if token is EOS:
-            if request.ignore_eos:
+            if request.ignore_eos or num_tokens < request.min_tokens:
                 continue
             break
         await asyncio.sleep(0)
         text += token
         num_tokens += 1
-        found = [index for index in (text.find(stop) for stop in stops) if index >= 0]
-        if found:
-            text, finish_reason = text[: min(found)], "stop"
+        if (end := _stop_end(text, stops, request)) is not None:
+            text, finish_reason = text[:end], "stop"
             break
-        num_final = len(text) - _held_back_len(text, stops)
+        num_final = 0 if request.stop_regex else len(text) - _held_back_len(text, stops)
         if on_chunk is not None and num_final > num_sent:
             on_chunk(text[num_sent:num_final])
             num_sent = num_final
     if on_chunk is not None and len(text) > num_sent:
         on_chunk(text[num_sent:])
     return text, finish_reason, num_tokens
+
+
+def _stop_end(text: str, stops: list[str], request: GenRequest) -> int | None:
+    """Where `text` ends if a stop string or the stop regex occurs in it (after the match with
+    `include_stop`, before it without); None if neither does."""
+    found = [(index, index + len(stop)) for stop in stops if (index := text.find(stop)) >= 0]
+    if request.stop_regex and (match := re.search(request.stop_regex, text)):
+        found.append((match.start(), match.end()))
+    if not found:
+        return None
+    start, end = min(found)
+    return end if request.include_stop else start
 
 
 def _held_back_len(text: str, stops: list[str]) -> int:
@@ -267,7 +297,22 @@ def _constrained(constraint: Constraint, reply: Reply | None, rng: random.Random
     """Text meeting `constraint`: the canned reply if there is one (it must comply), else sampled."""
     if reply is None:
         return sample(constraint, rng)
-    problem = constraint_problem(constraint, reply.text)
+    problem = output_problem(constraint, reply.text)
     if problem:
         raise BackendError(f"test reply {reply.text!r} does not meet the constraint: {problem}")
     return reply.text
+
+
+def _logprobs(prompt_text: str, text: str, num_top: int) -> tuple[TokenLogprob, ...]:
+    """Each token of `text` with a log-prob drawn from the prompt and its position, and
+    `num_top` alternatives: the token itself first, then vocabulary words less likely."""
+    logprobs = []
+    for position, piece in enumerate(_pieces(text)):
+        digest = _digest(prompt_text, position, piece)
+        logprob = -int.from_bytes(digest[:4]) / 2**32 * 5
+        others = [
+            (" " + VOCAB[byte % len(VOCAB)], logprob - 1 - i) for i, byte in enumerate(digest)
+        ]
+        top = ((piece, logprob), *others)[:num_top]
+        logprobs.append(TokenLogprob(piece, logprob, top))
+    return tuple(logprobs)

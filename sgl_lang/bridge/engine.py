@@ -9,16 +9,18 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sgl_lang.bridge.healing import HealingMasks, Unhealed, plan_healing
+from sgl_lang.bridge.healing import Heal, HealingMasks, Unhealed, plan_healing
 from sgl_lang.bridge.render import encode, render_prompt, score_split
-from sgl_lang.bridge.sampling import sampling_params
+from sgl_lang.bridge.sampling import min_tokens_mask, sampling_params
 from sgl_lang.protocol import (
     BackendError,
     CachedSplit,
     GenRequest,
     GenResult,
     Prompt,
+    TokenLogprob,
     choice_scores,
+    with_reasoning,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +72,7 @@ class BridgedEngine:
         `request.heal` (healing.py). Rendering and tokenizing run in a worker thread: a long
         prompt does not stall the event loop's other work."""
         prompt_ids, params, healed_text = await asyncio.to_thread(self._prepare, request)
-        return await self._generate(prompt_ids, params, on_chunk, healed_text=healed_text)
+        return await self._finished(request, prompt_ids, params, on_chunk, healed_text=healed_text)
 
     def _prepare(self, request: GenRequest) -> tuple[list[int], SamplingParams, str]:
         """The prompt ids, sampling parameters and healed text of `request` (blocking)."""
@@ -78,16 +80,42 @@ class BridgedEngine:
         prompt_ids = encode(self.engine, rendered)
         heal = plan_healing(self._healing_masks, request, rendered, prompt_ids)
         if heal is None:
-            return prompt_ids, sampling_params(request), ""
-        params = sampling_params(request, heal.mask, heal_prefix=heal.text)
-        return prompt_ids[:-1], params, heal.text
+            return prompt_ids, self._params(request), ""
+        return prompt_ids[:-1], self._params(request, heal), heal.text
+
+    def _params(self, request: GenRequest, heal: Heal | None = None) -> SamplingParams:
+        """The sampling parameters of `request`, healed by `heal`; with `min_tokens`, the
+        model's end tokens are masked until then (the healed token does not count)."""
+        mask = heal.mask if heal is not None else None
+        if request.min_tokens and not request.ignore_eos:
+            config = self.engine.model_config
+            num_tokens = request.min_tokens + (heal is not None)
+            mask = min_tokens_mask(mask, num_tokens, config.eos_token_ids, config.vocab_size)
+        return sampling_params(request, mask, heal.text if heal is not None else "")
 
     async def generate_ids(
         self, prompt_ids: Sequence[int], request: GenRequest, on_chunk: OnChunk | None = None
     ) -> GenResult:
         """Generation from token ids as they are, with `request`'s sampling fields and
         constraint (its prompt and `heal` are not used)."""
-        return await self._generate(list(prompt_ids), sampling_params(request), on_chunk)
+        return await self._finished(request, list(prompt_ids), self._params(request), on_chunk)
+
+    async def _finished(
+        self,
+        request: GenRequest,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        on_chunk: OnChunk | None,
+        healed_text: str = "",
+    ) -> GenResult:
+        """Run one generation; with `reasoning`, the `<think>` block is split off and only the
+        answer goes to `on_chunk`, at the end."""
+        if not request.reasoning:
+            return await self._generate(prompt_ids, params, on_chunk, healed_text)
+        result = with_reasoning(await self._generate(prompt_ids, params, None, healed_text))
+        if on_chunk is not None and result.text:
+            on_chunk(result.text)
+        return result
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         """`Backend.score`: the engine's log-probs of each choice, scored by `method` (the
@@ -121,7 +149,7 @@ class BridgedEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         on_chunk: OnChunk | None,
-        healed_text: str = "",
+        healed_text: str,
     ) -> GenResult:
         """Run one generation. With `healed_text` (backed up from the prompt), the output
         starts with it: it is removed, and its token is not counted."""
@@ -139,9 +167,42 @@ class BridgedEngine:
             raise BackendError("the local engine ended a request without a result")
         reason = finish_reason(meta, self.engine.model_config.eos_token_ids, params.ignore_eos)
         num_completion = meta.completion_tokens - (bool(healed_text) and meta.completion_tokens > 0)
+        logprobs = self._token_logprobs(meta, reason, healed_text)
         return GenResult(
-            "".join(pieces), reason, meta.prompt_tokens, num_completion, meta.cached_tokens
+            "".join(pieces),
+            reason,
+            meta.prompt_tokens,
+            num_completion,
+            meta.cached_tokens,
+            logprobs=logprobs if params.return_logprobs else None,
         )
+
+    def _token_logprobs(
+        self, meta: GenerationMeta, reason: str, healed_text: str
+    ) -> tuple[TokenLogprob, ...]:
+        """Each generated token with its log-prob and top alternatives (none when not asked
+        for). The first token's text (and its alternatives') lose the healed text they start
+        with, and it is left out if that was all of it; an ending EOS is left out too."""
+        if meta.output_logprobs is None:
+            return ()
+        num_tokens = len(meta.output_logprobs) - (reason == "eos")
+        tops = meta.output_top_logprobs or ((),) * len(meta.output_logprobs)
+        steps = list(zip(meta.output_ids, meta.output_logprobs, tops, strict=False))[:num_tokens]
+        tokens = [self._token(*step, healed_text if i == 0 else "") for i, step in enumerate(steps)]
+        if tokens and healed_text and not tokens[0].text:
+            del tokens[0]
+        return tuple(tokens)
+
+    def _token(
+        self, token_id: int, logprob: float, top: Sequence[tuple[int, float]], healed_text: str
+    ) -> TokenLogprob:
+        """One step's token and its alternatives, their texts without `healed_text`."""
+
+        def text(i: int) -> str:
+            decoded = self.tokenizer.decode([i], clean_up_tokenization_spaces=False)
+            return str(decoded).removeprefix(healed_text)
+
+        return TokenLogprob(text(token_id), logprob, tuple((text(i), lp) for i, lp in top))
 
     async def _chunks(
         self, prompt_ids: list[int], params: SamplingParams

@@ -1,12 +1,24 @@
-"""A `GenRequest`'s sampling fields and constraint as the runtime's `SamplingParams`."""
+"""A `GenRequest`'s sampling fields and constraint as the runtime's `SamplingParams`, and the
+mask that keeps the end of the output back until `min_tokens`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sgl_lang.protocol import BackendError, Choices, Constraint, GenRequest, JsonSchema, Regex
+from sgl_lang.protocol import (
+    BackendError,
+    Choices,
+    Constraint,
+    GenRequest,
+    Grammar,
+    JsonSchema,
+    Regex,
+)
 
 if TYPE_CHECKING:
+    import torch
+
     from sgl_lang.runtime.sampling import LogitsMask, SamplingParams
 
 
@@ -29,7 +41,11 @@ def sampling_params(
             presence_penalty=request.presence_penalty,
             seed=request.seed,
             stop=tuple(stop for stop in request.stop if stop),
+            stop_regex=request.stop_regex,
+            include_stop=request.include_stop,
             ignore_eos=request.ignore_eos,
+            return_logprobs=request.logprobs is not None,
+            top_logprobs_num=request.logprobs or 0,
             logits_mask=logits_mask,
             **constraint_fields(request.constraint, heal_prefix),
         )
@@ -48,6 +64,29 @@ def constraint_fields(constraint: Constraint | None, prefix: str = "") -> dict[s
         spec = ConstraintSpec.json(constraint.schema)
     elif isinstance(constraint, Choices):
         spec = ConstraintSpec.choices(constraint.options)
+    elif isinstance(constraint, Grammar):
+        spec = ConstraintSpec.grammar(constraint.source)
     else:
         return {}
     return {"constraint": spec.with_prefix(prefix)}
+
+
+def min_tokens_mask(
+    inner: LogitsMask | None, num_tokens: int, end_ids: Sequence[int], vocab_size: int
+) -> LogitsMask:
+    """`inner` (or no mask), with the tokens that end the output (`end_ids`: EOS, stop
+    tokens) forbidden for the first `num_tokens` steps."""
+    import torch
+
+    blocked = torch.tensor(sorted(set(end_ids)), dtype=torch.long)
+    everything = torch.ones(vocab_size, dtype=torch.bool)
+
+    def mask(output_ids: Sequence[int]) -> torch.Tensor | None:
+        allowed = inner(output_ids) if inner is not None else None
+        if len(output_ids) >= num_tokens:
+            return allowed
+        allowed = (everything if allowed is None else allowed).clone()
+        allowed[blocked] = False
+        return allowed
+
+    return mask

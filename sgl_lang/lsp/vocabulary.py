@@ -47,6 +47,15 @@ GEN_ARGUMENT_DOCS: dict[str, str] = {
     "type": "type=int | float | bool: the output is that literal; the bound value is converted.",
     "choices": "choices=[…]: the output is exactly one of these strings (decided by decoding).",
     "heal": "heal=bool: token healing at the prompt/generation boundary (default true).",
+    "grammar": 'grammar="…": the output parses with this context-free grammar (Lark syntax, '
+    "start rule `start`).",
+    "min_tokens": "min_tokens=int: the model cannot end its turn before this many tokens.",
+    "stop_regex": 'stop_regex="…": generation ends at the first match of this regex.',
+    "include_stop": "include_stop=bool: keep the stop string (or regex match) in the value.",
+    "logprobs": "logprobs=int: meta(NAME).logprobs lists each token's log-prob and its K "
+    "most likely alternatives.",
+    "reasoning": "reasoning=bool | int: the model's reasoning goes to meta(NAME).reasoning, "
+    "the variable binds the answer (an int: a budget of reasoning tokens).",
 }
 """One line per `gen` argument (docs/language.md, "`gen` arguments")."""
 

@@ -27,15 +27,25 @@ class Capabilities:
     """What a backend enforces. `constraints` ⊆ {"regex", "json", "choices"} are enforced
     while decoding (others are checked after the fact by the interpreter); `select_methods`
     ⊆ {"normalized", "greedy", "unconditional"} can be scored (empty: `select` falls back
-    to `gen choices=`); `images` says whether `Image` segments reach the model."""
+    to `gen choices=`); `images` says whether `Image` segments reach the model;
+    `gen_options` ⊆ `GEN_OPTIONS` are the optional `GenRequest` features it honours
+    (`GenRequest.options`)."""
 
     constraints: frozenset[str]
     select_methods: frozenset[str]
     images: bool = False
+    gen_options: frozenset[str] = frozenset()
+
+    def missing_options(self, request: GenRequest) -> list[str]:
+        """The features `request` uses that this backend cannot honour, sorted."""
+        return sorted(request.options - self.gen_options)
 
     def enforces(self, constraint: Constraint | None) -> bool:
         """Whether every output meets `constraint` (None: there is none to meet)."""
         return constraint is None or CONSTRAINT_KIND[type(constraint)] in self.constraints
+
+
+GEN_OPTIONS = frozenset({"min_tokens", "stop_regex", "include_stop", "logprobs", "reasoning"})
 
 
 class EngineTotals(Protocol):

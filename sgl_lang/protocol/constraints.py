@@ -1,4 +1,4 @@
-"""What an output must satisfy: a regex, a JSON Schema, or one of a list of choices."""
+"""What an output must satisfy: a regex, a JSON Schema, one of a list of choices, or a grammar."""
 
 from __future__ import annotations
 
@@ -26,7 +26,15 @@ class Choices:
     options: tuple[str, ...]
 
 
-Constraint = Regex | JsonSchema | Choices
+@dataclass(frozen=True)
+class Grammar:
+    """The output must parse in full with `source`, a context-free grammar in Lark syntax
+    whose start rule is `start` (docs/language.md)."""
+
+    source: str
+
+
+Constraint = Regex | JsonSchema | Choices | Grammar
 
 # Patterns for `gen x(type=...)`: what a model writes and Python's int()/float() parse.
 # `bool` accepts only the JSON spellings `true` and `false` (not Python's `True`/`False`).
@@ -36,5 +44,10 @@ TYPE_PATTERNS: dict[str, str] = {
     "bool": r"(true|false)",
 }
 
-CONSTRAINT_KINDS = frozenset({"regex", "json", "choices"})
-CONSTRAINT_KIND: dict[type, str] = {Regex: "regex", JsonSchema: "json", Choices: "choices"}
+CONSTRAINT_KINDS = frozenset({"regex", "json", "choices", "grammar"})
+CONSTRAINT_KIND: dict[type, str] = {
+    Regex: "regex",
+    JsonSchema: "json",
+    Choices: "choices",
+    Grammar: "grammar",
+}

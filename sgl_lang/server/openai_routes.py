@@ -6,9 +6,11 @@ extensions other open servers accept: `regex` (SGLang), `guided_regex`, `guided_
 `guided_json` (vLLM), `top_k`, `min_p`, `ignore_eos`, and `continue_final_message` (the last
 message is continued instead of answered). `/v1/completions` with `echo` and `max_tokens: 0`
 returns the prompt itself and, with `logprobs`, each prompt token's log-prob (the first has
-none), as vLLM does: clients score text with it. Not supported (400): `n` > 1, `logprobs` of
-generated tokens, images, tools. `usage.prompt_tokens_details.cached_tokens` reports the
-prefix-cache hit.
+none), as vLLM does: clients score text with it. `logprobs` (chat: with `top_logprobs`) of
+generated tokens are OpenAI's objects; streamed, they all come with the last chunk. `n` > 1
+(up to `MAX_N`) runs the completions side by side, choice i with `seed` + i when a seed is
+given; it cannot be streamed. Not supported (400): images, tools.
+`usage.prompt_tokens_details.cached_tokens` reports the prefix-cache hit (of the first choice).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt, Text
+from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt, Text, TokenLogprob
 from sgl_lang.protocol.wire import request_from_json
 from sgl_lang.server import bounds
 from sgl_lang.server.serving import (
@@ -35,6 +38,8 @@ from sgl_lang.server.serving import (
     unless_disconnected,
 )
 
+MAX_N = 16  # completions per request
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and the engine's
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -65,6 +70,7 @@ class _CommonIn(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logprobs: bool | int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     ignore_eos: bool = False
     regex: str | None = None
     guided_regex: str | None = None
@@ -144,7 +150,7 @@ async def _echo(model: ServedModel, body: CompletionIn, prompt: Prompt) -> dict[
     if body.logprobs:
         logprobs = _prompt_logprobs(bridged.tokenizer, ids, meta.prompt_logprobs or ())
     result = GenResult("", "length", meta.prompt_tokens, 0, meta.cached_tokens)
-    return _Shape(model.name, chat=False, include_usage=False).whole(body.prompt, result, logprobs)
+    return _Shape(model.name, chat=False, include_usage=False).echo(body.prompt, result, logprobs)
 
 
 def _prompt_logprobs(tokenizer: Any, ids: list[int], logprobs: Sequence[float]) -> dict[str, Any]:
@@ -166,12 +172,10 @@ def _prompt_logprobs(tokenizer: Any, ids: list[int], logprobs: Sequence[float]) 
 
 def _gen_request(model: ServedModel, body: _CommonIn, prompt: Prompt) -> GenRequest:
     """The request of an OpenAI body: its fields in the wire format's names (SGLang's)."""
-    if body.n != 1:
-        raise HTTPException(400, "`n` must be 1 (one completion per request)")
-    if body.logprobs:
-        raise HTTPException(
-            400, "`logprobs` of generated tokens are not supported (of the prompt: `echo`)"
-        )
+    if body.n > MAX_N:
+        raise HTTPException(400, f"`n` must be at most {MAX_N}")
+    if body.n > 1 and body.stream:
+        raise HTTPException(400, "`n` > 1 cannot be streamed")
     json_schema = body.guided_json
     if isinstance(body, ChatIn) and (fmt := _response_format(body.response_format)) is not None:
         if json_schema is not None:
@@ -198,9 +202,26 @@ def _gen_request(model: ServedModel, body: _CommonIn, prompt: Prompt) -> GenRequ
         "json_schema": json_schema,
     }
     try:
-        return request_from_json(prompt, params)
+        request = request_from_json(prompt, params)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+    return replace(request, logprobs=_num_top_logprobs(body))
+
+
+def _num_top_logprobs(body: _CommonIn) -> int | None:
+    """How many alternatives per generated token the body asks for (None: no log-probs).
+    Chat: `logprobs: true` with `top_logprobs`; completions: `logprobs: K`."""
+    if isinstance(body, ChatIn):
+        if not body.logprobs:
+            if body.top_logprobs:
+                raise HTTPException(400, "`top_logprobs` needs `logprobs: true`")
+            return None
+        return body.top_logprobs or 0
+    if body.logprobs is None or body.logprobs is False:
+        return None
+    if not 0 <= int(body.logprobs) <= MAX_TOP_LOGPROBS:
+        raise HTTPException(400, f"`logprobs` must be between 0 and {MAX_TOP_LOGPROBS}")
+    return int(body.logprobs)
 
 
 def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -225,18 +246,26 @@ async def _respond(
     shape = _Shape(
         model.name, chat, include_usage=bool((body.stream_options or {}).get("include_usage"))
     )
+    if not body.stream:
+        seeds = [None if gen.seed is None else gen.seed + i for i in range(body.n)]
+        work = [_whole(model, replace(gen, seed=seed)) for seed in seeds]
+        results = await unless_disconnected(request, asyncio.gather(*work))
+        return shape.whole(results)
     pieces = stream_generate(functools.partial(model.bridged.generate, gen), gen)
     # the first piece comes after admission: a request that cannot run is still a 400
     first = await unless_disconnected(request, anext(pieces))
-    if not body.stream:
-        text, result = "", first
-        while isinstance(result, str):
-            text += result
-            result = await unless_disconnected(request, anext(pieces))
-        return shape.whole(text, result)
     return StreamingResponse(
         sse_stream(shape.chunks(first, pieces)), media_type="text/event-stream"
     )
+
+
+async def _whole(model: ServedModel, gen: GenRequest) -> GenResult:
+    """One whole completion (its errors are raised, as in a stream)."""
+    pieces = stream_generate(functools.partial(model.bridged.generate, gen), gen)
+    result = await anext(pieces)
+    while isinstance(result, str):
+        result = await anext(pieces)
+    return result
 
 
 class _Shape:
@@ -252,8 +281,10 @@ class _Shape:
         kind += ".chunk" if stream and self.chat else ""
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def _choice(self, text: str, finish: str | None, stream: bool) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def _choice(
+        self, text: str, finish: str | None, stream: bool, index: int = 0
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
         if not self.chat:
             choice["text"] = text
         elif stream:
@@ -262,11 +293,35 @@ class _Shape:
             choice["message"] = {"role": "assistant", "content": text}
         return choice
 
-    def whole(
-        self, text: str, result: GenResult, logprobs: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def whole(self, results: Sequence[GenResult]) -> dict[str, Any]:
+        """The answer with one choice per result (usage: the prompt once, every completion)."""
+        choices = [
+            {**self._choice(r.text, _finish(r), False, i), "logprobs": self.logprobs(r)}
+            for i, r in enumerate(results)
+        ]
+        usage = _usage(results[0], sum(r.completion_tokens for r in results))
+        return {**self._head(False), "choices": choices, "usage": usage}
+
+    def echo(self, text: str, result: GenResult, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+        """The `echo` answer: the prompt as the one choice, with its own log-probs."""
         choice = {**self._choice(text, _finish(result), stream=False), "logprobs": logprobs}
         return {**self._head(False), "choices": [choice], "usage": _usage(result)}
+
+    def logprobs(self, result: GenResult) -> dict[str, Any] | None:
+        """OpenAI's `logprobs` of a choice: chat `{"content": [...]}`, completions `{"tokens",
+        "token_logprobs", "top_logprobs", "text_offset"}`; None when not asked for."""
+        if result.logprobs is None:
+            return None
+        tokens = result.logprobs
+        if self.chat:
+            return {"content": [_chat_logprob(token) for token in tokens]}
+        texts = [token.text for token in tokens]
+        return {
+            "tokens": texts,
+            "token_logprobs": [token.logprob for token in tokens],
+            "top_logprobs": [_top_dict(token) for token in tokens],
+            "text_offset": list(itertools.accumulate(map(len, texts[:-1]), initial=0)),
+        }
 
     async def chunks(
         self, first: str | GenResult, rest: AsyncIterator[str | GenResult]
@@ -277,7 +332,8 @@ class _Shape:
         while isinstance(item, str):
             yield {**self._head(True), "choices": [self._choice(item, None, stream=True)]}
             item = await anext(rest)
-        yield {**self._head(True), "choices": [self._choice("", _finish(item), stream=True)]}
+        last = {**self._choice("", _finish(item), stream=True), "logprobs": self.logprobs(item)}
+        yield {**self._head(True), "choices": [last]}
         if self.include_usage:
             yield {**self._head(True), "choices": [], "usage": _usage(item)}
 
@@ -286,10 +342,29 @@ def _finish(result: GenResult) -> Literal["stop", "length"]:
     return "length" if result.finish_reason == "length" else "stop"
 
 
-def _usage(result: GenResult) -> dict[str, Any]:
+def _top_dict(token: TokenLogprob) -> dict[str, float]:
+    """A completion token's `top_logprobs`: text -> log-prob, most likely first."""
+    top: dict[str, float] = {}
+    for text, logprob in token.top:
+        top.setdefault(text, logprob)
+    return top
+
+
+def _chat_logprob(token: TokenLogprob) -> dict[str, Any]:
+    def entry(text: str, logprob: float) -> dict[str, Any]:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    top = [entry(text, logprob) for text, logprob in token.top]
+    return {**entry(token.text, token.logprob), "top_logprobs": top}
+
+
+def _usage(result: GenResult, num_completion_tokens: int | None = None) -> dict[str, Any]:
+    completion_tokens = result.completion_tokens
+    if num_completion_tokens is not None:
+        completion_tokens = num_completion_tokens
     return {
         "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": result.prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
     }

@@ -27,8 +27,11 @@ from sgl_lang.protocol import (
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
 
-def reply(pieces: list[str], stop_reason: str = "end_turn") -> Reply:
-    """A streamed Messages API answer, event by event as the API documents them."""
+def reply(
+    pieces: list[str], stop_reason: str = "end_turn", thinking: tuple[str, ...] = ()
+) -> Reply:
+    """A streamed Messages API answer, event by event as the API documents them (`thinking`:
+    the deltas of a thinking block first)."""
     usage = {"input_tokens": 7, "output_tokens": 1, "cache_read_input_tokens": 20,
              "cache_creation_input_tokens": 3}  # fmt: skip
     message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
@@ -37,6 +40,11 @@ def reply(pieces: list[str], stop_reason: str = "end_turn") -> Reply:
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
         for p in pieces
     ]
+    deltas[:0] = [
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "thinking_delta", "thinking": t}}
+        for t in thinking
+    ]  # fmt: skip
     events = [
         {"type": "message_start", "message": message},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
@@ -167,3 +175,14 @@ def test_a_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 def test_generating_inside_a_user_message_is_an_error(fake: FakeAPI) -> None:
     with pytest.raises(BackendError, match="only generate assistant messages"):
         generate(backend_on(fake), GenRequest(Prompt((Message("user", "Q: "),), "user")))
+
+
+def test_reasoning_is_extended_thinking_with_a_budget(fake: FakeAPI) -> None:
+    backend = backend_on(fake, reply(["Yes."], thinking=("Two", " and two.")))
+    prompt = Prompt((Message("user", "Is 2+2 four?"),), "assistant")
+    request = GenRequest(prompt, max_tokens=50, reasoning=True, reasoning_budget=2000)
+    result = generate(backend, request)
+    assert (result.text, result.reasoning) == ("Yes.", "Two and two.")
+    body = fake.requests[0].body
+    assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}
+    assert body["max_tokens"] == 2050

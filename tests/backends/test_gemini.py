@@ -28,11 +28,13 @@ from sgl_lang.protocol import (
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
 
-def reply(pieces: list[str], finish: str = "STOP") -> Reply:
-    """A streamed generateContent answer: one JSON response per piece, the last with usage."""
+def reply(pieces: list[str], finish: str = "STOP", thought: tuple[bool, ...] = ()) -> Reply:
+    """A streamed generateContent answer: one JSON response per piece, the last with usage
+    (`thought`: which pieces are thoughts)."""
     chunks: list[tuple[str | None, Any]] = []
     for i, piece in enumerate(pieces):
-        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": piece}]}}
+        part = {"text": piece, "thought": thought[i] if i < len(thought) else False}
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [part]}}
         chunk: dict[str, Any] = {"candidates": [candidate]}
         if i == len(pieces) - 1:
             candidate["finishReason"] = finish
@@ -132,3 +134,14 @@ def test_a_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
         get_backend("gemini:gemini-test")
     monkeypatch.setenv("GOOGLE_API_KEY", "k")
     assert get_backend("gemini:gemini-test").capabilities.images
+
+
+def test_reasoning_includes_the_thoughts_with_a_budget(fake: FakeAPI) -> None:
+    backend = backend_on(fake, reply(["Small primes.", "Yes"], thought=(True, False)))
+    prompt = Prompt((Message("user", "Is 7 prime?"),))
+    result = generate(backend, GenRequest(prompt, reasoning=True, reasoning_budget=512))
+    assert (result.text, result.reasoning) == ("Yes", "Small primes.")
+    config = fake.requests[0].body["generationConfig"]
+    # the SDK sends this object's fields in snake_case (proto JSON reads both spellings)
+    thinking = {key.replace("_", "").lower(): v for key, v in config["thinkingConfig"].items()}
+    assert thinking == {"includethoughts": True, "thinkingbudget": 512}

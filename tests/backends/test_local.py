@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import lark
 import pytest
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.bridge.registry import close_engines
 from sgl_lang.bridge.render import Rendered, encode, render_prompt
-from sgl_lang.protocol import BackendError, GenRequest, Image, Message, Prompt, Text
+from sgl_lang.protocol import BackendError, GenRequest, Grammar, Image, Message, Prompt, Text
 from sgl_lang.runtime.engine import Engine
 from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path
 from sgl_lang.runtime.sampling import SamplingParams
@@ -204,3 +205,62 @@ def test_request_errors_are_backend_errors(backend: LocalBackend) -> None:
     asyncio.run(closed.close())
     with pytest.raises(BackendError, match="backend is closed"):
         asyncio.run(closed.generate(GenRequest(Prompt((Text("Hi"),)), max_tokens=2)))
+
+
+ARITHMETIC = r"""
+start: expr
+expr: term (("+" | "-") term)*
+term: factor (("*" | "/") factor)*
+factor: NUMBER | "(" expr ")"
+NUMBER: /[0-9]{1,3}/
+"""
+
+
+def test_a_grammar_constrains_every_output_to_parse(backend: LocalBackend) -> None:
+    parser = lark.Lark(ARITHMETIC, parser="earley")
+    questions = ["two plus three", "seven times six", "the sum of 1 and 2", "ten minus four"]
+    outputs = []
+    for question in questions:  # "The expression: " ends in text: the grammar is healed
+        prompt = Prompt((Text(f"Write {question} as arithmetic. The expression: "),))
+        request = GenRequest(prompt, max_tokens=12, constraint=Grammar(ARITHMETIC))
+        result = asyncio.run(backend.generate(request))
+        assert result.finish_reason == "eos", result
+        parser.parse(result.text)  # raises if the output is not an expression
+        outputs.append(result.text)
+    assert len(set(outputs)) > 1
+
+
+def test_token_logprobs_sum_to_the_engines_score_of_the_output(
+    backend: LocalBackend, engine: Engine
+) -> None:
+    prompt = Prompt((Text("The capital of France is"),))
+    request = GenRequest(prompt, max_tokens=6, logprobs=3, heal=False)
+    result = asyncio.run(backend.generate(request))
+    assert result.logprobs is not None and len(result.logprobs) == result.completion_tokens
+    assert "".join(token.text for token in result.logprobs) == result.text
+    for token in result.logprobs:  # greedy: the token is the most likely of its top 3
+        assert len(token.top) == 3 and token.top[0] == (token.text, token.logprob)
+    counting = GenRequest(Prompt((Text("1, 2, 3, 4, 5,"),)), max_tokens=4, logprobs=1)
+    healed = asyncio.run(backend.generate(counting))  # the backed-up "," is not listed
+    assert healed.logprobs and "".join(t.text for t in healed.logprobs) == healed.text
+    prompt_ids = engine.tokenizer.encode("The capital of France is")
+    [scored] = asyncio.run(engine.score(prompt_ids, [result.text]))
+    assert sum(scored.token_logprobs) == pytest.approx(
+        sum(token.logprob for token in result.logprobs), abs=1e-3
+    )
+
+
+def test_min_tokens_stop_regex_and_include_stop(backend: LocalBackend) -> None:
+    prompt = Prompt(QUESTION, open_role="assistant")
+    short = asyncio.run(backend.generate(GenRequest(prompt, max_tokens=40)))
+    assert short.finish_reason == "eos"
+    longer = asyncio.run(
+        backend.generate(GenRequest(prompt, max_tokens=40, min_tokens=short.completion_tokens + 3))
+    )
+    assert longer.completion_tokens >= short.completion_tokens + 3
+    counting = Prompt((Text("1, 2, 3, 4, 5,"),))
+    regex = GenRequest(counting, max_tokens=12, stop_regex=r"[0-9]+,", heal=False)
+    stopped = asyncio.run(backend.generate(regex))
+    assert (stopped.text, stopped.finish_reason) == (" ", "stop")
+    kept = asyncio.run(backend.generate(replace(regex, include_stop=True)))
+    assert (kept.text, kept.finish_reason) == (" 6,", "stop")

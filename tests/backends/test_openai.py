@@ -25,11 +25,15 @@ from sgl_lang.protocol import (
     Message,
     Prompt,
     Text,
+    TokenLogprob,
     choice_scores,
 )
 
 
-def reply(pieces: list[str], finish: str = "stop", chat: bool = True) -> Reply:
+def reply(
+    pieces: list[str], finish: str = "stop", chat: bool = True, extras: tuple[dict, ...] = ()
+) -> Reply:
+    """Streamed chunks, one per piece; `extras` update the first pieces' choices."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": "c1", "object": kind, "created": 0, "model": "gpt-test"}
     events: list[tuple[str | None, Any]] = []
@@ -37,6 +41,7 @@ def reply(pieces: list[str], finish: str = "stop", chat: bool = True) -> Reply:
         last = i == len(pieces) - 1
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish if last else None}
         choice.update({"delta": {"content": piece}} if chat else {"text": piece})
+        choice.update(extras[i] if i < len(extras) else {})
         events.append((None, {**head, "choices": [choice]}))
     usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
              "prompt_tokens_details": {"cached_tokens": 4}}  # fmt: skip
@@ -187,3 +192,34 @@ def test_a_server_without_prompt_logprobs_is_a_plain_error(fake: FakeAPI) -> Non
     backend = scoring_backend_on(fake, json_reply(200, body))
     with pytest.raises(BackendError, match="gave no log-probs of the prompt's tokens"):
         asyncio.run(backend.score(Prompt((Text("Hi "),)), ["a"], "normalized"))
+
+
+def test_logprobs_reasoning_and_min_tokens_on_chat(fake: FakeAPI) -> None:
+    def token(text: str, logprob: float) -> dict[str, Any]:
+        top = [{"token": text, "logprob": logprob}, {"token": "x", "logprob": logprob - 2}]
+        return {"token": text, "logprob": logprob, "top_logprobs": top}
+
+    chunks = reply(
+        ["", "Yes"],
+        extras=(
+            {"delta": {"content": "", "reasoning_content": "It is."}},
+            {"logprobs": {"content": [token("Yes", -0.5)]}},
+        ),
+    )
+    backend = backend_on(fake, chunks)
+    prompt = Prompt((Message("user", "Is it?"),), "assistant")
+    request = GenRequest(prompt, logprobs=2, reasoning=True, min_tokens=1)
+    pieces: list[str] = []
+    result = generate(backend, request, pieces)
+    assert (result.text, result.reasoning, pieces) == ("Yes", "It is.", ["Yes"])
+    assert result.logprobs == (TokenLogprob("Yes", -0.5, (("Yes", -0.5), ("x", -2.5))),)
+    body = fake.requests[0].body
+    assert (body["logprobs"], body["top_logprobs"], body["min_tokens"]) == (True, 2, 1)
+
+
+def test_a_think_block_is_the_reasoning_without_a_reasoning_field(fake: FakeAPI) -> None:
+    backend = backend_on(fake, reply(["<think>Sum", " it.</think>", " 4"], chat=False))
+    request = GenRequest(Prompt((Text("2+2="),)), reasoning=True, logprobs=0)
+    result = generate(backend, request)
+    assert (result.text, result.reasoning, result.logprobs) == ("4", "Sum it.", ())
+    assert fake.requests[0].body["logprobs"] == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sgl_lang.backends.replay import ReplayBackend, Replayed, ReplayedScores, request_key
+from sgl_lang.backends.test import Reply, TestBackend
 from sgl_lang.protocol import (
     CONSTRAINT_KINDS,
     SELECT_METHODS,
@@ -25,6 +26,7 @@ from sgl_lang.protocol import (
     Message,
     Prompt,
     Text,
+    TokenLogprob,
 )
 
 PROMPT = Prompt((Message("user", "Name a colour."),), "assistant")
@@ -214,3 +216,20 @@ def test_the_file_is_reused_across_processes(tmp_path: Path) -> None:
     assert reports[1]["totals"]["num_replayed"] == 4
     assert reports[1]["totals"]["completion_tokens"] == 0  # nothing computed in this run
     assert len(replay.read_text().splitlines()) == 4
+
+
+def test_log_probs_and_reasoning_replay_as_they_were(tmp_path: Path) -> None:
+    path = tmp_path / "replay.jsonl"
+    request = GenRequest(PROMPT, max_tokens=8, logprobs=2, reasoning=True)
+
+    async def session() -> GenResult:
+        backend = ReplayBackend(TestBackend([Reply("<think>Hmm.</think> Red.")]), path)
+        try:
+            return await backend.generate(request)
+        finally:
+            await backend.close()
+
+    recorded, replayed = asyncio.run(session()), asyncio.run(session())
+    assert isinstance(replayed, Replayed) and replayed.reasoning == "Hmm."
+    assert recorded.logprobs and replayed.logprobs == recorded.logprobs
+    assert isinstance(replayed.logprobs[0], TokenLogprob)

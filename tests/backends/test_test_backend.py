@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sgl_lang.backends.samplers import sample_json, sample_regex
 from sgl_lang.backends.test import TestBackend, create
 from sgl_lang.protocol import (
+    GEN_OPTIONS,
     TYPE_PATTERNS,
     BackendError,
     Choices,
@@ -69,7 +70,8 @@ def test_plain_text_renders_roles_open_messages_and_images() -> None:
 def test_capabilities_cover_everything() -> None:
     backend = create("")
     assert backend.name == "test"
-    assert backend.capabilities.constraints == {"regex", "json", "choices"}
+    assert backend.capabilities.constraints == {"regex", "json", "choices", "grammar"}
+    assert backend.capabilities.gen_options == GEN_OPTIONS
     assert backend.capabilities.select_methods == {"normalized", "greedy", "unconditional"}
     assert backend.capabilities.images
 

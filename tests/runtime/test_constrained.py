@@ -142,7 +142,7 @@ def test_a_spec_that_does_not_compile_names_its_problem(constraints, spec, messa
 
 def test_bad_specs_and_params_are_refused() -> None:
     with pytest.raises(ValueError, match="kind must be one of"):
-        ConstraintSpec("grammar", "start: x")
+        ConstraintSpec("ebnf", "root ::= x")
     with pytest.raises(ValueError, match="non-empty strings"):
         ConstraintSpec.choices(["a", ""])
     with pytest.raises(ValueError, match="cannot be combined with ignore_eos or logits_proc"):

@@ -62,3 +62,12 @@ def test_special_tokens_are_not_text(tokenizer: Any) -> None:
     decoder = IncrementalDecoder(tokenizer)
     assert decoder.push(tokenizer.eos_token_id) == ""
     assert decoder.push(tokenizer.encode("Hi", add_special_tokens=False)[0]) == "Hi"
+
+
+def test_a_stop_regex_holds_all_text_back_and_include_stop_keeps_the_stop(tokenizer: Any) -> None:
+    ids = tokenizer.encode("Hello world, this is 42 and more", add_special_tokens=False)
+    decoder = IncrementalDecoder(tokenizer, (), (), stop_regex=r"[0-9]+ ")
+    pieces = [decoder.push(t) for t in ids]
+    assert decoder.stopped and [p for p in pieces if p] == ["Hello world, this is "]
+    keep = IncrementalDecoder(tokenizer, (",",), (), stop_regex="[0-9]+ ", include_stop=True)
+    assert "".join(keep.push(t) for t in ids) == "Hello world,"

@@ -75,8 +75,8 @@ def test_completions_and_json_schema_response_format(client: openai.OpenAI) -> N
 
 
 def test_openai_errors_are_400s(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="`n` must be 1"):
-        client.chat.completions.create(model="smollm", messages=USER, n=2)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError, match="`n` > 1 cannot be streamed"):
+        client.chat.completions.create(model="smollm", messages=USER, n=2, stream=True)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError, match="role `tool`"):
         client.chat.completions.create(
             model="smollm", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]
@@ -147,8 +147,36 @@ def test_echo_gives_the_prompt_tokens_log_probs(client: openai.OpenAI) -> None:
     assert done.usage is not None and done.usage.prompt_tokens == len(tokens)
     with pytest.raises(openai.BadRequestError, match="`echo` needs `max_tokens: 0`"):
         client.completions.create(model="smollm", prompt=prompt, max_tokens=2, echo=True)
-    with pytest.raises(openai.BadRequestError, match="`logprobs` of generated tokens"):
-        client.completions.create(model="smollm", prompt=prompt, max_tokens=2, logprobs=1)
+
+
+def test_n_choices_with_generated_token_logprobs(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smollm", messages=USER, max_tokens=6, temperature=0, n=2, logprobs=True,
+        top_logprobs=2,
+    )  # fmt: skip
+    assert [choice.index for choice in reply.choices] == [0, 1]
+    first, second = reply.choices
+    assert first.message.content == second.message.content  # greedy: the same answer twice
+    assert first.logprobs is not None and first.logprobs.content is not None
+    tokens = first.logprobs.content
+    assert "".join(token.token for token in tokens) == first.message.content
+    for token in tokens:  # greedy: each token is the most likely of its step
+        assert len(token.top_logprobs) == 2 and token.top_logprobs[0].token == token.token
+        assert token.top_logprobs[0].logprob == pytest.approx(token.logprob)
+    assert reply.usage is not None and reply.usage.completion_tokens == 2 * len(tokens)
+    prompt = "The capital of France is"
+    done = client.completions.create(
+        model="smollm", prompt=prompt, max_tokens=3, temperature=0, logprobs=1
+    )
+    logprobs = done.choices[0].logprobs
+    assert logprobs is not None and "".join(logprobs.tokens or []) == done.choices[0].text
+    echoed = client.completions.create(
+        model="smollm", prompt=prompt + done.choices[0].text, max_tokens=0, echo=True, logprobs=1
+    )  # the generated tokens' log-probs are those the prompt's scoring gives them
+    assert echoed.choices[0].logprobs is not None
+    scored = echoed.choices[0].logprobs.token_logprobs or []
+    generated = logprobs.token_logprobs or []
+    assert scored[-len(generated) :] == pytest.approx(generated, abs=1e-3)
 
 
 @pytest.mark.parametrize("method", ["normalized", "greedy", "unconditional"])
