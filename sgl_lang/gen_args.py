@@ -17,22 +17,26 @@ from sgl_lang.protocol import (
     Regex,
 )
 from sgl_lang.source import Span
+from sgl_lang.tool_calls import DEFAULT_MAX_TOOL_CALLS, Tool, tools_of
 from sgl_lang.values import to_repr, type_name
 
 GEN_ARGUMENTS = frozenset(
     "max_tokens stop temperature top_p top_k min_p frequency_penalty presence_penalty seed "
-    "ignore_eos regex json type choices heal".split()
+    "ignore_eos regex json type choices heal tools max_tool_calls".split()
 )
 SELECT_ARGUMENTS = frozenset({"method"})
 CONSTRAINT_ARGUMENTS = ("regex", "json", "type", "choices")
 
 
 class GenArgs(NamedTuple):
-    """A `gen`'s validated arguments: the request to send (its prompt still empty) and, for
-    `type=`, the name of the type the output converts to."""
+    """A `gen`'s validated arguments: the request to send (its prompt still empty), for
+    `type=` the name of the type the output converts to, and the `tools=` the model may call
+    (at most `max_tool_calls` calls, `tool_calls.py`)."""
 
     request: GenRequest
     type_name: str | None
+    tools: tuple[Tool, ...] = ()
+    max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
 
 
 def conflicting_constraints(names: list[str]) -> list[str]:
@@ -46,7 +50,12 @@ def check_gen_args(
 ) -> GenArgs:
     """Validate evaluated `gen` arguments; errors point at the offending argument."""
     spans = {kw.name: kw.span for kw in node.args if kw.name}
-    fields: dict[str, Any] = {"max_tokens": default_max_tokens, "type_name": None}
+    fields: dict[str, Any] = {
+        "max_tokens": default_max_tokens,
+        "type_name": None,
+        "tools": (),
+        "max_tool_calls": DEFAULT_MAX_TOOL_CALLS,
+    }
     for name, value in values.items():
         span = spans[name]
         if name not in GEN_ARGUMENTS:
@@ -57,8 +66,15 @@ def check_gen_args(
         raise SglValueError(
             f"`{conflict[0]}` and `{conflict[1]}` cannot be used together", spans[conflict[1]]
         )
-    type_name = fields.pop("type_name")
-    return GenArgs(GenRequest(Prompt(()), **fields), type_name)
+    if "tools" in values and (
+        constraint := next(iter(set(values) & set(CONSTRAINT_ARGUMENTS)), None)
+    ):
+        raise SglValueError(
+            f"`tools` and `{constraint}` cannot be used together", spans[constraint]
+        )
+    type_name, tools = fields.pop("type_name"), fields.pop("tools")
+    max_tool_calls = fields.pop("max_tool_calls")
+    return GenArgs(GenRequest(Prompt(()), **fields), type_name, tools, max_tool_calls)
 
 
 def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> dict[str, Any]:
@@ -73,11 +89,13 @@ def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> d
     if name == "type":
         kind = _type(value, span, builtins)
         return {"constraint": Regex(TYPE_PATTERNS[kind]), "type_name": kind}
+    if name == "tools":
+        return {"tools": tools_of(value, span)}
     if name == "seed":
         return {"seed": None if value is None else _require(value, int, name, span)}
     if name in ("ignore_eos", "heal"):
         return {name: _require(value, bool, name, span)}
-    if name in ("max_tokens", "top_k"):
+    if name in ("max_tokens", "top_k", "max_tool_calls"):
         number = _require(value, int, name, span)
         if number < 0:
             raise SglValueError(f"`{name}` must be >= 0, not {number}", span)

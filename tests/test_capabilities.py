@@ -324,3 +324,38 @@ def test_no_retries_means_a_single_attempt() -> None:
         't.sgl:1:1: constraint error: the output "a" does not match the regex "[0-9]" '
         "(after 1 attempt; backend `test` does not enforce `regex`)"
     )
+
+
+# ---------------------------------------------------------------- images and tools
+
+
+IMAGE_PROGRAM = """\
+print("started")
+user:
+    "What is this? "
+    image "cat.png"
+user image "dog.png"
+assistant gen answer(max_tokens=5)
+"""
+
+
+def test_a_backend_that_cannot_see_images_refuses_them_at_check_time(tmp_path: Path) -> None:
+    program = write(tmp_path / "img.sgl", IMAGE_PROGRAM)
+    errors = [error.render() for error in runner.check_files([program], "local")]
+    assert errors == [
+        f"{program}:4:5: backend error: backend `local` cannot see images\n"
+        '        image "cat.png"\n        ^^^^^^^^^^^^^^^',
+        f"{program}:5:6: backend error: backend `local` cannot see images\n"
+        '    user image "dog.png"\n         ^^^^^^^^^^^^^^^',
+    ]
+    assert runner.check_files([program], "test") == []
+
+
+def test_run_refuses_images_even_with_allow_unenforced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = write(tmp_path / "img.sgl", IMAGE_PROGRAM)
+    blind = like_an_api("A cat.")
+    code, out, err = run_cli(monkeypatch, blind, "--allow-unenforced", str(program))
+    assert (code, out, blind.requests) == (1, "", [])
+    assert err.startswith(f"{program}:4:5: backend error: backend `test` cannot see images")

@@ -65,7 +65,7 @@ class LocalBackend(Backend):
     ) -> None:
         self.name = "local" if model_path is None else f"local:{model_path}"
         self.capabilities = Capabilities(
-            ENFORCED_CONSTRAINTS, frozenset(SELECT_METHODS), images=False
+            ENFORCED_CONSTRAINTS, frozenset(SELECT_METHODS), images=False, tools=True
         )
         self.model_path = model_path
         self.options = options or EngineOptions()

@@ -41,7 +41,7 @@ from sgl_lang.protocol import (
     Prompt,
 )
 
-KEY_VERSION = 1  # part of every key: a new key format never replays answers of an old one
+KEY_VERSION = 2  # part of every key: a new key format never replays answers of an old one
 Slot = tuple[str, int]  # (key, occurrence)
 
 

@@ -27,11 +27,14 @@ class Capabilities:
     """What a backend enforces. `constraints` ⊆ {"regex", "json", "choices"} are enforced
     while decoding (others are checked after the fact by the interpreter); `select_methods`
     ⊆ {"normalized", "greedy", "unconditional"} can be scored (empty: `select` falls back
-    to `gen choices=`); `images` says whether `Image` segments reach the model."""
+    to `gen choices=`); `images` says whether images (free or inside messages) reach the
+    model; `tools` whether `GenRequest.tools` are offered to it (the model may answer with
+    tool calls, `GenResult.tool_calls`)."""
 
     constraints: frozenset[str]
     select_methods: frozenset[str]
     images: bool = False
+    tools: bool = False
 
     def enforces(self, constraint: Constraint | None) -> bool:
         """Whether every output meets `constraint` (None: there is none to meet)."""

@@ -14,6 +14,8 @@ prefix-cache hit.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import itertools
 import time
@@ -25,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt, Text
+from sgl_lang.protocol import GenRequest, GenResult, Image, Message, Part, Prompt, Text
 from sgl_lang.protocol.wire import request_from_json
 from sgl_lang.server import bounds
 from sgl_lang.server.serving import (
@@ -115,22 +117,39 @@ def chat_prompt(body: ChatIn) -> Prompt:
         role = ROLES.get(message.role)
         if role is None:
             raise HTTPException(400, f"messages[{i}]: role `{message.role}` is not supported")
-        segments.append(Message(role, _content_text(message.content, i)))
+        segments.append(Message(role, _content_parts(message.content, i)))
     open_role = segments[-1].role if body.continue_final_message else "assistant"
     return Prompt(tuple(segments), open_role)
 
 
-def _content_text(content: str | list[dict[str, Any]] | None, index: int) -> str:
+def _content_parts(content: str | list[dict[str, Any]] | None, index: int) -> list[Part]:
+    """A message's content: its text, or its `text` and `image_url` parts (URLs or `data:`
+    URLs; the served model refuses them when it cannot see images)."""
     if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
+        return [content or ""]
+    parts: list[Part] = []
     for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+        image_url = part.get("image_url") if part.get("type") == "image_url" else None
+        url = image_url.get("url") if isinstance(image_url, dict) else None
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif isinstance(url, str):
+            parts.append(_image(url, index))
+        else:
             raise HTTPException(
-                400, f"messages[{index}]: only text content is supported, not `{part.get('type')}`"
+                400, f"messages[{index}]: content of type `{part.get('type')}` is not supported"
             )
-        texts.append(part["text"])
-    return "".join(texts)
+    return parts
+
+
+def _image(url: str, index: int) -> Image:
+    if not url.startswith("data:"):
+        return Image(url)
+    data = url.partition(",")[2]
+    try:
+        return Image(base64.b64decode(data, validate=True))
+    except binascii.Error:
+        raise HTTPException(400, f"messages[{index}]: malformed `data:` image URL") from None
 
 
 async def _echo(model: ServedModel, body: CompletionIn, prompt: Prompt) -> dict[str, Any]:

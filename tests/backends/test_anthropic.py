@@ -5,10 +5,12 @@ output), the streamed events, usage with cache reads, errors and missing keys.""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from fake_http import FakeAPI, Reply, json_reply, sse_reply
+from fake_http import PNG, FakeAPI, Reply, json_reply, run_image_program, sse_reply
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.anthropic import MIN_CACHED_CHARS, AnthropicBackend
@@ -23,8 +25,6 @@ from sgl_lang.protocol import (
     Prompt,
     Text,
 )
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
 
 def reply(pieces: list[str], stop_reason: str = "end_turn") -> Reply:
@@ -167,3 +167,13 @@ def test_a_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 def test_generating_inside_a_user_message_is_an_error(fake: FakeAPI) -> None:
     with pytest.raises(BackendError, match="only generate assistant messages"):
         generate(backend_on(fake), GenRequest(Prompt((Message("user", "Q: "),), "user")))
+
+
+def test_an_image_in_a_user_block_is_an_image_part(fake: FakeAPI, tmp_path: Path) -> None:
+    run_image_program(backend_on(fake, reply(["A cat"])), tmp_path)
+    [user] = fake.requests[0].body["messages"]
+    assert user["role"] == "user"
+    text, image = user["content"]
+    assert text == {"type": "text", "text": "What is in this picture? "}
+    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG).decode()}
+    assert image == {"type": "image", "source": source, "cache_control": {"type": "ephemeral"}}

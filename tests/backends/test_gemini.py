@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_http import FakeAPI, Reply, json_reply, sse_reply
+from fake_http import PNG, FakeAPI, Reply, json_reply, run_image_program, sse_reply
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.gemini import GeminiBackend
@@ -24,8 +25,6 @@ from sgl_lang.protocol import (
     Message,
     Prompt,
 )
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
 
 def reply(pieces: list[str], finish: str = "STOP") -> Reply:
@@ -132,3 +131,14 @@ def test_a_missing_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
         get_backend("gemini:gemini-test")
     monkeypatch.setenv("GOOGLE_API_KEY", "k")
     assert get_backend("gemini:gemini-test").capabilities.images
+
+
+def test_an_image_in_a_user_block_is_an_image_part(fake: FakeAPI, tmp_path: Path) -> None:
+    run_image_program(backend_on(fake, reply(["A cat"])), tmp_path)
+    [user] = fake.requests[0].body["contents"]
+    assert user["role"] == "user"
+    text, image = user["parts"]
+    assert text == {"text": "What is in this picture? "}
+    inline = image["inlineData"]
+    assert inline["data"] == base64.b64encode(PNG).decode()
+    assert inline.get("mimeType", inline.get("mime_type")) == "image/png"

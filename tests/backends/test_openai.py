@@ -6,12 +6,14 @@ chunks with usage, errors and missing keys. (`tests/server/test_openai_api.py` r
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_http import FakeAPI, Reply, json_reply, sse_reply
+from fake_http import PNG, FakeAPI, Reply, json_reply, run_image_program, sse_reply
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.openai import OpenAIBackend
@@ -187,3 +189,13 @@ def test_a_server_without_prompt_logprobs_is_a_plain_error(fake: FakeAPI) -> Non
     backend = scoring_backend_on(fake, json_reply(200, body))
     with pytest.raises(BackendError, match="gave no log-probs of the prompt's tokens"):
         asyncio.run(backend.score(Prompt((Text("Hi "),)), ["a"], "normalized"))
+
+
+def test_an_image_in_a_user_block_is_an_image_part(fake: FakeAPI, tmp_path: Path) -> None:
+    run_image_program(backend_on(fake, reply(["A cat"])), tmp_path)
+    [user] = fake.requests[0].body["messages"]
+    assert user["role"] == "user"
+    text, image = user["content"]
+    assert text == {"type": "text", "text": "What is in this picture? "}
+    expected = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert image == {"type": "image_url", "image_url": {"url": expected}}
