@@ -100,13 +100,25 @@ user:
     image "{path}"
 assistant gen answer(max_tokens=5)
 """
+TOOL_PROGRAM = """\
+# Add two numbers.
+def add(a, b):
+    return a + b
+
+user "What is 2 + 3?"
+assistant gen answer(tools=[add], max_tokens=20)
+"""
+ADD_PARAMETERS = {
+    "type": "object",
+    "properties": {name: {"type": ["string", "number", "boolean"]} for name in ("a", "b")},
+    "required": ["a", "b"],
+    "additionalProperties": False,
+}
 
 
-def run_image_program(backend: Backend, folder: Path) -> State:
-    """Run `IMAGE_PROGRAM` (a PNG file inside a `user:` block) on `backend`, reads allowed."""
-    picture = folder / "cat.png"
-    picture.write_bytes(PNG)
-    program = parse_text(IMAGE_PROGRAM.format(path=picture), "image.sgl")
+def run_program(backend: Backend, source: str) -> State:
+    """Run `source` on `backend` (reads allowed), then close the backend."""
+    program = parse_text(source, "program.sgl")
 
     async def run() -> State:
         try:
@@ -119,3 +131,10 @@ def run_image_program(backend: Backend, folder: Path) -> State:
         return asyncio.run(run())
     finally:
         permissions.current.reset(token)
+
+
+def run_image_program(backend: Backend, folder: Path) -> State:
+    """Run `IMAGE_PROGRAM` (a PNG file inside a `user:` block) on `backend`."""
+    picture = folder / "cat.png"
+    picture.write_bytes(PNG)
+    return run_program(backend, IMAGE_PROGRAM.format(path=picture))
