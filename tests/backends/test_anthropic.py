@@ -203,7 +203,7 @@ def tool_use_reply() -> Reply:
                 "type": "content_block_delta",
                 "index": 0,
                 "delta": {"type": "input_json_delta", "partial_json": piece},
-            }  # fmt: skip
+            }
             for piece in ('{"a": 2,', ' "b": 3}')
         ),
         {"type": "content_block_stop", "index": 0},

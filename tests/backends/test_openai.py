@@ -227,7 +227,7 @@ def tool_call_reply() -> Reply:
                     {"index": 0, "delta": {"tool_calls": [second]}, "finish_reason": "tool_calls"}
                 ],
             },
-        ),  # fmt: skip
+        ),
     ]
     return sse_reply(events)._replace(body=sse_reply(events).body + b"data: [DONE]\n\n")
 
