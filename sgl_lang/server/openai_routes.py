@@ -6,8 +6,13 @@ extensions other open servers accept: `regex` (SGLang), `guided_regex`, `guided_
 `guided_json` (vLLM), `top_k`, `min_p`, `ignore_eos`, and `continue_final_message` (the last
 message is continued instead of answered). `/v1/completions` with `echo` and `max_tokens: 0`
 returns the prompt itself and, with `logprobs`, each prompt token's log-prob (the first has
-none), as vLLM does: clients score text with it. Not supported (400): `n` > 1, `logprobs` of
-generated tokens, images, tools. `usage.prompt_tokens_details.cached_tokens` reports the
+none), as vLLM does: clients score text with it. `tools`/`tool_choice` (auto, required, none
+or a named function) are decoded constrained as the local backend does (`bridge/tools.py`: the
+call always names a listed tool, with arguments valid for its schema) and answered in
+OpenAI's format (`tool_calls`, finish reason "tool_calls"); `tool` messages and assistant
+`tool_calls` in the chat are the model's own earlier calls. Images in messages are read
+(`image_url` parts) and refused by a model that cannot see them (400). Not supported (400):
+`n` > 1, `logprobs` of generated tokens. `usage.prompt_tokens_details.cached_tokens` reports the
 prefix-cache hit.
 """
 
@@ -18,6 +23,7 @@ import base64
 import binascii
 import functools
 import itertools
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -27,7 +33,17 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgl_lang.protocol import GenRequest, GenResult, Image, Message, Part, Prompt, Text
+from sgl_lang.protocol import (
+    GenRequest,
+    GenResult,
+    Image,
+    Message,
+    Part,
+    Prompt,
+    Text,
+    ToolCall,
+    ToolResult,
+)
 from sgl_lang.protocol.wire import request_from_json
 from sgl_lang.server import bounds
 from sgl_lang.server.serving import (
@@ -37,7 +53,13 @@ from sgl_lang.server.serving import (
     unless_disconnected,
 )
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 
 
 class ChatMessageIn(BaseModel):
@@ -45,6 +67,9 @@ class ChatMessageIn(BaseModel):
 
     role: str
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class _CommonIn(BaseModel):
@@ -79,6 +104,8 @@ class ChatIn(_CommonIn):
     max_completion_tokens: bounds.MaxTokens | None = None
     response_format: dict[str, Any] | None = None
     continue_final_message: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class CompletionIn(_CommonIn):
@@ -117,9 +144,34 @@ def chat_prompt(body: ChatIn) -> Prompt:
         role = ROLES.get(message.role)
         if role is None:
             raise HTTPException(400, f"messages[{i}]: role `{message.role}` is not supported")
-        segments.append(Message(role, _content_parts(message.content, i)))
+        segments.append(Message(role, _message_parts(message, i)))
     open_role = segments[-1].role if body.continue_final_message else "assistant"
     return Prompt(tuple(segments), open_role)
+
+
+def _message_parts(message: ChatMessageIn, index: int) -> list[Part]:
+    """The parts of a message: its content; an assistant's `tool_calls` after it; a `tool`
+    message's content as the result of call `tool_call_id`."""
+    parts = _content_parts(message.content, index)
+    if message.role == "tool":
+        content = "".join(part for part in parts if isinstance(part, str))
+        return [ToolResult(message.tool_call_id or "", message.name or "", content)]
+    for call in message.tool_calls or ():
+        parts.append(_tool_call(call, index))
+    return parts
+
+
+def _tool_call(call: dict[str, Any], index: int) -> ToolCall:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise HTTPException(400, f"messages[{index}]: a tool call without a function name")
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except (json.JSONDecodeError, TypeError):
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise HTTPException(400, f"messages[{index}]: a tool call's arguments are not an object")
+    return ToolCall(str(call.get("id", "")), function["name"], arguments)
 
 
 def _content_parts(content: str | list[dict[str, Any]] | None, index: int) -> list[Part]:
@@ -200,7 +252,7 @@ def _gen_request(model: ServedModel, body: _CommonIn, prompt: Prompt) -> GenRequ
     if isinstance(body, ChatIn) and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
     bounds.check_max_tokens("max_tokens", max_tokens or 0, model.context_len)
-    params = {
+    params: dict[str, Any] = {
         "max_new_tokens": max_tokens or 256,
         "stop": body.stop,
         "temperature": body.temperature,
@@ -216,10 +268,28 @@ def _gen_request(model: ServedModel, body: _CommonIn, prompt: Prompt) -> GenRequ
         "choices": body.guided_choice,
         "json_schema": json_schema,
     }
+    if isinstance(body, ChatIn) and body.tools:
+        params["tools"], params["tool_choice"] = _tools(body.tools, body.tool_choice)
     try:
         return request_from_json(prompt, params)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+def _tools(
+    tools: list[dict[str, Any]], choice: str | dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], str]:
+    """The tools and the wire's `tool_choice` of OpenAI's: a named function
+    (`{"type": "function", "function": {"name": ...}}`) is that one tool, required."""
+    if choice is None or isinstance(choice, str):
+        return tools, choice or "auto"
+    name = (choice.get("function") or {}).get("name")
+    named = [
+        t for t in tools if isinstance(t, dict) and (t.get("function") or {}).get("name") == name
+    ]
+    if not named:
+        raise HTTPException(400, f"`tool_choice` names `{name}`, which is not in `tools`")
+    return named, "required"
 
 
 def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -281,10 +351,29 @@ class _Shape:
             choice["message"] = {"role": "assistant", "content": text}
         return choice
 
+    def _calls_choice(self, calls: tuple[ToolCall, ...], stream: bool) -> dict[str, Any]:
+        """The choice of a result with tool calls: the message's (or a delta's) `tool_calls`."""
+        wire = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for call in calls
+        ]
+        if stream:
+            indexed = [{"index": i, **item} for i, item in enumerate(wire)]
+            return {"index": 0, "finish_reason": None, "logprobs": None,
+                    "delta": {"tool_calls": indexed}}  # fmt: skip
+        message = {"role": "assistant", "content": None, "tool_calls": wire}
+        return {"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": message}
+
     def whole(
         self, text: str, result: GenResult, logprobs: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         choice = {**self._choice(text, _finish(result), stream=False), "logprobs": logprobs}
+        if result.tool_calls:
+            choice = self._calls_choice(result.tool_calls, stream=False)
         return {**self._head(False), "choices": [choice], "usage": _usage(result)}
 
     async def chunks(
@@ -296,13 +385,17 @@ class _Shape:
         while isinstance(item, str):
             yield {**self._head(True), "choices": [self._choice(item, None, stream=True)]}
             item = await anext(rest)
+        if item.tool_calls:
+            yield {**self._head(True), "choices": [self._calls_choice(item.tool_calls, True)]}
         yield {**self._head(True), "choices": [self._choice("", _finish(item), stream=True)]}
         if self.include_usage:
             yield {**self._head(True), "choices": [], "usage": _usage(item)}
 
 
-def _finish(result: GenResult) -> Literal["stop", "length"]:
-    return "length" if result.finish_reason == "length" else "stop"
+def _finish(result: GenResult) -> Literal["stop", "length", "tool_calls"]:
+    if result.finish_reason in ("length", "tool_calls"):
+        return "length" if result.finish_reason == "length" else "tool_calls"
+    return "stop"
 
 
 def _usage(result: GenResult) -> dict[str, Any]:
