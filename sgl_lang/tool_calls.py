@@ -2,11 +2,11 @@
 loop that runs the model's calls until it answers (docs/language.md, "Tools").
 
 A tool is a `def` (described by its parameters and the `#` comment block above it) or a
-standard-library function (its parameters and doc string); `tool(f, schema=S,
-description=D)` gives its arguments a `schema` and overrides the description. Each round the
+standard-library function (its parameters and doc string); `tool(f, parameters=S,
+description=D)` gives its arguments a schema `S` and overrides the description. Each round the
 model either answers (the loop ends, the answer binds NAME) or calls tools: the calls are
 appended to the open assistant message, each is run (on a copy of the state, under the run's
-permissions; an error is its result, for the model to read) and its result appended as a
+permissions; an error in its arguments is its result, for the model to read) and its result appended as a
 `tool` message, and a new assistant message is
 opened for the next round. After `max_tool_calls` calls the model is asked to answer.
 """
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sgl_lang.errors import SglError, SglPermissionError, SglTypeError, SglValueError
+from sgl_lang.errors import SglLimitError, SglTypeError, SglValueError
 from sgl_lang.objects import Function, Schema
 from sgl_lang.protocol import GenResult, ToolCall, ToolResult, ToolSpec
 from sgl_lang.source import Span
@@ -49,13 +49,14 @@ class Tool:
         return f"<tool {self.spec.name}>"
 
 
-def make_tool(function: Any, schema: Any = None, description: Any = None) -> Tool:
-    """The `tool(f, schema=S, description=D)` built-in: `f` offered with the JSON Schema of
-    its arguments `S` (a `schema` or a dict) and the description `D`."""
-    if isinstance(schema, Schema):
-        schema = schema.json_schema()
+def make_tool(function: Any, parameters: Any = None, description: Any = None) -> Tool:
+    """The `tool(f, parameters=S, description=D)` built-in: `f` offered with the JSON Schema
+    of its arguments `S` (a `schema` or a dict) and the description `D`."""
+    schema = parameters.json_schema() if isinstance(parameters, Schema) else parameters
     if schema is not None and not isinstance(schema, dict):
-        raise SglTypeError(f"`schema` must be a schema or a dict, not `{type_name(schema)}`")
+        raise SglTypeError(
+            f"`parameters` must be a schema or a dict, not `{type_name(parameters)}`"
+        )
     if description is not None and not isinstance(description, str):
         raise SglTypeError(f"`description` must be a str, not `{type_name(description)}`")
     base = _tool(function, None)
@@ -158,16 +159,17 @@ async def generate_with_tools(
 
 async def _run(by_name: dict[str, Tool], call: ToolCall, call_tool: CallTool) -> str:
     """The tool's result as text (JSON for data). A call of an unknown tool (an API model may
-    make one) or one that fails gets the error as its result, for the model to read; a
-    permission the run lacks stops the program, as anywhere else."""
+    make one), or one that fails on its arguments (a type or value error), gets the error as
+    its result, for the model to read; other errors (a permission the run lacks, a limit, a
+    bug in the tool) stop the program, as anywhere else."""
     tool = by_name.get(call.name)
     if tool is None:
         return f"error: there is no tool `{call.name}` (tools: {', '.join(by_name)})"
     try:
         value = await call_tool(tool, call.arguments)
-    except SglPermissionError:
+    except SglLimitError:
         raise
-    except SglError as error:
+    except (SglTypeError, SglValueError) as error:
         return f"error: {error.message}"
     if isinstance(value, str):
         return value
