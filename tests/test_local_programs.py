@@ -111,6 +111,12 @@ def check_example(name: str, result: Run) -> None:
         assert [plan["p"] for plan in plans] == [1, 2]
         assert all(isinstance(a, int) for pair in answers for a in pair)
         assert "majority answer:" in printed
+    elif name == "agent_tools":
+        for made in result.state.meta["answer"]["tool_calls"]:  # constrained: always valid
+            assert made["name"] in ("calculate", "conversion_factor")
+            if made["name"] == "conversion_factor":
+                assert made["arguments"]["unit"] in ("km", "mile", "kg", "pound")
+        assert "answer:" in printed
     elif name == "agent_calc":
         assert values["action"] in ("calculate", "finish") and "final:" in printed
     else:

@@ -54,4 +54,6 @@ async def generate_with_tools(
         return replace(result, text="", finish_reason="tool_calls", tool_calls=(output.call,))
     if on_chunk is not None and output.answer:
         on_chunk(output.answer)
-    return replace(result, text=output.answer)
+    # The form's grammar ends where the answer does: the model ended its turn.
+    reason = "length" if result.finish_reason == "length" else "eos"
+    return replace(result, text=output.answer, finish_reason=reason)
