@@ -159,3 +159,13 @@ def test_a_backend_without_tools_refuses_them_before_the_run(tmp_path: Path) -> 
     assert [e.render().splitlines()[0] for e in errors] == [
         f"{program}:13:11: backend error: backend `test` cannot offer tools to the model"
     ]
+
+
+def test_the_example_of_the_language_reference_runs() -> None:
+    reference = (Path(__file__).parents[1] / "docs" / "language.md").read_text()
+    example = reference.split("### Tools", 1)[1].split("```sgl\n", 1)[1].split("```", 1)[0]
+    reply = call("conversion_factor", unit="mile")
+    backend = TestBackend([Reply(reply), Reply("About 42.2 km.")])
+    state = asyncio.run(Interpreter(backend).run_program(parse_text(example, "language.md")))
+    assert state.variables["answer"] == "About 42.2 km."
+    assert state.meta["answer"]["tool_calls"][0]["result"] == "1.609344"
