@@ -39,7 +39,7 @@ from sgl_lang.server.serving import (
 
 class SamplingParamsIn(BaseModel):
     """SGLang's sampling parameters (unknown fields are ignored, as SGLang clients send many),
-    plus `heal` and `choices`. Ranges are checked here (bounds.py) and by the runtime's
+    plus `heal`, `choices`, `tools` and `tool_choice`. Ranges are checked here (bounds.py) and by the runtime's
     SamplingParams; `max_new_tokens` at most the model's context, by the route."""
 
     model_config = ConfigDict(extra="ignore")
@@ -59,6 +59,8 @@ class SamplingParamsIn(BaseModel):
     regex: str | None = None
     json_schema: str | dict[str, Any] | None = None
     choices: bounds.Choices | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI's format; decoded constrained
+    tool_choice: str | None = None  # auto, required, none
 
 
 class GenerateIn(BaseModel):
@@ -172,6 +174,8 @@ def _generation(model: ServedModel, body: GenerateIn) -> AsyncIterator[str | Gen
         raise HTTPException(400, "give exactly one of `text`, `input_ids` and `prompt`")
     if body.input_ids is not None:  # no rendering, no healing
         bounds.check_ids(body.input_ids, model.vocab_size)
+        if body.sampling_params.tools:
+            raise HTTPException(400, "`tools` need a `prompt` or `text` (they are rendered in)")
         request = _gen_request(model, Prompt(()), body.sampling_params, heal=False)
         return stream_generate(
             functools.partial(model.bridged.generate_ids, body.input_ids, request),
