@@ -1,6 +1,6 @@
 """Malformed tool calls on the embedded SmolLM2: constrained (our local backend) vs unconstrained.
 
-    .venv/bin/python benchmarks/bench_tool_calls.py [--num-prompts 100] [--max-tokens 64]
+    .venv/bin/python benchmarks/bench_tool_calls.py [--num-prompts 100] [--max-tokens 128]
 
 Prompts are varied questions crossed with varied tool sets (strings, integers, numbers, enums,
 booleans); each asks for a call (`tool_choice` "required"). The constrained run is the local
@@ -8,7 +8,8 @@ backend as programs use it (`bridge/tools.py`: the output held to "a call of a l
 schema-valid arguments"). The baseline, in the same run, is the same prompt (the same tool
 instruction) decoded without the constraint and read back the same way. All requests of a run
 are in flight together, so the engine batches them. A call is malformed when it does not parse,
-names no listed tool, or has arguments its schema rejects.
+names no listed tool, or has arguments its schema rejects; one cut at `--max-tokens` is counted
+apart (the local backend reports it as an error, "raise max_tokens", never as a call).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.table import Table
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.bridge.tools import constrained_request
 from sgl_lang.protocol import (
+    BackendError,
     GenRequest,
     GenResult,
     Message,
@@ -109,11 +111,19 @@ def request(tools: tuple[ToolSpec, ...], question: str, max_tokens: int) -> GenR
     return GenRequest(prompt, max_tokens=max_tokens, tools=tools, tool_choice="required")
 
 
-def problem(tools: tuple[ToolSpec, ...], result: GenResult) -> str | None:
+CUT = "cut at max_tokens"
+
+
+def problem(tools: tuple[ToolSpec, ...], result: GenResult | BackendError) -> str | None:
     """Why `result` is not one valid call of a listed tool (None: it is)."""
+    if isinstance(result, BackendError):
+        return CUT if "cut at max_tokens" in str(result) else str(result)
     calls = result.tool_calls
     if not calls:
-        call = read_tool_output(result.text, "call").call
+        output = read_tool_output(result.text, "call")
+        if output.cut_call and result.finish_reason == "length":
+            return CUT
+        call = output.call
         calls = () if call is None else (call,)
     if len(calls) != 1:
         return "no call"
@@ -123,9 +133,19 @@ def problem(tools: tuple[ToolSpec, ...], result: GenResult) -> str | None:
     return json_problem(calls[0].arguments, schemas[calls[0].name])
 
 
-async def run(backend: LocalBackend, requests: list[GenRequest]) -> tuple[list[GenResult], float]:
+async def run(
+    backend: LocalBackend, requests: list[GenRequest]
+) -> tuple[list[GenResult | BackendError], float]:
+    """Every request at once; a request the backend refuses gives its error."""
+
+    async def one(request: GenRequest) -> GenResult | BackendError:
+        try:
+            return await backend.generate(request)
+        except BackendError as exc:
+            return exc
+
     started = time.perf_counter()
-    results = await asyncio.gather(*(backend.generate(r) for r in requests))
+    results = await asyncio.gather(*(one(r) for r in requests))
     return list(results), time.perf_counter() - started
 
 
@@ -137,7 +157,7 @@ async def main(num_prompts: int, max_tokens: int) -> None:
     # The baseline: the same prompt, instruction included, with no constraint on the output.
     free = [replace(constrained_request(r), constraint=None) for r in constrained]
     table = Table(title=f"tool calls on SmolLM2, {num_prompts} prompts, tool_choice=required")
-    for column in ("decoding", "prompts", "valid calls", "malformed", "wall s"):
+    for column in ("decoding", "prompts", "valid calls", "malformed", CUT, "wall s"):
         table.add_column(column, justify="right")
     for label, requests in (
         ("unconstrained (baseline)", free),
@@ -145,14 +165,11 @@ async def main(num_prompts: int, max_tokens: int) -> None:
     ):
         results, seconds = await run(backend, requests)
         problems = [problem(tools, r) for (tools, _), r in zip(pairs, results, strict=True)]
-        num_malformed = sum(p is not None for p in problems)
-        table.add_row(
-            label,
-            str(len(results)),
-            str(len(results) - num_malformed),
-            str(num_malformed),
-            f"{seconds:.1f}",
-        )
+        num_cut = problems.count(CUT)
+        num_malformed = sum(p is not None for p in problems) - num_cut
+        num_valid = len(results) - num_malformed - num_cut
+        row = (label, len(results), num_valid, num_malformed, num_cut, f"{seconds:.1f}")
+        table.add_row(*map(str, row))
     Console().print(table)
     await backend.close()
 
@@ -160,6 +177,6 @@ async def main(num_prompts: int, max_tokens: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-prompts", type=int, default=100)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
     options = parser.parse_args()
     asyncio.run(main(options.num_prompts, options.max_tokens))

@@ -15,7 +15,14 @@ from sgl_lang.backends.test import Reply, TestBackend
 from sgl_lang.errors import SglError
 from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter
-from sgl_lang.protocol import Capabilities, Message, ToolCall, ToolResult
+from sgl_lang.protocol import (
+    Capabilities,
+    Message,
+    ToolCall,
+    ToolOutput,
+    ToolResult,
+    read_tool_output,
+)
 from sgl_lang.state import State
 
 TOOLS = """\
@@ -169,3 +176,18 @@ def test_the_example_of_the_language_reference_runs() -> None:
     state = asyncio.run(Interpreter(backend).run_program(parse_text(example, "language.md")))
     assert state.variables["answer"] == "About 42.2 km."
     assert state.meta["answer"]["tool_calls"][0]["result"] == "1.609344"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"answer": "Hi there"}', ToolOutput("Hi there", None)),
+        ('{"answer": "Hi th', ToolOutput("Hi th", None)),  # an answer cut by max_tokens
+        ('{"answer": "caf\\u00', ToolOutput("caf", None)),  # cut inside an escape
+        ('{"name": "add", "arguments": {"a": 1}}', ToolOutput("", ToolCall("c", "add", {"a": 1}))),
+        ('{"name": "add", "argu', ToolOutput('{"name": "add", "argu', None, cut_call=True)),
+        ("plain text", ToolOutput("plain text", None)),
+    ],
+)
+def test_constrained_outputs_read_back(text: str, expected: ToolOutput) -> None:
+    assert read_tool_output(text, "c") == expected

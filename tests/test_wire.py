@@ -129,7 +129,7 @@ def test_an_sglang_result_reads_and_a_malformed_one_is_a_value_error() -> None:
     [
         ({"segments": "a"}, "list of `segments`"),
         ({"segments": [{"type": "video"}]}, "prompt segment 0 is malformed"),
-        ({"segments": [{"type": "message", "role": "tool", "content": ""}]}, "segment 0"),
+        ({"segments": [{"type": "message", "role": "narrator", "content": ""}]}, "segment 0"),
         ({"segments": [], "open_role": "narrator"}, "`open_role` must be one of"),
     ],
 )

@@ -1,7 +1,8 @@
 """Tool calls on the local engine, grammar-constrained: the tools are listed in the system
 message, and the output is held to `protocol.tool_output_schema` (a call of a listed tool with
 arguments valid for its schema, or the answer), so even a small model cannot write a
-malformed call. The output is read back into a `GenResult` with `tool_calls` or the answer."""
+malformed call. The output is read back into a `GenResult` with `tool_calls` or the answer; a
+call cut short by `max_tokens` is an error, never a malformed call."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from sgl_lang.protocol import (
+    BackendError,
     GenRequest,
     GenResult,
     JsonSchema,
@@ -50,6 +52,11 @@ async def generate_with_tools(
     """Run `request` (which has tools) constrained; the answer is streamed once it is known."""
     result = await generate(constrained_request(request), None)
     output = read_tool_output(result.text, f"call_{next(_call_ids)}")
+    if output.cut_call:
+        raise BackendError(
+            f"local model: the tool call was cut at max_tokens ({request.max_tokens}) before "
+            "it was complete: raise max_tokens"
+        )
     if output.call is not None:
         return replace(result, text="", finish_reason="tool_calls", tool_calls=(output.call,))
     if on_chunk is not None and output.answer:

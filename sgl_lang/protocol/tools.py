@@ -76,10 +76,12 @@ def tool_output_schema(tools: Sequence[ToolSpec], choice: str) -> dict[str, Any]
 
 
 class ToolOutput(NamedTuple):
-    """A constrained output read back: the answer's text, or the call (then `answer` is "")."""
+    """A constrained output read back: the answer's text, or the call (then `answer` is "").
+    `cut_call`: the output is the start of a call, cut short (by `max_tokens`)."""
 
     answer: str
     call: ToolCall | None
+    cut_call: bool = False
 
 
 def read_tool_output(text: str, call_id: str) -> ToolOutput:
@@ -88,7 +90,8 @@ def read_tool_output(text: str, call_id: str) -> ToolOutput:
     try:
         document = json.loads(text)
     except json.JSONDecodeError:
-        return ToolOutput(_cut_answer(text), None)
+        answer = _cut_answer(text)
+        return ToolOutput(answer, None, cut_call=answer == text and text.lstrip().startswith("{"))
     if isinstance(document, dict) and isinstance(document.get(ANSWER_KEY), str):
         return ToolOutput(document[ANSWER_KEY], None)
     if (

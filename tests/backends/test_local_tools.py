@@ -13,7 +13,15 @@ import pytest
 
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.bridge.registry import close_engines
-from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt, ToolSpec, json_problem
+from sgl_lang.protocol import (
+    BackendError,
+    GenRequest,
+    GenResult,
+    Message,
+    Prompt,
+    ToolSpec,
+    json_problem,
+)
 from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path
 
 pytestmark = pytest.mark.model
@@ -114,3 +122,10 @@ def test_tool_calls_always_parse_and_name_a_listed_tool(backend: LocalBackend) -
             assert malformed(tools, result) is None
         else:
             assert result.finish_reason in ("eos", "length") and not result.text.startswith("{")
+
+
+def test_a_call_cut_at_max_tokens_is_an_error_not_a_malformed_call(backend: LocalBackend) -> None:
+    prompt = Prompt((Message("user", QUESTIONS[0]),), "assistant")
+    request = GenRequest(prompt, max_tokens=6, tools=TOOLSETS[0], tool_choice="required")
+    with pytest.raises(BackendError, match=r"tool call was cut at max_tokens \(6\)"):
+        asyncio.run(backend.generate(request))

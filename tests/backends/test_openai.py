@@ -229,7 +229,8 @@ def tool_call_reply() -> Reply:
             },
         ),
     ]
-    return sse_reply(events)._replace(body=sse_reply(events).body + b"data: [DONE]\n\n")
+    streamed = sse_reply(events)
+    return streamed._replace(body=streamed.body + b"data: [DONE]\n\n")
 
 
 def test_tools_are_native_tool_calls_and_tool_messages(fake: FakeAPI) -> None:
