@@ -39,6 +39,7 @@ from sgl_lang.protocol import (
     GenResult,
     Image,
     Prompt,
+    ToolCall,
 )
 
 KEY_VERSION = 2  # part of every key: a new key format never replays answers of an old one
@@ -217,7 +218,8 @@ class ReplayFile:
 def _decode(kind: str, answer: Any) -> Replayed | list[float]:
     """A recorded answer as a result; ValueError/TypeError when it is not one."""
     if kind == "gen" and isinstance(answer, dict) and isinstance(answer.get("text"), str):
-        return Replayed(**answer)
+        calls = tuple(ToolCall(**call) for call in answer.get("tool_calls", ()))
+        return Replayed(**{**answer, "tool_calls": calls})
     if kind == "score" and isinstance(answer, list):
         return [float(score) for score in answer]
     raise ValueError(f"not a {kind} answer")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sgl_lang.backends.replay import ReplayBackend, Replayed, ReplayedScores, request_key
+from sgl_lang.backends.test import Reply, TestBackend
 from sgl_lang.protocol import (
     CONSTRAINT_KINDS,
     SELECT_METHODS,
@@ -25,6 +26,8 @@ from sgl_lang.protocol import (
     Message,
     Prompt,
     Text,
+    ToolCall,
+    ToolSpec,
 )
 
 PROMPT = Prompt((Message("user", "Name a colour."),), "assistant")
@@ -214,3 +217,17 @@ def test_the_file_is_reused_across_processes(tmp_path: Path) -> None:
     assert reports[1]["totals"]["num_replayed"] == 4
     assert reports[1]["totals"]["completion_tokens"] == 0  # nothing computed in this run
     assert len(replay.read_text().splitlines()) == 4
+
+
+def test_tool_calls_replay_as_tool_calls(tmp_path: Path) -> None:
+    calls = (ToolCall("call_1", "add", {"a": 2, "b": 3}),)
+    spec = ToolSpec("add", "Add two numbers.", {"type": "object"})
+    request = GenRequest(PROMPT, tools=(spec,))
+    test = TestBackend([Reply(json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}}))])
+    first = asyncio.run(ReplayBackend(test, tmp_path / "r.jsonl").generate(request))
+    again = asyncio.run(ReplayBackend(TestBackend(), tmp_path / "r.jsonl").generate(request))
+    assert isinstance(again, Replayed) and again.tool_calls == first.tool_calls
+    assert [(c.name, c.arguments) for c in again.tool_calls] == [
+        (calls[0].name, calls[0].arguments)
+    ]
+    assert again.finish_reason == "tool_calls"
