@@ -359,3 +359,24 @@ def test_run_refuses_images_even_with_allow_unenforced(
     code, out, err = run_cli(monkeypatch, blind, "--allow-unenforced", str(program))
     assert (code, out, blind.requests) == (1, "", [])
     assert err.startswith(f"{program}:4:5: backend error: backend `test` cannot see images")
+
+
+def test_the_capability_table_of_the_docs_says_what_each_backend_declares() -> None:
+    from sgl_lang.backends import anthropic, gemini, http, local, openai
+    from sgl_lang.backends.test import TestBackend as Test
+
+    declared = {
+        "`local`": local.LocalBackend().capabilities,
+        "`http:": http.HttpBackend("http://127.0.0.1:9").capabilities,
+        "`openai:": openai.CAPABILITIES,
+        "`anthropic:": anthropic.CAPABILITIES,
+        "`gemini:": gemini.CAPABILITIES,
+        "`test`": Test().capabilities,
+    }
+    rows = [line.split(" | ") for line in (ROOT / "docs" / "backends.md").read_text().splitlines()]
+    table = {row[0].removeprefix("| "): row for row in rows if len(row) == 6}
+    for start, capabilities in declared.items():
+        [row] = [row for uri, row in table.items() if uri.startswith(start)]
+        images, tools = row[4], row[5].removesuffix(" |")
+        assert images.startswith("yes") == capabilities.images, start
+        assert tools.startswith("yes") == capabilities.tools, start
