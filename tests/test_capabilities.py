@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sgl_lang import calls, cli, runner
+from sgl_lang.backends import anthropic, gemini, http, local, openai
 from sgl_lang.backends.test import Reply, TestBackend
 from sgl_lang.enforcement import constraint_sites
 from sgl_lang.errors import SglError
@@ -362,16 +363,13 @@ def test_run_refuses_images_even_with_allow_unenforced(
 
 
 def test_the_capability_table_of_the_docs_says_what_each_backend_declares() -> None:
-    from sgl_lang.backends import anthropic, gemini, http, local, openai
-    from sgl_lang.backends.test import TestBackend as Test
-
     declared = {
         "`local`": local.LocalBackend().capabilities,
         "`http:": http.HttpBackend("http://127.0.0.1:9").capabilities,
         "`openai:": openai.CAPABILITIES,
         "`anthropic:": anthropic.CAPABILITIES,
         "`gemini:": gemini.CAPABILITIES,
-        "`test`": Test().capabilities,
+        "`test`": TestBackend().capabilities,
     }
     rows = [line.split(" | ") for line in (ROOT / "docs" / "backends.md").read_text().splitlines()]
     table = {row[0].removeprefix("| "): row for row in rows if len(row) == 6}
