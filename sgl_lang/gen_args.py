@@ -66,12 +66,10 @@ def check_gen_args(
         raise SglValueError(
             f"`{conflict[0]}` and `{conflict[1]}` cannot be used together", spans[conflict[1]]
         )
-    if "tools" in values and (
-        constraint := next(iter(set(values) & set(CONSTRAINT_ARGUMENTS)), None)
-    ):
-        raise SglValueError(
-            f"`tools` and `{constraint}` cannot be used together", spans[constraint]
-        )
+    constraint = next((name for name in CONSTRAINT_ARGUMENTS if name in values), None)
+    if "tools" in values and constraint is not None:
+        message = f"`tools` and `{constraint}` cannot be used together"
+        raise SglValueError(message, spans[constraint])
     type_name, tools = fields.pop("type_name"), fields.pop("tools")
     max_tool_calls = fields.pop("max_tool_calls")
     return GenArgs(GenRequest(Prompt(()), **fields), type_name, tools, max_tool_calls)
