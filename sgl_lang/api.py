@@ -78,8 +78,10 @@ class Program:
         self._backend = backend
         self._program, self._loader = load_checked(path, options)
         self._config = options.run_config(path)
-        if backend is not None and not options.allow_unenforced:
-            refuse_unenforced(self._loader, self._program, backend)
+        if backend is not None:
+            refuse_unenforced(
+                self._loader, self._program, backend, checked=not options.allow_unenforced
+            )
 
     @property
     def params(self) -> list[str]:

@@ -1,13 +1,15 @@
 """Which `gen`/`select` constraints a backend enforces, and which optional `gen` features
 (`logprobs`, `reasoning`, ...) it honours: `sgl check --backend`'s report, and the errors that
-stop `sgl run` before anything runs (constraints: unless `--allow-unenforced`)."""
+stop `sgl run` before anything runs (constraints: unless `--allow-unenforced`); and the
+statements a backend cannot run at all (`image` without image input, `gen … tools=` without
+tool calls), refused whatever the flags."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from sgl_lang import nodes
-from sgl_lang.errors import SglConstraintError
+from sgl_lang.errors import SglBackendError, SglConstraintError
 from sgl_lang.gen_args import CONSTRAINT_ARGUMENTS, OPTION_ARGUMENTS
 from sgl_lang.protocol import SELECT_METHODS, Capabilities
 from sgl_lang.source import Span
@@ -73,6 +75,33 @@ def constraint_sites(
         body = tuple(stmt for stmt in body if isinstance(stmt, nodes.FuncDef))
     calls = (node for node in nodes.walk(*body) if isinstance(node, (nodes.Gen, nodes.Select)))
     return [site for node in calls for site in _sites(node, capabilities)]
+
+
+def capability_errors(
+    program: nodes.Program,
+    capabilities: Capabilities,
+    backend_name: str,
+    *,
+    imported: bool = False,
+) -> list[SglBackendError]:
+    """An error at each `image` statement when the backend cannot see images, and at each
+    `gen … tools=` when it cannot offer tools (of an `imported` program: in its functions)."""
+    body = program.body
+    if imported:
+        body = tuple(stmt for stmt in body if isinstance(stmt, nodes.FuncDef))
+    errors = []
+    for node in nodes.walk(*body):
+        if isinstance(node, nodes.ImageStmt) and not capabilities.images:
+            message = f"backend `{backend_name}` cannot see images"
+            errors.append(SglBackendError(message, node.span))
+        elif isinstance(node, nodes.Gen) and not capabilities.tools and _has_tools(node):
+            message = f"backend `{backend_name}` cannot offer tools to the model"
+            errors.append(SglBackendError(message, node.span))
+    return errors
+
+
+def _has_tools(node: nodes.Gen) -> bool:
+    return any(kw.name == "tools" for kw in node.args)
 
 
 def _sites(node: nodes.Gen | nodes.Select, capabilities: Capabilities) -> list[ConstraintSite]:

@@ -20,13 +20,14 @@ from sgl_lang.protocol import (
     Regex,
 )
 from sgl_lang.source import Span
+from sgl_lang.tool_calls import DEFAULT_MAX_TOOL_CALLS, Tool, tools_of
 from sgl_lang.user_grammars import grammar_error
 from sgl_lang.values import to_repr, type_name
 
 GEN_ARGUMENTS = frozenset(
     "max_tokens stop temperature top_p top_k min_p frequency_penalty presence_penalty seed "
     "ignore_eos regex json type choices heal grammar min_tokens stop_regex include_stop "
-    "logprobs reasoning".split()
+    "logprobs reasoning tools max_tool_calls".split()
 )
 SELECT_ARGUMENTS = frozenset({"method"})
 CONSTRAINT_ARGUMENTS = ("regex", "json", "type", "choices", "grammar")
@@ -36,11 +37,14 @@ MAX_LOGPROBS = 20  # top alternatives per token: OpenAI's and the engine's limit
 
 
 class GenArgs(NamedTuple):
-    """A `gen`'s validated arguments: the request to send (its prompt still empty) and, for
-    `type=`, the name of the type the output converts to."""
+    """A `gen`'s validated arguments: the request to send (its prompt still empty), for
+    `type=` the name of the type the output converts to, and the `tools=` the model may call
+    (at most `max_tool_calls` calls, `tool_calls.py`)."""
 
     request: GenRequest
     type_name: str | None
+    tools: tuple[Tool, ...] = ()
+    max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
 
 
 def conflicting_constraints(names: list[str]) -> list[str]:
@@ -54,7 +58,12 @@ def check_gen_args(
 ) -> GenArgs:
     """Validate evaluated `gen` arguments; errors point at the offending argument."""
     spans = {kw.name: kw.span for kw in node.args if kw.name}
-    fields: dict[str, Any] = {"max_tokens": default_max_tokens, "type_name": None}
+    fields: dict[str, Any] = {
+        "max_tokens": default_max_tokens,
+        "type_name": None,
+        "tools": (),
+        "max_tool_calls": DEFAULT_MAX_TOOL_CALLS,
+    }
     for name, value in values.items():
         span = spans[name]
         if name not in GEN_ARGUMENTS:
@@ -71,8 +80,13 @@ def check_gen_args(
             "output ends)",
             spans["min_tokens"],
         )
-    type_name = fields.pop("type_name")
-    return GenArgs(GenRequest(Prompt(()), **fields), type_name)
+    constraint = next((name for name in CONSTRAINT_ARGUMENTS if name in values), None)
+    if "tools" in values and constraint is not None:
+        message = f"`tools` and `{constraint}` cannot be used together"
+        raise SglValueError(message, spans[constraint])
+    type_name, tools = fields.pop("type_name"), fields.pop("tools")
+    max_tool_calls = fields.pop("max_tool_calls")
+    return GenArgs(GenRequest(Prompt(()), **fields), type_name, tools, max_tool_calls)
 
 
 def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> dict[str, Any]:
@@ -95,13 +109,15 @@ def _check_one(name: str, value: Any, span: Span, builtins: dict[str, Any]) -> d
         return {"stop_regex": _stop_regex(value, span)}
     if name == "logprobs":
         return {"logprobs": _logprobs(value, span)}
+    if name == "tools":
+        return {"tools": tools_of(value, span)}
     if name == "seed":
         return {"seed": None if value is None else _require(value, int, name, span)}
     if name == "reasoning":
         return _reasoning(value, span)
     if name in ("ignore_eos", "heal", "include_stop"):
         return {name: _require(value, bool, name, span)}
-    if name in ("max_tokens", "top_k", "min_tokens"):
+    if name in ("max_tokens", "top_k", "min_tokens", "max_tool_calls"):
         number = _require(value, int, name, span)
         if number < 0:
             raise SglValueError(f"`{name}` must be >= 0, not {number}", span)

@@ -58,6 +58,7 @@ from sgl_lang.state import State
 from sgl_lang.stdlib import permissions
 from sgl_lang.stdlib.builtins import BUILTINS
 from sgl_lang.stdlib.modules import load_module
+from sgl_lang.tool_calls import Tool, ToolRound, generate_with_tools, make_tool
 from sgl_lang.values import to_repr, to_str, type_name
 
 ProgramLoader = Callable[[nodes.Program, nodes.Import], nodes.Program]
@@ -117,7 +118,12 @@ class Interpreter:
         self.on_chunk = on_chunk
         self.on_warning = on_warning
         self.load_program = load_program
-        self.builtins: dict[str, Any] = {**BUILTINS, "meta": META, "run_batch": RUN_BATCH}
+        self.builtins: dict[str, Any] = {
+            **BUILTINS,
+            "meta": META,
+            "run_batch": RUN_BATCH,
+            "tool": make_tool,
+        }
         self.states: list[State] = []
         self.calls: list[CallRecord] = []
         self.scope = Scope("module")
@@ -266,11 +272,34 @@ class Interpreter:
         if missing := self.backend.capabilities.missing_options(args.request):
             span = next(kw.span for kw in node.args if kw.name == missing[0])
             raise SglValueError(f"backend `{self.backend.name}` cannot honour `{missing[0]}`", span)
-        args = args._replace(request=replace(args.request, prompt=ctx.state.prompt()))
-        result, value = await self._generate(args, Site("gen", node.name, node.span), ctx)
+        site = Site("gen", node.name, node.span)
+        if args.tools:
+            result, value, rounds = await self._generate_with_tools(args, site, ctx)
+        else:
+            args = args._replace(request=replace(args.request, prompt=ctx.state.prompt()))
+            (result, value), rounds = await self._generate(args, site, ctx), []
         ctx.state.append(result.text, generated=True)
         self._bind_generated(node.name, value, ctx)
         ctx.state.meta[node.name] = gen_meta(result, args.request)
+        if args.tools:
+            ctx.state.meta[node.name]["tool_calls"] = [
+                {"name": r.call.name, "arguments": r.call.arguments, "result": r.result}
+                for r in rounds
+            ]
+
+    async def _generate_with_tools(
+        self, args: GenArgs, site: Site, ctx: Context
+    ) -> tuple[GenResult, Any, list[ToolRound]]:
+        """`tool_calls.generate_with_tools`; each tool runs on a copy of the state (the calls
+        and results are in the state, so `--trace` shows them)."""
+
+        async def call_tool(tool: Tool, arguments: dict[str, Any]) -> Any:
+            inner = replace(ctx, state=ctx.state.copy(), streams=False)
+            return await self.call(tool.function, [], dict(arguments), inner, site.span)
+
+        return await generate_with_tools(
+            args, ctx.state, lambda a: self._generate(a, site, ctx), call_tool
+        )
 
     async def _generate(self, args: GenArgs, site: Site, ctx: Context) -> tuple[GenResult, Any]:
         """The result of `args.request` and the value it binds (`calls.generate_checked`)."""
@@ -728,6 +757,8 @@ class Interpreter:
         """Call a function value: a `def` runs on the caller's state; built-ins are Python callables."""
         if isinstance(func, Function):
             return await self._call_function(func, args, kwargs, ctx, span)
+        if func is make_tool:  # takes a `def` as it is, not as a Python callable
+            return make_tool(*args, **kwargs)
         if isinstance(func, (_ContextBuiltin, Schema, Record)) or not callable(func):
             raise SglTypeError(f"`{type_name(func)}` is not callable")
         args = [self._callable_for_python(arg, ctx, span) for arg in args]

@@ -28,7 +28,7 @@ from sgl_lang.backends.replay import ReplayBackend
 from sgl_lang.batch import Output, Row, Stopper, read_rows, recorded_rows
 from sgl_lang.calls import DEFAULT_NUM_RETRIES, CallRecord, backend_errors
 from sgl_lang.config import RunConfig, RunOptions, Stream
-from sgl_lang.enforcement import ConstraintSite, constraint_sites
+from sgl_lang.enforcement import ConstraintSite, capability_errors, constraint_sites
 from sgl_lang.errors import (
     SglError,
     SglNameError,
@@ -181,6 +181,7 @@ def check_report(paths: Sequence[Path], backend_uri: str | None = None) -> Check
             sites = program_sites(loader, program, backend.capabilities)
             report.site_lines.extend(site.report_line(backend.name) for site in sites)
             report.problems.extend(unenforced_errors(sites, backend))
+            report.problems.extend(program_capability_errors(loader, program, backend))
     return report
 
 
@@ -197,6 +198,20 @@ def program_sites(
     for imported in loader.imported(program):
         sites.extend(constraint_sites(imported, capabilities, imported=True))
     return sites
+
+
+def program_capability_errors(
+    loader: Loader, program: nodes.Program, backend: Backend
+) -> list[SglError]:
+    """What `backend` cannot run at all in `program` and the programs it imports (images,
+    tools): refused even with `--allow-unenforced`."""
+    errors: list[SglError] = []
+    errors.extend(capability_errors(program, backend.capabilities, backend.name))
+    for imported in loader.imported(program):
+        errors.extend(
+            capability_errors(imported, backend.capabilities, backend.name, imported=True)
+        )
+    return errors
 
 
 def unenforced_errors(sites: Sequence[ConstraintSite], backend: Backend) -> list[SglError]:
@@ -305,18 +320,23 @@ async def open_backend(
         backend_uri_of(program, options.backend_uri), config, user_chosen=declared is None
     )
     try:
-        if not options.allow_unenforced:
-            refuse_unenforced(loader, program, backend)
+        refuse_unenforced(loader, program, backend, checked=not options.allow_unenforced)
     except BaseException:
         await backend.close()
         raise
     return backend
 
 
-def refuse_unenforced(loader: Loader, program: nodes.Program, backend: Backend) -> None:
-    """Raise `Refused` with one error per constraint of the program `backend` cannot enforce."""
-    sites = program_sites(loader, program, backend.capabilities)
-    if refused := unenforced_errors(sites, backend):
+def refuse_unenforced(
+    loader: Loader, program: nodes.Program, backend: Backend, *, checked: bool = True
+) -> None:
+    """Raise `Refused` with an error per statement `backend` cannot run at all (`image`, `gen
+    … tools=`), else, when `checked`, per constraint of the program it cannot enforce."""
+    if refused := program_capability_errors(loader, program, backend):
+        raise Refused(refused)
+    if not checked:
+        return
+    if refused := unenforced_errors(program_sites(loader, program, backend.capabilities), backend):
         raise Refused(refused)
 
 

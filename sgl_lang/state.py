@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgl_lang.protocol import Image, Message, Prompt, Segment, Text
+from sgl_lang.protocol import Image, Message, Part, Prompt, Segment, Text, ToolCall, ToolResult
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class Piece:
     message: int | None = None
     generated: bool = False
     image: str | bytes | None = None
+    tool_part: ToolCall | ToolResult | None = None
 
 
 @dataclass
@@ -53,6 +54,10 @@ class State:
         message = self.num_messages - 1 if self.open_role else None
         self.pieces.append(Piece("", self.open_role, message, image=source))
 
+    def append_tool_part(self, part: ToolCall | ToolResult) -> None:
+        """Append a tool call (to the open assistant message) or a result (to a `tool` one)."""
+        self.pieces.append(Piece("", self.open_role, self.num_messages - 1, tool_part=part))
+
     def open_message(self, role: str) -> None:
         """Start a message of `role`; what is appended until `close_message` is its content."""
         self.open_role = role
@@ -66,13 +71,13 @@ class State:
     def prompt(self, start: int = 0) -> Prompt:
         """The backend's view of the state (of the pieces from `start` on)."""
         segments: list[Segment] = []
-        contents: list[str] = []
+        contents: list[Part] = []
         current: int | None = None
         role = ""
 
         def flush() -> None:
             if current is not None:
-                segments.append(Message(role, "".join(contents)))
+                segments.append(Message(role, contents))
                 contents.clear()
 
         for piece in self.pieces[start:]:
@@ -87,7 +92,9 @@ class State:
                 else:
                     segments.append(Text(piece.text))
             elif piece.image is not None:
-                contents.append("<image>")
+                contents.append(Image(piece.image))
+            elif piece.tool_part is not None:
+                contents.append(piece.tool_part)
             else:
                 contents.append(piece.text)
         flush()
@@ -98,9 +105,9 @@ class State:
         return self.prompt(start).plain_text()
 
     def messages(self) -> list[dict[str, Any]]:
-        """The role messages, each a dict with `role` and `content`."""
+        """The role messages, each a dict with `role` and `content` (its text; images left out)."""
         return [
-            {"role": seg.role, "content": seg.content}
+            {"role": seg.role, "content": seg.text}
             for seg in self.prompt().segments
             if isinstance(seg, Message)
         ]

@@ -22,7 +22,16 @@ from rich.text import Text
 
 from sgl_lang.backends.replay import Replayed, ReplayedScores
 from sgl_lang.interpreter import Interpreter
-from sgl_lang.protocol import Backend, CachedSplit, EngineTotals, GenRequest, GenResult, Prompt
+from sgl_lang.protocol import (
+    Backend,
+    CachedSplit,
+    EngineTotals,
+    GenRequest,
+    GenResult,
+    Prompt,
+    ToolCall,
+    ToolResult,
+)
 from sgl_lang.state import Piece, State
 
 CACHED_MARK = "‖"  # ends the cached part of a traced prompt
@@ -64,7 +73,7 @@ class TracingBackend(Backend):
             TracedCall(
                 "gen",
                 request.prompt,
-                result.text,
+                result.text + "".join(call.as_json() for call in result.tool_calls),
                 result.prompt_tokens,
                 result.cached_tokens,
                 result.completion_tokens,
@@ -150,13 +159,13 @@ def trace_report(
             "parent": parent,
             "pieces": [
                 {
-                    "text": p.text,
+                    "text": _tool_part_text(p.tool_part) if p.tool_part else p.text,
                     "role": p.role,
-                    "generated": p.generated,
+                    "generated": p.generated or isinstance(p.tool_part, ToolCall),
                     "image": p.image is not None,
                 }
                 for p in state.pieces
-                if p.text or p.image is not None
+                if p.text or p.image is not None or p.tool_part is not None
             ],
         }
         for state, parent in zip(interpreter.states, parents, strict=True)
@@ -233,6 +242,11 @@ def totals(backend: TracingBackend, wall_seconds: float) -> dict[str, Any]:
 
 def write_json(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _tool_part_text(part: ToolCall | ToolResult) -> str:
+    """A tool call as the model's call (`ToolCall.as_json`), a result as its text."""
+    return part.as_json() if isinstance(part, ToolCall) else part.content
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:

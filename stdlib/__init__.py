@@ -2,7 +2,7 @@
 
 BUILTIN_NAMES: frozenset[str] = frozenset(
     "len range str int float bool list dict min max sum abs round sorted reversed enumerate "
-    "zip any all print json_dumps json_loads run_batch meta".split()
+    "zip any all print json_dumps json_loads run_batch meta tool".split()
 )
 """Names always in scope (docs/language.md, "The standard library")."""
 

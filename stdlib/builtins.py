@@ -351,4 +351,5 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "json_dumps": json_dumps,
     "json_loads": json_loads,
 }
-"""Every built-in the interpreter puts in scope, except `run_batch` and `meta` (which it owns)."""
+"""Every built-in the interpreter puts in scope, except `run_batch`, `meta` and `tool` (which it
+owns)."""

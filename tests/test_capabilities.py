@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from sgl_lang import calls, cli, runner
+from sgl_lang.backends import anthropic, gemini, http, local, openai
 from sgl_lang.backends.test import Reply, TestBackend
 from sgl_lang.enforcement import constraint_sites
 from sgl_lang.errors import SglError
@@ -324,3 +325,56 @@ def test_no_retries_means_a_single_attempt() -> None:
         't.sgl:1:1: constraint error: the output "a" does not match the regex "[0-9]" '
         "(after 1 attempt; backend `test` does not enforce `regex`)"
     )
+
+
+# ---------------------------------------------------------------- images and tools
+
+
+IMAGE_PROGRAM = """\
+print("started")
+user:
+    "What is this? "
+    image "cat.png"
+user image "dog.png"
+assistant gen answer(max_tokens=5)
+"""
+
+
+def test_a_backend_that_cannot_see_images_refuses_them_at_check_time(tmp_path: Path) -> None:
+    program = write(tmp_path / "img.sgl", IMAGE_PROGRAM)
+    errors = [error.render() for error in runner.check_files([program], "local")]
+    assert errors == [
+        f"{program}:4:5: backend error: backend `local` cannot see images\n"
+        '        image "cat.png"\n        ^^^^^^^^^^^^^^^',
+        f"{program}:5:6: backend error: backend `local` cannot see images\n"
+        '    user image "dog.png"\n         ^^^^^^^^^^^^^^^',
+    ]
+    assert runner.check_files([program], "test") == []
+
+
+def test_run_refuses_images_even_with_allow_unenforced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = write(tmp_path / "img.sgl", IMAGE_PROGRAM)
+    blind = like_an_api("A cat.")
+    code, out, err = run_cli(monkeypatch, blind, "--allow-unenforced", str(program))
+    assert (code, out, blind.requests) == (1, "", [])
+    assert err.startswith(f"{program}:4:5: backend error: backend `test` cannot see images")
+
+
+def test_the_capability_table_of_the_docs_says_what_each_backend_declares() -> None:
+    declared = {
+        "`local`": local.LocalBackend().capabilities,
+        "`http:": http.HttpBackend("http://127.0.0.1:9").capabilities,
+        "`openai:": openai.CAPABILITIES,
+        "`anthropic:": anthropic.CAPABILITIES,
+        "`gemini:": gemini.CAPABILITIES,
+        "`test`": TestBackend().capabilities,
+    }
+    rows = [line.split(" | ") for line in (ROOT / "docs" / "backends.md").read_text().splitlines()]
+    table = {row[0].removeprefix("| "): row for row in rows if len(row) == 6}
+    for start, capabilities in declared.items():
+        [row] = [row for uri, row in table.items() if uri.startswith(start)]
+        images, tools = row[4], row[5].removesuffix(" |")
+        assert images.startswith("yes") == capabilities.images, start
+        assert tools.startswith("yes") == capabilities.tools, start

@@ -116,6 +116,12 @@ def check_example(name: str, result: Run) -> None:
         lark.Lark(values["ARITH"], parser="earley").parse(values["expr"])  # raises if not
         assert "".join(token["token"] for token in values["tokens"]) == values["expr"]
         assert all(len(token["top"]) <= 2 for token in values["tokens"])
+    elif name == "agent_tools":
+        for made in result.state.meta["answer"]["tool_calls"]:  # constrained: always valid
+            assert made["name"] in ("calculate", "conversion_factor")
+            if made["name"] == "conversion_factor":
+                assert made["arguments"]["unit"] in ("km", "mile", "kg", "pound")
+        assert "answer:" in printed
     elif name == "agent_calc":
         assert values["action"] in ("calculate", "finish") and "final:" in printed
     else:

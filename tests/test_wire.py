@@ -19,6 +19,9 @@ from sgl_lang.protocol import (
     Prompt,
     Regex,
     Text,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
 )
 from sgl_lang.protocol.wire import (
     prompt_from_json,
@@ -42,6 +45,14 @@ def through_json(data: dict[str, Any]) -> Any:
         Prompt((Message("user", "Hi"), Message("assistant", "Hello, I am")), "assistant"),
         Prompt((Message("user", "Hi"),), "assistant"),  # an empty open message
         Prompt((Image("cat.png"), Image(b"\x89PNG\x00")), "user"),
+        Prompt((Message("user", ["Look: ", Image(b"\x89PNG"), " and ", Image("x.png")]),)),
+        Prompt(
+            (
+                Message("assistant", ["Let me add.", ToolCall("c1", "add", {"a": 2})]),
+                Message("tool", [ToolResult("c1", "add", "2")]),
+            ),
+            "assistant",
+        ),
     ],
 )
 def test_prompts_round_trip(prompt: Prompt) -> None:
@@ -102,6 +113,22 @@ def test_bad_constraints_are_value_errors(params: dict[str, Any], message: str) 
         request_from_json(Prompt(()), params)
 
 
+def test_tools_round_trip_in_requests_and_results() -> None:
+    tools = (ToolSpec("add", "Add.", {"type": "object", "properties": {"a": {}}}),)
+    request = GenRequest(Prompt((Message("user", "2+2?"),), "assistant"), tools=tools)
+    data = through_json(request_to_json(request))
+    assert data["sampling_params"]["tools"] == [tools[0].as_openai()]
+    assert request_from_json(prompt_from_json(data["prompt"]), data["sampling_params"]) == request
+    result = GenResult("", "tool_calls", 9, 4, tool_calls=(ToolCall("c1", "add", {"a": 2}),))
+    assert result_from_json(through_json(result_to_json(result))) == result
+    with pytest.raises(ValueError, match="`tool_choice` must be one of"):
+        request_from_json(
+            Prompt(()), {"tools": data["sampling_params"]["tools"], "tool_choice": "x"}
+        )
+    with pytest.raises(ValueError, match="cannot be combined with an output constraint"):
+        request_from_json(Prompt(()), {**data["sampling_params"], "regex": "a"})
+
+
 @pytest.mark.parametrize("reason", ["stop", "length", "eos"])
 def test_results_round_trip(reason: str) -> None:
     result = GenResult("Paris.", reason, prompt_tokens=12, completion_tokens=3, cached_tokens=8)
@@ -129,7 +156,7 @@ def test_an_sglang_result_reads_and_a_malformed_one_is_a_value_error() -> None:
     [
         ({"segments": "a"}, "list of `segments`"),
         ({"segments": [{"type": "video"}]}, "prompt segment 0 is malformed"),
-        ({"segments": [{"type": "message", "role": "tool", "content": ""}]}, "segment 0"),
+        ({"segments": [{"type": "message", "role": "narrator", "content": ""}]}, "segment 0"),
         ({"segments": [], "open_role": "narrator"}, "`open_role` must be one of"),
     ],
 )

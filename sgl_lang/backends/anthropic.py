@@ -9,6 +9,9 @@
   pre-warms it (`max_tokens=0`) when the prompt is long enough to be cached.
 - Enforced: `json` and `choices` (structured outputs, `output_config.format`; choices as a
   `{"choice": OPTION}` schema, unwrapped). `regex` is checked afterwards; `select` falls back.
+- Tools are native: `tools` (`input_schema`), `tool_choice` (auto / any / none); streamed
+  `tool_use` blocks become `GenResult.tool_calls`; calls and results in the prompt are
+  `tool_use` blocks and `tool_result` blocks of a user turn.
 - Only `max_tokens` and `stop` are sent: the Messages API in this SDK takes no sampling knobs.
 - `reasoning` turns extended thinking on (`thinking`, with `reasoning_budget` or
   `THINKING_BUDGET` tokens, added to `max_tokens` so the answer keeps its own); the thinking
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,9 +47,12 @@ from sgl_lang.protocol import (
     Choices,
     GenRequest,
     GenResult,
-    Image,
     JsonSchema,
+    Part,
     Prompt,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
 )
 
 API_KEY_ENV = "ANTHROPIC_API_KEY"
@@ -55,8 +62,14 @@ MIN_CACHED_CHARS = 4096  # ~1024 tokens, the smallest prefix the API caches
 CACHE_CONTROL = {"type": "ephemeral"}
 THINKING_BUDGET = 1024  # the API's smallest budget
 CAPABILITIES = Capabilities(
-    frozenset({"json", "choices"}), frozenset(), images=True, gen_options=frozenset({"reasoning"})
+    frozenset({"json", "choices"}),
+    frozenset(),
+    images=True,
+    tools=True,
+    gen_options=frozenset({"reasoning"}),
 )
+TOOL_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
+ROLES = {"tool": "user"}  # tool results are `tool_result` blocks of a user turn
 STOP_REASONS = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "length"}
 
 
@@ -103,8 +116,12 @@ class AnthropicBackend(Backend):
             kwargs["output_config"] = {
                 "format": {"type": "json_schema", "schema": choice_schema(constraint)}
             }
+        if request.tools:
+            kwargs["tools"] = [_tool(tool) for tool in request.tools]
+            kwargs["tool_choice"] = {"type": TOOL_CHOICE[request.tool_choice]}
         output = Output(on_chunk, hold=isinstance(constraint, Choices), trim_start=trimmed)
         reason, usage = "eos", {"input_tokens": 0, "output_tokens": 0, "cache_read": 0}
+        calls: list[dict[str, Any]] = []  # tool_use blocks: id, name and the input's JSON text
         try:
             stream = await self._sdk().messages.create(**kwargs, stream=True)
             async for event in stream:
@@ -118,6 +135,11 @@ class AnthropicBackend(Backend):
                     output.add(event.delta.text)
                 elif event.type == "content_block_delta" and event.delta.type == "thinking_delta":
                     thinking.append(event.delta.thinking)
+                elif event.type == "content_block_start" and event.content_block.type == "tool_use":
+                    block = event.content_block
+                    calls.append({"id": block.id, "name": block.name, "input": ""})
+                elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+                    calls[-1]["input"] += event.delta.partial_json
                 elif event.type == "message_delta":
                     reason = STOP_REASONS.get(event.delta.stop_reason or "", "eos")
                     usage["output_tokens"] = event.usage.output_tokens
@@ -129,13 +151,15 @@ class AnthropicBackend(Backend):
             if on_chunk is not None and text:
                 on_chunk(text)
         reasoning = "".join(thinking) if request.reasoning else None
+        tool_calls = tuple(_tool_call(call, self.name) for call in calls)
         return GenResult(
             text,
-            reason,
+            "tool_calls" if tool_calls else reason,
             usage["input_tokens"],
             usage["output_tokens"],
             usage["cache_read"],
             reasoning=reasoning,
+            tool_calls=tool_calls,
         )
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
@@ -170,7 +194,9 @@ class AnthropicBackend(Backend):
         turns, prefill = chat_turns(prompt, self.name)
         system, turns = split_system(turns)
         messages: list[dict[str, Any]] = [
-            {"role": t.role, "content": [_block(p) for p in t.parts]} for t in turns if t.parts
+            {"role": ROLES.get(t.role, t.role), "content": [_block(p) for p in t.parts]}
+            for t in turns
+            if t.parts
         ]
         if messages:
             messages[-1]["content"][-1]["cache_control"] = CACHE_CONTROL
@@ -187,9 +213,25 @@ class AnthropicBackend(Backend):
         return kwargs, cut != prefill
 
 
-def _block(part: str | Image) -> dict[str, Any]:
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    return {"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
+
+
+def _tool_call(call: dict[str, Any], api: str) -> ToolCall:
+    try:
+        arguments = json.loads(call["input"] or "{}")
+    except json.JSONDecodeError:
+        raise BackendError(f"{api}: a tool call's input is not JSON") from None
+    return ToolCall(call["id"], call["name"], arguments if isinstance(arguments, dict) else {})
+
+
+def _block(part: Part) -> dict[str, Any]:
     if isinstance(part, str):
         return {"type": "text", "text": part}
+    if isinstance(part, ToolCall):
+        return {"type": "tool_use", "id": part.id, "name": part.name, "input": part.arguments}
+    if isinstance(part, ToolResult):
+        return {"type": "tool_result", "tool_use_id": part.call_id, "content": part.content}
     if is_url(part):
         return {"type": "image", "source": {"type": "url", "url": part.source}}
     data, mime = image_data(part)

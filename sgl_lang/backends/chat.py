@@ -21,17 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sgl_lang.protocol import BackendError, Choices, Image, Message, Prompt, Text
+from sgl_lang.protocol import BackendError, Choices, Image, Message, Part, Prompt, Text
 
 CHOICE_KEY = "choice"
 
 
 @dataclass
 class Turn:
-    """One chat turn: its role and its content blocks (text pieces and images, in order)."""
+    """One chat turn: its role and its content blocks (text pieces, images, tool calls and
+    results, in order)."""
 
     role: str
-    parts: list[str | Image] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -55,22 +56,21 @@ def chat_turns(prompt: Prompt, api: str) -> ChatPrompt:
             )
         last = segments[-1] if segments else None
         if isinstance(last, Message) and last.role == "assistant":
-            prefill = last.content
+            prefill = last.text
             segments.pop()
     turns: list[Turn] = []
     for segment in segments:
         role = segment.role if isinstance(segment, Message) else "user"
-        part: str | Image = (
+        parts: tuple[Part, ...] = (
             segment.content
             if isinstance(segment, Message)
-            else segment.text
+            else (segment.text,)
             if isinstance(segment, Text)
-            else segment
+            else (segment,)
         )
         if not turns or turns[-1].role != role:
             turns.append(Turn(role))
-        if part != "":
-            turns[-1].parts.append(part)
+        turns[-1].parts.extend(part for part in parts if part != "")
     if prefill and turns and turns[-1].role == "assistant":  # continue the whole turn
         prefill = turns.pop().text + prefill
     return ChatPrompt(turns, prefill)

@@ -6,6 +6,10 @@
 - Enforced: `json` (`response_mime_type` application/json + `response_json_schema`) and
   `choices` (Gemini's enum output, `text/x.enum`). `regex` is checked afterwards; `select`
   falls back to `gen choices=`.
+- Tools are native function declarations (`parameters_json_schema`; `tool_config` mode AUTO,
+  ANY or NONE; the SDK's automatic calling off): streamed `function_call` parts become
+  `GenResult.tool_calls`; calls and results in the prompt are `function_call` parts of a
+  model turn and `function_response` parts (`{"result": TEXT}`) of a user turn.
 - Gemini caches repeated prefixes implicitly; `cached_tokens` reports its hits.
 - `reasoning`: thinking with its thoughts included (`thinking_config`, the budget is
   `reasoning_budget` when given); the thought parts become `GenResult.reasoning`.
@@ -29,16 +33,22 @@ from sgl_lang.protocol import (
     Choices,
     GenRequest,
     GenResult,
-    Image,
     JsonSchema,
+    Part,
     Prompt,
+    ToolCall,
+    ToolResult,
 )
 
 API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 NUM_ATTEMPTS = 4
 TIMEOUT_MS = 600_000
 CAPABILITIES = Capabilities(
-    frozenset({"json", "choices"}), frozenset(), images=True, gen_options=frozenset({"reasoning"})
+    frozenset({"json", "choices"}),
+    frozenset(),
+    images=True,
+    tools=True,
+    gen_options=frozenset({"reasoning"}),
 )
 FINISH_REASONS = {"STOP": "eos", "MAX_TOKENS": "length"}
 
@@ -73,6 +83,7 @@ class GeminiBackend(Backend):
         output = Output(on_chunk)
         thoughts: list[str] = []
         reason, usage = "eos", None
+        calls: list[ToolCall] = []
         try:
             stream = await self._sdk().aio.models.generate_content_stream(
                 model=self.model, contents=contents, config=config
@@ -85,6 +96,8 @@ class GeminiBackend(Backend):
                             output.add(part.text)
                         elif part.text:
                             thoughts.append(part.text)
+                        if part.function_call is not None:
+                            calls.append(_tool_call(part.function_call, len(calls)))
                     if candidate.finish_reason is not None:
                         name = getattr(candidate.finish_reason, "value", candidate.finish_reason)
                         reason = FINISH_REASONS.get(str(name), "eos")
@@ -98,11 +111,12 @@ class GeminiBackend(Backend):
         reasoning = "".join(thoughts) if request.reasoning else None
         return GenResult(
             output.text,
-            reason,
+            "tool_calls" if calls else reason,
             prompt_tokens,
             completion_tokens,
             cached_tokens,
             reasoning=reasoning,
+            tool_calls=tuple(calls),
         )
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
@@ -159,6 +173,23 @@ class GeminiBackend(Backend):
         if request.reasoning:
             thinking = {"include_thoughts": True, "thinking_budget": request.reasoning_budget}
             config["thinking_config"] = {k: v for k, v in thinking.items() if v is not None}
+        if request.tools:
+            declarations = [
+                types.FunctionDeclaration(
+                    name=tool.name,
+                    description=tool.description,
+                    parameters_json_schema=tool.parameters,
+                )
+                for tool in request.tools
+            ]
+            config["tools"] = [types.Tool(function_declarations=declarations)]
+            mode = types.FunctionCallingConfigMode(TOOL_MODES[request.tool_choice])
+            config["tool_config"] = types.ToolConfig(
+                function_calling_config=types.FunctionCallingConfig(mode=mode)
+            )
+            config["automatic_function_calling"] = types.AutomaticFunctionCallingConfig(
+                disable=True
+            )
         constraint = request.constraint
         if isinstance(constraint, JsonSchema):
             config["response_mime_type"] = "application/json"
@@ -169,14 +200,28 @@ class GeminiBackend(Backend):
         return contents, types.GenerateContentConfig(**config)
 
 
-_ROLE = {"user": "user", "assistant": "model"}
+_ROLE = {"user": "user", "assistant": "model", "tool": "user"}
+TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 
 
-def _part(part: str | Image) -> Any:
+def _tool_call(call: Any, index: int) -> ToolCall:
+    """A streamed `function_call` (Gemini may give no id: then one from its position)."""
+    return ToolCall(call.id or f"call_{index}", call.name or "", dict(call.args or {}))
+
+
+def _part(part: Part) -> Any:
     from google.genai import types
 
     if isinstance(part, str):
         return types.Part(text=part)
+    if isinstance(part, ToolCall):
+        call = types.FunctionCall(id=part.id, name=part.name, args=part.arguments)
+        return types.Part(function_call=call)
+    if isinstance(part, ToolResult):
+        response = types.FunctionResponse(
+            id=part.call_id, name=part.name, response={"result": part.content}
+        )
+        return types.Part(function_response=response)
     if is_url(part):
         return types.Part.from_uri(file_uri=str(part.source), mime_type=image_mime(part))
     data, mime = image_data(part)

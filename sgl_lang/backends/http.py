@@ -10,6 +10,10 @@ which this client writes and the server reads.
 Many `sgl run` processes pointed at one server share its engine and its prefix cache. A key
 set with `SGL_API_KEY` is sent as a bearer token, only to a server the user chose
 (`--backend`), never to one a program wrote.
+
+Images (free or inside messages) go on the wire as parts: URLs as they are, local files as
+their bytes (the server cannot read the client's files). `sgl serve`'s local model cannot see
+images, so the capabilities say none; a server whose model can would answer them.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
+from sgl_lang.backends.chat import image_data, is_url
 from sgl_lang.protocol import (
     SELECT_METHODS,
     Backend,
@@ -29,7 +35,10 @@ from sgl_lang.protocol import (
     Capabilities,
     GenRequest,
     GenResult,
+    Image,
+    Message,
     Prompt,
+    Segment,
 )
 from sgl_lang.protocol.wire import prompt_to_json, request_to_json, result_from_json
 
@@ -63,7 +72,9 @@ class HttpBackend(Backend):
     ) -> None:
         self.name = url
         self.url = url.rstrip("/")
-        self.capabilities = Capabilities(WIRE_CONSTRAINTS, frozenset(SELECT_METHODS), images=False)
+        self.capabilities = Capabilities(
+            WIRE_CONSTRAINTS, frozenset(SELECT_METHODS), images=False, tools=True
+        )
         self._api_key = api_key  # sent as a bearer token
         self._transport = transport  # tests: an ASGI transport to an in-process server
         self._client: httpx.AsyncClient | None = None
@@ -72,6 +83,7 @@ class HttpBackend(Backend):
     async def generate(
         self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
     ) -> GenResult:
+        request = replace(request, prompt=_inline_images(request.prompt))
         body = {**request_to_json(request), "stream": True}
         text = ""
         async for event in self._events("/generate", body):
@@ -179,3 +191,24 @@ def _message(error: Any) -> str:
             if key in error:
                 return _message(error[key])
     return str(error)
+
+
+def _inline_images(prompt: Prompt) -> Prompt:
+    """`prompt` with each image from a local file replaced by the file's bytes."""
+
+    def inline(image: Image) -> Image:
+        return (
+            image
+            if is_url(image) or isinstance(image.source, bytes)
+            else Image(image_data(image)[0])
+        )
+
+    def segment(item: Segment) -> Segment:
+        if isinstance(item, Image):
+            return inline(item)
+        if isinstance(item, Message) and item.images:
+            parts = [inline(p) if isinstance(p, Image) else p for p in item.content]
+            return Message(item.role, parts)
+        return item
+
+    return replace(prompt, segments=tuple(segment(item) for item in prompt.segments))

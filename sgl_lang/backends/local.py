@@ -66,7 +66,11 @@ class LocalBackend(Backend):
     ) -> None:
         self.name = "local" if model_path is None else f"local:{model_path}"
         self.capabilities = Capabilities(
-            ENFORCED_CONSTRAINTS, frozenset(SELECT_METHODS), images=False, gen_options=GEN_OPTIONS
+            ENFORCED_CONSTRAINTS,
+            frozenset(SELECT_METHODS),
+            images=False,
+            tools=True,
+            gen_options=GEN_OPTIONS,
         )
         self.model_path = model_path
         self.options = options or EngineOptions()

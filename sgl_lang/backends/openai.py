@@ -12,6 +12,9 @@
   each choice is scored from the log-probs the server gives the prompt's tokens (`echo` with
   `logprobs` and `max_tokens: 0` on `/completions`: `sgl serve`, vLLM), by the methods of the
   `local` backend; only prompts without messages can be scored this way.
+- Tools are OpenAI's native `tools`/`tool_choice`; the streamed `tool_calls` deltas are
+  assembled into `GenResult.tool_calls`; calls and results in the prompt are sent as an
+  assistant message's `tool_calls` and `tool` messages.
 - `top_k`, `min_p`, `ignore_eos` and `min_tokens` are sent only when set, as extensions.
 - `logprobs=K`: `logprobs`/`top_logprobs` (chat) or `logprobs: K` (completions), read from
   the streamed chunks. `reasoning`: the `reasoning_content` that OpenAI-compatible servers
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -52,6 +56,8 @@ from sgl_lang.protocol import (
     JsonSchema,
     Prompt,
     TokenLogprob,
+    ToolCall,
+    ToolResult,
     choice_scores,
     with_reasoning,
 )
@@ -61,10 +67,14 @@ MAX_RETRIES = 3
 TIMEOUT_S = 600.0
 GEN_OPTIONS = frozenset({"logprobs", "reasoning", "min_tokens"})
 CAPABILITIES = Capabilities(
-    frozenset({"json", "choices"}), frozenset(), images=True, gen_options=GEN_OPTIONS
+    frozenset({"json", "choices"}), frozenset(), images=True, tools=True, gen_options=GEN_OPTIONS
 )
 SCORING_CAPABILITIES = Capabilities(
-    CAPABILITIES.constraints, frozenset(SELECT_METHODS), images=True, gen_options=GEN_OPTIONS
+    CAPABILITIES.constraints,
+    frozenset(SELECT_METHODS),
+    images=True,
+    tools=True,
+    gen_options=GEN_OPTIONS,
 )
 SCORING_OPTION = "select=logprobs"
 NEUTRAL_CONTEXT = "\n"  # what a choice follows when scored "without the prompt"
@@ -125,6 +135,7 @@ class OpenAIBackend(Backend):
         fields = self._chat_fields(request) if chat else self._completion_fields(request)
         kwargs["extra_body"].update(fields.pop("extra_body", {}))
         finish, usage = None, None
+        calls = StreamedCalls()
         try:
             api = self._sdk().chat.completions if chat else self._sdk().completions
             stream = await api.create(**kwargs, **fields)
@@ -133,6 +144,7 @@ class OpenAIBackend(Backend):
                 for choice in chunk.choices:
                     output.add(choice.delta.content if chat else choice.text)
                     extras.add(choice)
+                    calls.add(getattr(choice.delta, "tool_calls", None) if chat else None)
                     finish = choice.finish_reason or finish
         except BackendError:
             raise
@@ -141,7 +153,8 @@ class OpenAIBackend(Backend):
         text = output.text
         if choices is not None:
             text = unwrap_choice(text)
-        result = extras.into(_result(text, finish, usage, request), request)
+        result = _result(text, finish, usage, request, calls.finished(self.name))
+        result = extras.into(result, request)
         if (choices is not None or request.reasoning) and on_chunk is not None and result.text:
             on_chunk(result.text)
         return result
@@ -234,8 +247,11 @@ class OpenAIBackend(Backend):
 
     def _chat_fields(self, request: GenRequest) -> dict[str, Any]:
         turns, prefill = chat_turns(request.prompt, self.name)
-        messages = [_message(turn) for turn in turns]
+        messages = [message for turn in turns for message in _messages(turn)]
         fields: dict[str, Any] = {"max_completion_tokens": request.max_tokens}
+        if request.tools:
+            fields["tools"] = [tool.as_openai() for tool in request.tools]
+            fields["tool_choice"] = request.tool_choice
         if prefill:
             messages.append({"role": "assistant", "content": prefill})
             fields["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
@@ -304,16 +320,71 @@ class _Extras:
         return with_reasoning(result)
 
 
-def _message(turn: Turn) -> dict[str, Any]:
+def _messages(turn: Turn) -> list[dict[str, Any]]:
+    """A turn as chat messages: one per tool result in a `tool` turn, else one (an assistant's
+    tool calls in `tool_calls`, text and images as content parts)."""
+    results = [part for part in turn.parts if isinstance(part, ToolResult)]
+    if results:
+        return [
+            {"role": "tool", "tool_call_id": result.call_id, "content": result.content}
+            for result in results
+        ]
+    calls = [part for part in turn.parts if isinstance(part, ToolCall)]
+    if calls:
+        return [
+            {
+                "role": turn.role,
+                "content": turn.text or None,
+                "tool_calls": [_wire_call(call) for call in calls],
+            }
+        ]
     if not any(isinstance(part, Image) for part in turn.parts):
-        return {"role": turn.role, "content": turn.text}
+        return [{"role": turn.role, "content": turn.text}]
     content: list[dict[str, Any]] = []
     for part in turn.parts:
         if isinstance(part, str):
             content.append({"type": "text", "text": part})
-        else:
+        elif isinstance(part, Image):
             content.append({"type": "image_url", "image_url": {"url": _image_url(part)}})
-    return {"role": turn.role, "content": content}
+    return [{"role": turn.role, "content": content}]
+
+
+def _wire_call(call: ToolCall) -> dict[str, Any]:
+    arguments = json.dumps(call.arguments, ensure_ascii=False)
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": arguments},
+    }
+
+
+class StreamedCalls:
+    """Tool calls assembled from streamed deltas (by index: an id and name first, then the
+    arguments' JSON text in pieces)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[str, str]] = {}
+
+    def add(self, deltas: Any) -> None:
+        for delta in deltas or ():
+            part = self.parts.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+            function = delta.function
+            part["id"] = delta.id or part["id"]
+            part["name"] = (function.name if function else None) or part["name"]
+            part["arguments"] += (function.arguments if function else None) or ""
+
+    def finished(self, api: str) -> tuple[ToolCall, ...]:
+        calls = []
+        for index in sorted(self.parts):
+            part = self.parts[index]
+            try:
+                arguments = json.loads(part["arguments"] or "{}")
+            except json.JSONDecodeError:
+                raise BackendError(f"{api}: a tool call's arguments are not JSON") from None
+            if not isinstance(arguments, dict):
+                raise BackendError(f"{api}: a tool call's arguments are not a JSON object")
+            calls.append(ToolCall(part["id"], part["name"], arguments))
+        return tuple(calls)
 
 
 def _image_url(image: Image) -> str:
@@ -325,15 +396,24 @@ def _image_url(image: Image) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def _result(text: str, finish: str | None, usage: Any, request: GenRequest) -> GenResult:
+def _result(
+    text: str,
+    finish: str | None,
+    usage: Any,
+    request: GenRequest,
+    tool_calls: tuple[ToolCall, ...] = (),
+) -> GenResult:
     """OpenAI's finish reason "stop" covers stop strings and the end of the turn: it counts as
     a stop string when the request had some."""
     reason = "length" if finish == "length" else "stop" if request.stop else "eos"
+    reason = "tool_calls" if tool_calls else reason
     prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
     completion_tokens = getattr(usage, "completion_tokens", 0) or 0
     details = getattr(usage, "prompt_tokens_details", None)
     cached_tokens = getattr(details, "cached_tokens", 0) or 0
-    return GenResult(text, reason, prompt_tokens, completion_tokens, cached_tokens)
+    return GenResult(
+        text, reason, prompt_tokens, completion_tokens, cached_tokens, tool_calls=tool_calls
+    )
 
 
 def _covering_start(tokens: Sequence[str], num_chars: int) -> int:

@@ -40,9 +40,10 @@ from sgl_lang.protocol import (
     Image,
     Prompt,
     TokenLogprob,
+    ToolCall,
 )
 
-KEY_VERSION = 1  # part of every key: a new key format never replays answers of an old one
+KEY_VERSION = 2  # part of every key: a new key format never replays answers of an old one
 Slot = tuple[str, int]  # (key, occurrence)
 
 
@@ -224,7 +225,8 @@ def _decode(kind: str, answer: Any) -> Replayed | list[float]:
                 TokenLogprob(str(text), float(logprob), tuple((str(t), float(lp)) for t, lp in top))
                 for text, logprob, top in logprobs
             )
-        return Replayed(**{**answer, "logprobs": logprobs})
+        calls = tuple(ToolCall(**call) for call in answer.get("tool_calls", ()))
+        return Replayed(**{**answer, "logprobs": logprobs, "tool_calls": calls})
     if kind == "score" and isinstance(answer, list):
         return [float(score) for score in answer]
     raise ValueError(f"not a {kind} answer")

@@ -8,6 +8,10 @@ and `request.seed`, so the same request always gives the same result, in any pro
 - Constraints are always met (`samplers.py`): a regex yields a string that matches it in full,
   a JSON schema a valid document, choices one of the options. Constrained output ignores `stop` and
   `max_tokens` (it is never cut, so it always satisfies its constraint).
+- With `tools`, a canned reply that is a call of a listed tool (`{"name": ..., "arguments":
+  {...}}`) is that call; any other reply is the answer. Without replies the call or answer is
+  drawn from the constrained tool-call form (`tool_output_schema`), as a small model would
+  write it; `tool_choice` "none" always answers.
 - Sampling parameters other than `seed` are recorded in `requests` but change nothing;
   `min_tokens`, `stop_regex` and `include_stop` apply to free text as in a real engine.
 - `logprobs=K` gives each token a log-prob drawn from the prompt and the token, and K
@@ -46,8 +50,12 @@ from sgl_lang.protocol import (
     Constraint,
     GenRequest,
     GenResult,
+    JsonSchema,
     Prompt,
     TokenLogprob,
+    ToolCall,
+    read_tool_output,
+    tool_output_schema,
     with_reasoning,
 )
 from sgl_lang.user_grammars import output_problem
@@ -79,7 +87,11 @@ class TestBackend(Backend):
     def __init__(self, replies: list[Reply] | None = None, path: str = "") -> None:
         self.name = f"test:{path}" if path else "test"
         self.capabilities = Capabilities(
-            CONSTRAINT_KINDS, frozenset(SELECT_METHODS), images=True, gen_options=GEN_OPTIONS
+            CONSTRAINT_KINDS,
+            frozenset(SELECT_METHODS),
+            images=True,
+            tools=True,
+            gen_options=GEN_OPTIONS,
         )
         self.replies = replies or []
         self.requests: list[GenRequest] = []
@@ -100,6 +112,12 @@ class TestBackend(Backend):
             reply = self._reply_for(prompt_text)
             await asyncio.sleep(0)
             rng = _rng(prompt_text, request.seed)
+            if request.tools:
+                call = _tool_call(request, reply, rng)
+                if call is not None:
+                    self._remember(prompt_text.split())
+                    num_words = max(1, len(prompt_text.split()))
+                    return GenResult("", "tool_calls", num_words, 1, 0, tool_calls=(call,))
             streamed = None if request.reasoning else on_chunk
             if request.constraint is not None:
                 text = _constrained(request.constraint, reply, rng)
@@ -164,6 +182,21 @@ class TestBackend(Backend):
         self._seen_words.append(words)
         del self._seen_words[:-MAX_REMEMBERED_PROMPTS]
         return longest
+
+
+def _tool_call(request: GenRequest, reply: Reply | None, rng: random.Random) -> ToolCall | None:
+    """The call a request with tools makes: a canned reply that is a call of a listed tool
+    (`{"name": ..., "arguments": {...}}`), or else, without a reply, a call drawn from the
+    tool-call form (`tool_output_schema`); None for an answer (or `tool_choice` "none")."""
+    if request.tool_choice == "none":
+        return None
+    call_id = f"call_{rng.randrange(10**6)}"
+    if reply is not None:
+        call = read_tool_output(reply.text, call_id).call
+        listed = {tool.name for tool in request.tools}
+        return call if call is not None and call.name in listed else None
+    schema = tool_output_schema(request.tools, request.tool_choice)
+    return read_tool_output(sample(JsonSchema(schema), rng), call_id).call
 
 
 def load_replies(path: Path) -> list[Reply]:

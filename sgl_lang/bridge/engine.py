@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sgl_lang.bridge.healing import Heal, HealingMasks, Unhealed, plan_healing
 from sgl_lang.bridge.render import encode, render_prompt, score_split
 from sgl_lang.bridge.sampling import min_tokens_mask, sampling_params
+from sgl_lang.bridge.tools import generate_with_tools
 from sgl_lang.protocol import (
     BackendError,
     CachedSplit,
@@ -70,7 +71,10 @@ class BridgedEngine:
     async def generate(self, request: GenRequest, on_chunk: OnChunk | None = None) -> GenResult:
         """`Backend.generate`: the prompt rendered with the chat template, token-healed when
         `request.heal` (healing.py). Rendering and tokenizing run in a worker thread: a long
-        prompt does not stall the event loop's other work."""
+        prompt does not stall the event loop's other work. With `tools`, the output is a
+        constrained tool call or answer (tools.py)."""
+        if request.tools:
+            return await generate_with_tools(self.generate, request, on_chunk)
         prompt_ids, params, healed_text = await asyncio.to_thread(self._prepare, request)
         return await self._finished(request, prompt_ids, params, on_chunk, healed_text=healed_text)
 

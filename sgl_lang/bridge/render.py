@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sgl_lang.protocol import BackendError, Image, Message, Prompt, Text
+from sgl_lang.protocol import BackendError, Image, Message, Prompt, Text, ToolCall
 
 if TYPE_CHECKING:
     from sgl_lang.runtime.engine import Engine
@@ -35,7 +35,7 @@ class Rendered(NamedTuple):
 def render_prompt(tokenizer: Any, prompt: Prompt) -> Rendered:
     """The prompt's text for `tokenizer`'s model (see the module docstring)."""
     segments = list(prompt.segments)
-    if any(isinstance(segment, Image) for segment in segments):
+    if any(isinstance(s, Image) or (isinstance(s, Message) and s.images) for s in segments):
         raise BackendError("the local model cannot see images")
     open_message: Message | None = None
     if prompt.open_role is not None:
@@ -46,7 +46,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> Rendered:
         else:
             open_message = Message(prompt.open_role, "")
     if open_message is not None:
-        ends_with_content = bool(open_message.content)
+        ends_with_content = bool(open_message.text)
     else:
         last = segments[-1] if segments else None
         ends_with_content = isinstance(last, Text) and bool(last.text)
@@ -58,11 +58,11 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> Rendered:
         return Rendered(prompt.plain_text(), True, ends_with_content)
 
     parts: list[str] = []
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     num_rendered, rendered = 0, ""  # the template's rendering of messages[:num_rendered]
     for segment in segments:
         if isinstance(segment, Message):
-            messages.append({"role": segment.role, "content": segment.content})
+            messages.append(_message_dict(tokenizer, segment))
         elif isinstance(segment, Text):
             if len(messages) > num_rendered:
                 full = _apply_template(tokenizer, messages)
@@ -70,7 +70,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt) -> Rendered:
                 num_rendered, rendered = len(messages), full
             parts.append(segment.text)
     if open_message is not None:
-        content = open_message.content + OPEN_MARK
+        content = open_message.text + OPEN_MARK
         full = _apply_template(
             tokenizer, [*messages, {"role": open_message.role, "content": content}]
         )
@@ -115,7 +115,33 @@ def score_split(
     return ids, choices
 
 
-def _apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+def _message_dict(tokenizer: Any, message: Message) -> dict[str, Any]:
+    """A message for the chat template. Tool calls and results go in the template's own
+    fields (`tool_calls`, `tool_call_id`) when it has them; otherwise a call is written in its
+    constrained form (`ToolCall.as_json`, what the model wrote) and a result as its text, in a
+    message of role `tool`."""
+    content = "".join(
+        part.as_json() if isinstance(part, ToolCall) else part
+        for part in message.content
+        if isinstance(part, (str, ToolCall))
+    )
+    results = message.tool_results
+    if results:
+        content = "\n".join(result.content for result in results)
+    if "tool_calls" not in (tokenizer.chat_template or ""):
+        return {"role": message.role, "content": content}
+    if results:
+        return {"role": "tool", "content": content, "tool_call_id": results[0].call_id}
+    calls = [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in message.tool_calls
+    ]
+    if calls:
+        return {"role": message.role, "content": message.text, "tool_calls": calls}
+    return {"role": message.role, "content": content}
+
+
+def _apply_template(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     except Exception as exc:  # jinja's TemplateError, or a template's raise_exception()

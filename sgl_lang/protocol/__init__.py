@@ -22,16 +22,27 @@ from sgl_lang.protocol.constraints import (
     Regex,
 )
 from sgl_lang.protocol.json_schema import json_problem, resolve_ref
-from sgl_lang.protocol.prompts import Image, Message, Prompt, Segment, Text
+from sgl_lang.protocol.prompts import Image, Message, Part, Prompt, Segment, Text
 from sgl_lang.protocol.reasoning import split_reasoning, with_reasoning
 from sgl_lang.protocol.requests import GenRequest, GenResult, TokenLogprob
 from sgl_lang.protocol.scoring import SELECT_METHODS, choice_scores
+from sgl_lang.protocol.tools import (
+    TOOL_CHOICES,
+    ToolCall,
+    ToolOutput,
+    ToolResult,
+    ToolSpec,
+    read_tool_output,
+    tool_output_schema,
+    tools_instruction,
+)
 
 __all__ = [
     "CONSTRAINT_KIND",
     "CONSTRAINT_KINDS",
     "GEN_OPTIONS",
     "SELECT_METHODS",
+    "TOOL_CHOICES",
     "TYPE_PATTERNS",
     "Backend",
     "BackendError",
@@ -46,15 +57,23 @@ __all__ = [
     "Image",
     "JsonSchema",
     "Message",
+    "Part",
     "Prompt",
     "Regex",
     "Segment",
     "Text",
     "TokenLogprob",
+    "ToolCall",
+    "ToolOutput",
+    "ToolResult",
+    "ToolSpec",
     "choice_scores",
     "constraint_problem",
     "json_problem",
+    "read_tool_output",
     "resolve_ref",
     "split_reasoning",
+    "tool_output_schema",
+    "tools_instruction",
     "with_reasoning",
 ]

@@ -27,13 +27,15 @@ class Capabilities:
     """What a backend enforces. `constraints` ⊆ {"regex", "json", "choices"} are enforced
     while decoding (others are checked after the fact by the interpreter); `select_methods`
     ⊆ {"normalized", "greedy", "unconditional"} can be scored (empty: `select` falls back
-    to `gen choices=`); `images` says whether `Image` segments reach the model;
-    `gen_options` ⊆ `GEN_OPTIONS` are the optional `GenRequest` features it honours
-    (`GenRequest.options`)."""
+    to `gen choices=`); `images` says whether images (free or inside messages) reach the
+    model; `tools` whether `GenRequest.tools` are offered to it (the model may answer with
+    tool calls, `GenResult.tool_calls`); `gen_options` ⊆ `GEN_OPTIONS` are the optional
+    `GenRequest` features it honours (`GenRequest.options`)."""
 
     constraints: frozenset[str]
     select_methods: frozenset[str]
     images: bool = False
+    tools: bool = False
     gen_options: frozenset[str] = frozenset()
 
     def missing_options(self, request: GenRequest) -> list[str]:

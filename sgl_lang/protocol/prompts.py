@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from sgl_lang.protocol.tools import ToolCall, ToolResult
 
 
 @dataclass(frozen=True)
@@ -13,18 +16,59 @@ class Text:
 
 
 @dataclass(frozen=True)
-class Message:
-    """A chat message; `role` is "system", "user" or "assistant"."""
-
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
 class Image:
     """An image: a file path, an URL, or the raw bytes."""
 
     source: str | bytes
+
+
+Part = str | Image | ToolCall | ToolResult
+"""A piece of a message's content: text, an image, a tool call (in an assistant message) or a
+tool's result (in a `tool` message)."""
+
+
+@dataclass(frozen=True, init=False)
+class Message:
+    """A chat message; `role` is "system", "user", "assistant" or "tool" (a tool's result).
+    `content` is its parts in order (given as one string for a text-only message); adjacent
+    text parts are joined."""
+
+    role: str
+    content: tuple[Part, ...]
+
+    def __init__(self, role: str, content: str | Iterable[Part]) -> None:
+        object.__setattr__(self, "role", role)
+        object.__setattr__(
+            self, "content", _joined((content,) if isinstance(content, str) else content)
+        )
+
+    @property
+    def text(self) -> str:
+        """The text parts, joined (images left out)."""
+        return "".join(part for part in self.content if isinstance(part, str))
+
+    @property
+    def images(self) -> tuple[Image, ...]:
+        return tuple(part for part in self.content if isinstance(part, Image))
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(part for part in self.content if isinstance(part, ToolCall))
+
+    @property
+    def tool_results(self) -> tuple[ToolResult, ...]:
+        return tuple(part for part in self.content if isinstance(part, ToolResult))
+
+
+def _joined(parts: Iterable[Part]) -> tuple[Part, ...]:
+    """`parts` with adjacent strings joined and empty strings dropped."""
+    joined: list[Part] = []
+    for part in parts:
+        if isinstance(part, str) and joined and isinstance(joined[-1], str):
+            joined[-1] += part
+        elif part != "":
+            joined.append(part)
+    return tuple(joined)
 
 
 Segment = Text | Message | Image
@@ -54,7 +98,7 @@ class Prompt:
             if isinstance(segment, Text):
                 parts.append(segment.text)
             elif isinstance(segment, Message):
-                parts.append(f"{segment.role.capitalize()}: {segment.content}\n")
+                parts.append(f"{segment.role.capitalize()}: {_plain_content(segment)}\n")
             else:
                 parts.append("<image>")
         if self.open_role is not None:
@@ -64,3 +108,18 @@ class Prompt:
             else:
                 parts.append(f"{self.open_role.capitalize()}: ")
         return "".join(parts)
+
+
+def _plain_content(message: Message) -> str:
+    """Text as is, images as `<image>`, tool calls in their constrained form, results as text."""
+    return "".join(_plain_part(part) for part in message.content)
+
+
+def _plain_part(part: Part) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Image):
+        return "<image>"
+    if isinstance(part, ToolCall):
+        return part.as_json()
+    return part.content

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from sgl_lang.protocol.constraints import Constraint
 from sgl_lang.protocol.prompts import Prompt
+from sgl_lang.protocol.tools import ToolCall, ToolSpec
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,9 @@ class GenRequest:
     come before `min_tokens` tokens. `logprobs` (K >= 0, None: off) asks for each generated
     token's log-prob and its K most likely alternatives (`GenResult.logprobs`); `reasoning`
     asks for the model's reasoning apart from its answer (`GenResult.reasoning`), with at most
-    `reasoning_budget` tokens of it where the provider takes a budget (None: its default)."""
+    `reasoning_budget` tokens of it where the provider takes a budget (None: its default).
+    `tools` are offered to the model, which calls one or answers as `tool_choice` ("auto",
+    "required", "none") allows; no `constraint` goes with tools."""
 
     prompt: Prompt
     max_tokens: int = 256
@@ -33,6 +36,8 @@ class GenRequest:
     ignore_eos: bool = False
     heal: bool = True
     constraint: Constraint | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"
     min_tokens: int = 0
     stop_regex: str | None = None
     include_stop: bool = False
@@ -65,10 +70,11 @@ class TokenLogprob(NamedTuple):
 @dataclass(frozen=True)
 class GenResult:
     """A finished generation. `text` excludes the stop string (unless `include_stop`);
-    `finish_reason` is "stop" (a stop string or regex), "length" (`max_tokens`) or "eos" (the
-    model ended its turn). `logprobs` has one entry per generated token when the request asked
-    for them; `reasoning` is the model's reasoning when asked for and there was some (`text`
-    is then the answer alone)."""
+    `finish_reason` is "stop" (a stop string or regex), "length" (`max_tokens`), "eos" (the
+    model ended its turn) or "tool_calls" (the model called `tool_calls` instead of
+    answering; `text` is what it wrote besides, often nothing). `logprobs` has one entry per
+    generated token when the request asked for them; `reasoning` is the model's reasoning
+    when asked for and there was some (`text` is then the answer alone)."""
 
     text: str
     finish_reason: str
@@ -77,3 +83,4 @@ class GenResult:
     cached_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] | None = None
     reasoning: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()

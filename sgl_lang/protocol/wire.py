@@ -10,29 +10,97 @@ from collections.abc import Mapping
 from typing import Any
 
 from sgl_lang.protocol.constraints import Choices, Constraint, JsonSchema, Regex
-from sgl_lang.protocol.prompts import Image, Message, Prompt, Segment, Text
+from sgl_lang.protocol.prompts import Image, Message, Part, Prompt, Segment, Text
 from sgl_lang.protocol.requests import GenRequest, GenResult
+from sgl_lang.protocol.tools import TOOL_CHOICES, ToolCall, ToolResult, ToolSpec
 
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
 CONSTRAINT_FIELDS = ("regex", "json_schema", "choices")
 DEFAULTS = GenRequest(Prompt(()))
 
 
 def prompt_to_json(prompt: Prompt) -> dict[str, Any]:
     """`{"segments": [...], "open_role": ...}`; a segment is `{"type": "text", "text"}`,
-    `{"type": "message", "role", "content"}` or `{"type": "image", "url" | "data"}` (data:
-    base64 bytes)."""
+    `{"type": "message", "role", "content"}` or an image, `{"type": "image", "url" | "data"}`
+    (data: base64 bytes). A message's `content` is its text, or (when it holds more) a list of
+    parts: `{"type": "text", "text"}`, images, `{"type": "tool_call", "id", "name",
+    "arguments"}` and `{"type": "tool_result", "call_id", "name", "content"}`."""
     segments: list[dict[str, Any]] = []
     for segment in prompt.segments:
         if isinstance(segment, Text):
             segments.append({"type": "text", "text": segment.text})
         elif isinstance(segment, Message):
-            segments.append({"type": "message", "role": segment.role, "content": segment.content})
-        elif isinstance(segment.source, bytes):
-            segments.append({"type": "image", "data": base64.b64encode(segment.source).decode()})
+            segments.append(
+                {"type": "message", "role": segment.role, "content": _content_to_json(segment)}
+            )
         else:
-            segments.append({"type": "image", "url": segment.source})
+            segments.append(_image_to_json(segment))
     return {"segments": segments, "open_role": prompt.open_role}
+
+
+def _content_to_json(message: Message) -> str | list[dict[str, Any]]:
+    if all(isinstance(part, str) for part in message.content):
+        return message.text
+    return [_part_to_json(part) for part in message.content]
+
+
+def _part_to_json(part: Part) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if isinstance(part, Image):
+        return _image_to_json(part)
+    if isinstance(part, ToolCall):
+        return {"type": "tool_call", "id": part.id, "name": part.name, "arguments": part.arguments}
+    return {
+        "type": "tool_result",
+        "call_id": part.call_id,
+        "name": part.name,
+        "content": part.content,
+    }
+
+
+def _image_to_json(image: Image) -> dict[str, Any]:
+    if isinstance(image.source, bytes):
+        return {"type": "image", "data": base64.b64encode(image.source).decode()}
+    return {"type": "image", "url": image.source}
+
+
+def _image_from_json(item: dict[str, Any]) -> Image | None:
+    """The image of an `{"type": "image", ...}` item; None when the item is not one."""
+    if item.get("type") == "image" and isinstance(item.get("url"), str):
+        return Image(item["url"])
+    if item.get("type") == "image" and isinstance(item.get("data"), str):
+        return Image(base64.b64decode(item["data"]))
+    return None
+
+
+def _content_from_json(content: Any) -> list[Part] | None:
+    """The parts of a message's JSON `content`; None when it is malformed."""
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return None
+    parts: list[Part] = []
+    for item in content:
+        if not isinstance(item, dict):
+            return None
+        part = _image_from_json(item) or _tool_part_from_json(item)
+        if part is not None:
+            parts.append(part)
+        elif item.get("type") == "text" and isinstance(item.get("text"), str):
+            parts.append(item["text"])
+        else:
+            return None
+    return parts
+
+
+def _tool_part_from_json(item: dict[str, Any]) -> ToolCall | ToolResult | None:
+    names = isinstance(item.get("name"), str)
+    if item.get("type") == "tool_call" and names and isinstance(item.get("arguments"), dict):
+        return ToolCall(str(item.get("id", "")), item["name"], item["arguments"])
+    if item.get("type") == "tool_result" and names and isinstance(item.get("content"), str):
+        return ToolResult(str(item.get("call_id", "")), item["name"], item["content"])
+    return None
 
 
 def prompt_from_json(data: Any) -> Prompt:
@@ -42,16 +110,14 @@ def prompt_from_json(data: Any) -> Prompt:
     segments: list[Segment] = []
     for i, item in enumerate(data["segments"]):
         kind = item.get("type") if isinstance(item, dict) else None
+        content = _content_from_json(item.get("content")) if kind == "message" else None
+        image = _image_from_json(item) if kind == "image" else None
         if kind == "text" and isinstance(item.get("text"), str):
             segments.append(Text(item["text"]))
-        elif (
-            kind == "message" and item.get("role") in ROLES and isinstance(item.get("content"), str)
-        ):
-            segments.append(Message(item["role"], item["content"]))
-        elif kind == "image" and isinstance(item.get("url"), str):
-            segments.append(Image(item["url"]))
-        elif kind == "image" and isinstance(item.get("data"), str):
-            segments.append(Image(base64.b64decode(item["data"])))
+        elif kind == "message" and item.get("role") in ROLES and content is not None:
+            segments.append(Message(item["role"], content))
+        elif image is not None:
+            segments.append(image)
         else:
             raise ValueError(f"prompt segment {i} is malformed: {json.dumps(item)[:200]}")
     open_role = data.get("open_role")
@@ -82,6 +148,9 @@ def request_to_json(request: GenRequest) -> dict[str, Any]:
         params["json_schema"] = json.dumps(constraint.schema)
     elif isinstance(constraint, Choices):
         params["choices"] = list(constraint.options)
+    if request.tools:
+        params["tools"] = [tool.as_openai() for tool in request.tools]
+        params["tool_choice"] = request.tool_choice
     return {"prompt": prompt_to_json(request.prompt), "sampling_params": params}
 
 
@@ -99,7 +168,7 @@ def request_from_json(
         return default if value is None else value
 
     stop = field("stop", ())
-    return GenRequest(
+    request = GenRequest(
         prompt,
         max_tokens=field("max_new_tokens", DEFAULTS.max_tokens),
         stop=(stop,) if isinstance(stop, str) else tuple(stop),
@@ -113,7 +182,11 @@ def request_from_json(
         ignore_eos=field("ignore_eos", DEFAULTS.ignore_eos),
         heal=field("heal", heal),
         constraint=constraint_from_json(params),
+        tools=tools_from_json(params.get("tools")),
+        tool_choice=field("tool_choice", DEFAULTS.tool_choice),
     )
+    check_tool_choice(request)
+    return request
 
 
 def constraint_from_json(params: Mapping[str, Any]) -> Constraint | None:
@@ -138,6 +211,37 @@ def constraint_from_json(params: Mapping[str, Any]) -> Constraint | None:
     return None
 
 
+def tools_from_json(tools: Any) -> tuple[ToolSpec, ...]:
+    """Tools in OpenAI's format: `[{"type": "function", "function": {"name", "description",
+    "parameters"}}]` (None: no tools)."""
+    if tools is None:
+        return ()
+    if not isinstance(tools, list):
+        raise ValueError("`tools` must be a list")
+    specs = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(function, dict) or not isinstance(name, str) or not name:
+            raise ValueError(
+                f'tools[{i}] must be {{"type": "function", "function": {{"name", ...}}}}'
+            )
+        parameters = function.get("parameters") or {"type": "object"}
+        if not isinstance(parameters, dict):
+            raise ValueError(f"tools[{i}].function.parameters must be a JSON Schema object")
+        specs.append(ToolSpec(name, str(function.get("description") or ""), parameters))
+    return tuple(specs)
+
+
+def check_tool_choice(request: GenRequest) -> None:
+    """ValueError unless `tool_choice` is one of `TOOL_CHOICES`, and `tools` come without a
+    constraint."""
+    if request.tool_choice not in TOOL_CHOICES:
+        raise ValueError(f"`tool_choice` must be one of {sorted(TOOL_CHOICES)}")
+    if request.tools and request.constraint is not None:
+        raise ValueError("`tools` cannot be combined with an output constraint")
+
+
 def result_to_json(result: GenResult) -> dict[str, Any]:
     """A finished `/generate` answer: `{"text", "meta_info": {"prompt_tokens",
     "completion_tokens", "cached_tokens", "finish_reason": {"type", "kind"}}}`. `type` is
@@ -150,6 +254,10 @@ def result_to_json(result: GenResult) -> dict[str, Any]:
             "completion_tokens": result.completion_tokens,
             "cached_tokens": result.cached_tokens,
             "finish_reason": {"type": kind, "kind": result.finish_reason},
+            "tool_calls": [
+                {"id": call.id, "name": call.name, "arguments": call.arguments}
+                for call in result.tool_calls
+            ],
         },
     }
 
@@ -166,6 +274,10 @@ def result_from_json(data: Any) -> GenResult:
             int(meta["prompt_tokens"]),
             int(meta["completion_tokens"]),
             int(meta.get("cached_tokens", 0)),
+            tool_calls=tuple(
+                ToolCall(str(call["id"]), str(call["name"]), dict(call["arguments"]))
+                for call in meta.get("tool_calls", ())
+            ),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed `/generate` result ({type(exc).__name__}: {exc})") from None

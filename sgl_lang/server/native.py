@@ -43,7 +43,7 @@ from sgl_lang.server.serving import (
 
 class SamplingParamsIn(BaseModel):
     """SGLang's sampling parameters (unknown fields are ignored, as SGLang clients send many),
-    plus `heal` and `choices`. Ranges are checked here (bounds.py) and by the runtime's
+    plus `heal`, `choices`, `tools` and `tool_choice`. Ranges are checked here (bounds.py) and by the runtime's
     SamplingParams; `max_new_tokens` at most the model's context, by the route."""
 
     model_config = ConfigDict(extra="ignore")
@@ -66,6 +66,8 @@ class SamplingParamsIn(BaseModel):
     regex: str | None = None
     json_schema: str | dict[str, Any] | None = None
     choices: bounds.Choices | None = None
+    tools: list[dict[str, Any]] | None = None  # OpenAI's format; decoded constrained
+    tool_choice: str | None = None  # auto, required, none
 
 
 class GenerateIn(BaseModel):
@@ -195,6 +197,8 @@ async def _jobs(model: ServedModel, body: GenerateIn) -> list[Job]:
         if _any(body.return_logprob):
             raise HTTPException(400, "`return_logprob` takes unhealed `text` or `input_ids`")
         return []
+    if any(p.tools for p in params):
+        raise HTTPException(400, "`tools` need a structured `prompt` or a healed `text`")
     if body.prompt is not None:
         ids_list = [
             await asyncio.to_thread(model.bridged.prompt_ids, _prompt_of(None, body.prompt))

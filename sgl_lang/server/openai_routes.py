@@ -9,15 +9,23 @@ returns the prompt itself and, with `logprobs`, each prompt token's log-prob (th
 none), as vLLM does: clients score text with it. `logprobs` (chat: with `top_logprobs`) of
 generated tokens are OpenAI's objects; streamed, they all come with the last chunk. `n` > 1
 (up to `MAX_N`) runs the completions side by side, choice i with `seed` + i when a seed is
-given; it cannot be streamed. Not supported (400): images, tools.
-`usage.prompt_tokens_details.cached_tokens` reports the prefix-cache hit (of the first choice).
+given; it cannot be streamed. `tools`/`tool_choice` (auto, required, none or a named function)
+are decoded constrained as the local backend does (`bridge/tools.py`: the call always names a
+listed tool, with arguments valid for its schema) and answered in OpenAI's format
+(`tool_calls`, finish reason "tool_calls"); `tool` messages and assistant `tool_calls` in the
+chat are the model's own earlier calls. Images in messages are read (`image_url` parts) and
+refused by a model that cannot see them (400). `usage.prompt_tokens_details.cached_tokens`
+reports the prefix-cache hit (of the first choice).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import itertools
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -28,7 +36,18 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt, Text, TokenLogprob
+from sgl_lang.protocol import (
+    GenRequest,
+    GenResult,
+    Image,
+    Message,
+    Part,
+    Prompt,
+    Text,
+    TokenLogprob,
+    ToolCall,
+    ToolResult,
+)
 from sgl_lang.protocol.wire import request_from_json
 from sgl_lang.server import bounds
 from sgl_lang.server.serving import (
@@ -40,7 +59,13 @@ from sgl_lang.server.serving import (
 
 MAX_N = 16  # completions per request
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit, and the engine's
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 
 
 class ChatMessageIn(BaseModel):
@@ -48,6 +73,9 @@ class ChatMessageIn(BaseModel):
 
     role: str
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 class _CommonIn(BaseModel):
@@ -83,6 +111,8 @@ class ChatIn(_CommonIn):
     max_completion_tokens: bounds.MaxTokens | None = None
     response_format: dict[str, Any] | None = None
     continue_final_message: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
 
 class CompletionIn(_CommonIn):
@@ -121,22 +151,64 @@ def chat_prompt(body: ChatIn) -> Prompt:
         role = ROLES.get(message.role)
         if role is None:
             raise HTTPException(400, f"messages[{i}]: role `{message.role}` is not supported")
-        segments.append(Message(role, _content_text(message.content, i)))
+        segments.append(Message(role, _message_parts(message, i)))
     open_role = segments[-1].role if body.continue_final_message else "assistant"
     return Prompt(tuple(segments), open_role)
 
 
-def _content_text(content: str | list[dict[str, Any]] | None, index: int) -> str:
+def _message_parts(message: ChatMessageIn, index: int) -> list[Part]:
+    """The parts of a message: its content; an assistant's `tool_calls` after it; a `tool`
+    message's content as the result of call `tool_call_id`."""
+    parts = _content_parts(message.content, index)
+    if message.role == "tool":
+        content = "".join(part for part in parts if isinstance(part, str))
+        return [ToolResult(message.tool_call_id or "", message.name or "", content)]
+    for call in message.tool_calls or ():
+        parts.append(_tool_call(call, index))
+    return parts
+
+
+def _tool_call(call: dict[str, Any], index: int) -> ToolCall:
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise HTTPException(400, f"messages[{index}]: a tool call without a function name")
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except (json.JSONDecodeError, TypeError):
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise HTTPException(400, f"messages[{index}]: a tool call's arguments are not an object")
+    return ToolCall(str(call.get("id", "")), function["name"], arguments)
+
+
+def _content_parts(content: str | list[dict[str, Any]] | None, index: int) -> list[Part]:
+    """A message's content: its text, or its `text` and `image_url` parts (URLs or `data:`
+    URLs; the served model refuses them when it cannot see images)."""
     if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
+        return [content or ""]
+    parts: list[Part] = []
     for part in content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+        image_url = part.get("image_url") if part.get("type") == "image_url" else None
+        url = image_url.get("url") if isinstance(image_url, dict) else None
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+        elif isinstance(url, str):
+            parts.append(_image(url, index))
+        else:
             raise HTTPException(
-                400, f"messages[{index}]: only text content is supported, not `{part.get('type')}`"
+                400, f"messages[{index}]: content of type `{part.get('type')}` is not supported"
             )
-        texts.append(part["text"])
-    return "".join(texts)
+    return parts
+
+
+def _image(url: str, index: int) -> Image:
+    if not url.startswith("data:"):
+        return Image(url)
+    data = url.partition(",")[2]
+    try:
+        return Image(base64.b64decode(data, validate=True))
+    except binascii.Error:
+        raise HTTPException(400, f"messages[{index}]: malformed `data:` image URL") from None
 
 
 async def _echo(model: ServedModel, body: CompletionIn, prompt: Prompt) -> dict[str, Any]:
@@ -185,7 +257,7 @@ def _gen_request(model: ServedModel, body: _CommonIn, prompt: Prompt) -> GenRequ
     if isinstance(body, ChatIn) and body.max_completion_tokens is not None:
         max_tokens = body.max_completion_tokens
     bounds.check_max_tokens("max_tokens", max_tokens or 0, model.context_len)
-    params = {
+    params: dict[str, Any] = {
         "max_new_tokens": max_tokens or 256,
         "stop": body.stop,
         "temperature": body.temperature,
@@ -201,6 +273,8 @@ def _gen_request(model: ServedModel, body: _CommonIn, prompt: Prompt) -> GenRequ
         "choices": body.guided_choice,
         "json_schema": json_schema,
     }
+    if isinstance(body, ChatIn) and body.tools:
+        params["tools"], params["tool_choice"] = _tools(body.tools, body.tool_choice)
     try:
         request = request_from_json(prompt, params)
     except ValueError as exc:
@@ -222,6 +296,22 @@ def _num_top_logprobs(body: _CommonIn) -> int | None:
     if not 0 <= int(body.logprobs) <= MAX_TOP_LOGPROBS:
         raise HTTPException(400, f"`logprobs` must be between 0 and {MAX_TOP_LOGPROBS}")
     return int(body.logprobs)
+
+
+def _tools(
+    tools: list[dict[str, Any]], choice: str | dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], str]:
+    """The tools and the wire's `tool_choice` of OpenAI's: a named function
+    (`{"type": "function", "function": {"name": ...}}`) is that one tool, required."""
+    if choice is None or isinstance(choice, str):
+        return tools, choice or "auto"
+    name = (choice.get("function") or {}).get("name")
+    named = [
+        t for t in tools if isinstance(t, dict) and (t.get("function") or {}).get("name") == name
+    ]
+    if not named:
+        raise HTTPException(400, f"`tool_choice` names `{name}`, which is not in `tools`")
+    return named, "required"
 
 
 def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -293,10 +383,32 @@ class _Shape:
             choice["message"] = {"role": "assistant", "content": text}
         return choice
 
+    def _calls_choice(
+        self, calls: tuple[ToolCall, ...], stream: bool, index: int = 0
+    ) -> dict[str, Any]:
+        """The choice of a result with tool calls: the message's (or a delta's) `tool_calls`."""
+        wire = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for call in calls
+        ]
+        if stream:
+            indexed = [{"index": i, **item} for i, item in enumerate(wire)]
+            return {"index": index, "finish_reason": None, "logprobs": None,
+                    "delta": {"tool_calls": indexed}}  # fmt: skip
+        message = {"role": "assistant", "content": None, "tool_calls": wire}
+        return {"index": index, "finish_reason": "tool_calls", "logprobs": None,
+                "message": message}  # fmt: skip
+
     def whole(self, results: Sequence[GenResult]) -> dict[str, Any]:
         """The answer with one choice per result (usage: the prompt once, every completion)."""
         choices = [
-            {**self._choice(r.text, _finish(r), False, i), "logprobs": self.logprobs(r)}
+            self._calls_choice(r.tool_calls, False, i)
+            if r.tool_calls
+            else {**self._choice(r.text, _finish(r), False, i), "logprobs": self.logprobs(r)}
             for i, r in enumerate(results)
         ]
         usage = _usage(results[0], sum(r.completion_tokens for r in results))
@@ -332,14 +444,18 @@ class _Shape:
         while isinstance(item, str):
             yield {**self._head(True), "choices": [self._choice(item, None, stream=True)]}
             item = await anext(rest)
+        if item.tool_calls:
+            yield {**self._head(True), "choices": [self._calls_choice(item.tool_calls, True)]}
         last = {**self._choice("", _finish(item), stream=True), "logprobs": self.logprobs(item)}
         yield {**self._head(True), "choices": [last]}
         if self.include_usage:
             yield {**self._head(True), "choices": [], "usage": _usage(item)}
 
 
-def _finish(result: GenResult) -> Literal["stop", "length"]:
-    return "length" if result.finish_reason == "length" else "stop"
+def _finish(result: GenResult) -> Literal["stop", "length", "tool_calls"]:
+    if result.finish_reason in ("length", "tool_calls"):
+        return "length" if result.finish_reason == "length" else "tool_calls"
+    return "stop"
 
 
 def _top_dict(token: TokenLogprob) -> dict[str, float]:

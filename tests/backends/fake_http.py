@@ -3,11 +3,19 @@ from a queue of canned replies, so the official SDKs run unchanged against it (n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, NamedTuple
+
+from sgl_lang.grammar import parse_text
+from sgl_lang.interpreter import Interpreter
+from sgl_lang.protocol import Backend
+from sgl_lang.state import State
+from sgl_lang.stdlib import permissions
 
 
 class Recorded(NamedTuple):
@@ -83,3 +91,50 @@ class FakeAPI:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+IMAGE_PROGRAM = """\
+user:
+    "What is in this picture? "
+    image "{path}"
+assistant gen answer(max_tokens=5)
+"""
+TOOL_PROGRAM = """\
+# Add two numbers.
+def add(a, b):
+    return a + b
+
+user "What is 2 + 3?"
+assistant gen answer(tools=[add], max_tokens=20)
+"""
+ADD_PARAMETERS = {
+    "type": "object",
+    "properties": {name: {"type": ["string", "number", "boolean"]} for name in ("a", "b")},
+    "required": ["a", "b"],
+    "additionalProperties": False,
+}
+
+
+def run_program(backend: Backend, source: str) -> State:
+    """Run `source` on `backend` (reads allowed), then close the backend."""
+    program = parse_text(source, "program.sgl")
+
+    async def run() -> State:
+        try:
+            return await Interpreter(backend).run_program(program)
+        finally:
+            await backend.close()
+
+    token = permissions.current.set(permissions.Permissions(read=True))
+    try:
+        return asyncio.run(run())
+    finally:
+        permissions.current.reset(token)
+
+
+def run_image_program(backend: Backend, folder: Path) -> State:
+    """Run `IMAGE_PROGRAM` (a PNG file inside a `user:` block) on `backend`."""
+    picture = folder / "cat.png"
+    picture.write_bytes(PNG)
+    return run_program(backend, IMAGE_PROGRAM.format(path=picture))

@@ -5,10 +5,22 @@ output), the streamed events, usage with cache reads, errors and missing keys.""
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from fake_http import FakeAPI, Reply, json_reply, sse_reply
+from fake_http import (
+    ADD_PARAMETERS,
+    PNG,
+    TOOL_PROGRAM,
+    FakeAPI,
+    Reply,
+    json_reply,
+    run_image_program,
+    run_program,
+    sse_reply,
+)
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.anthropic import MIN_CACHED_CHARS, AnthropicBackend
@@ -23,8 +35,6 @@ from sgl_lang.protocol import (
     Prompt,
     Text,
 )
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
 
 def reply(
@@ -186,3 +196,56 @@ def test_reasoning_is_extended_thinking_with_a_budget(fake: FakeAPI) -> None:
     body = fake.requests[0].body
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 2000}
     assert body["max_tokens"] == 2050
+
+
+def test_an_image_in_a_user_block_is_an_image_part(fake: FakeAPI, tmp_path: Path) -> None:
+    run_image_program(backend_on(fake, reply(["A cat"])), tmp_path)
+    [user] = fake.requests[0].body["messages"]
+    assert user["role"] == "user"
+    text, image = user["content"]
+    assert text == {"type": "text", "text": "What is in this picture? "}
+    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(PNG).decode()}
+    assert image == {"type": "image", "source": source, "cache_control": {"type": "ephemeral"}}
+
+
+def tool_use_reply() -> Reply:
+    """A streamed `tool_use` block calling `add`, its input in two JSON pieces."""
+    usage = {"input_tokens": 7, "output_tokens": 1}
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+               "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}  # fmt: skip
+    block = {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {}}
+    events = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": block},
+        *(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": piece},
+            }
+            for piece in ('{"a": 2,', ' "b": 3}')
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    ]
+    return sse_reply([(e["type"], e) for e in events])
+
+
+def test_tools_are_tool_use_and_tool_result_blocks(fake: FakeAPI) -> None:
+    state = run_program(backend_on(fake, tool_use_reply(), reply(["5"])), TOOL_PROGRAM)
+    assert state.variables["answer"] == "5"
+    first, second = (request.body for request in fake.requests)
+    tool = {"name": "add", "description": "Add two numbers.", "input_schema": ADD_PARAMETERS}
+    assert first["tools"] == [tool] and first["tool_choice"] == {"type": "auto"}
+    call = {"type": "tool_use", "id": "toolu_1", "name": "add", "input": {"a": 2, "b": 3}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "5",
+              "cache_control": {"type": "ephemeral"}}  # fmt: skip
+    assert second["messages"][1:] == [
+        {"role": "assistant", "content": [call]},
+        {"role": "user", "content": [result]},
+    ]

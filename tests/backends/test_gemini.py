@@ -7,10 +7,21 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_http import FakeAPI, Reply, json_reply, sse_reply
+from fake_http import (
+    ADD_PARAMETERS,
+    PNG,
+    TOOL_PROGRAM,
+    FakeAPI,
+    Reply,
+    json_reply,
+    run_image_program,
+    run_program,
+    sse_reply,
+)
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.gemini import GeminiBackend
@@ -24,8 +35,6 @@ from sgl_lang.protocol import (
     Message,
     Prompt,
 )
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
 
 
 def reply(pieces: list[str], finish: str = "STOP", thought: tuple[bool, ...] = ()) -> Reply:
@@ -145,3 +154,34 @@ def test_reasoning_includes_the_thoughts_with_a_budget(fake: FakeAPI) -> None:
     # the SDK sends this object's fields in snake_case (proto JSON reads both spellings)
     thinking = {key.replace("_", "").lower(): v for key, v in config["thinkingConfig"].items()}
     assert thinking == {"includethoughts": True, "thinkingbudget": 512}
+
+
+def test_an_image_in_a_user_block_is_an_image_part(fake: FakeAPI, tmp_path: Path) -> None:
+    run_image_program(backend_on(fake, reply(["A cat"])), tmp_path)
+    [user] = fake.requests[0].body["contents"]
+    assert user["role"] == "user"
+    text, image = user["parts"]
+    assert text == {"text": "What is in this picture? "}
+    inline = image["inlineData"]
+    assert inline["data"] == base64.b64encode(PNG).decode()
+    assert inline.get("mimeType", inline.get("mime_type")) == "image/png"
+
+
+def test_tools_are_function_calls_and_responses(fake: FakeAPI) -> None:
+    call = {"id": "fc_1", "name": "add", "args": {"a": 2, "b": 3}}
+    candidate = {"content": {"role": "model", "parts": [{"functionCall": call}]},
+                 "finishReason": "STOP"}  # fmt: skip
+    calling = sse_reply([(None, {"candidates": [candidate]})])
+    state = run_program(backend_on(fake, calling, reply(["5"])), TOOL_PROGRAM)
+    assert state.variables["answer"] == "5"
+    first, second = (request.body for request in fake.requests)
+    [declaration] = first["tools"][0]["functionDeclarations"]
+    assert declaration["name"] == "add" and declaration["description"] == "Add two numbers."
+    schema = declaration.get("parametersJsonSchema", declaration.get("parameters_json_schema"))
+    assert schema == ADD_PARAMETERS
+    assert first["toolConfig"]["functionCallingConfig"]["mode"] == "AUTO"
+    response = {"id": "fc_1", "name": "add", "response": {"result": "5"}}
+    assert second["contents"][1:] == [
+        {"role": "model", "parts": [{"functionCall": call}]},
+        {"role": "user", "parts": [{"functionResponse": response}]},
+    ]

@@ -90,7 +90,7 @@ def test_an_open_assistant_message_renders_as_the_generation_prompt(engine: Engi
     tokenizer = engine.tokenizer
     for messages in (QUESTION, (Message("system", "Be brief."), *QUESTION)):
         expected = tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
+            [{"role": m.role, "content": m.text} for m in messages],
             tokenize=False,
             add_generation_prompt=True,
         )

@@ -6,12 +6,24 @@ chunks with usage, errors and missing keys. (`tests/server/test_openai_api.py` r
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_http import FakeAPI, Reply, json_reply, sse_reply
+from fake_http import (
+    ADD_PARAMETERS,
+    PNG,
+    TOOL_PROGRAM,
+    FakeAPI,
+    Reply,
+    json_reply,
+    run_image_program,
+    run_program,
+    sse_reply,
+)
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.openai import OpenAIBackend
@@ -223,3 +235,57 @@ def test_a_think_block_is_the_reasoning_without_a_reasoning_field(fake: FakeAPI)
     result = generate(backend, request)
     assert (result.text, result.reasoning, result.logprobs) == ("4", "Sum it.", ())
     assert fake.requests[0].body["logprobs"] == 0
+
+
+def test_an_image_in_a_user_block_is_an_image_part(fake: FakeAPI, tmp_path: Path) -> None:
+    run_image_program(backend_on(fake, reply(["A cat"])), tmp_path)
+    [user] = fake.requests[0].body["messages"]
+    assert user["role"] == "user"
+    text, image = user["content"]
+    assert text == {"type": "text", "text": "What is in this picture? "}
+    expected = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert image == {"type": "image_url", "image_url": {"url": expected}}
+
+
+def tool_call_reply() -> Reply:
+    """A streamed call of `add`: the id and name first, then the arguments in two pieces."""
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-test"}
+    function = {"name": "add", "arguments": '{"a": 2,'}
+    first = {"index": 0, "id": "call_1", "type": "function", "function": function}
+    second = {"index": 0, "function": {"arguments": ' "b": 3}'}}
+    events: list[tuple[str | None, Any]] = [
+        (None, {**head, "choices": [{"index": 0, "delta": {"tool_calls": [first]}}]}),
+        (
+            None,
+            {
+                **head,
+                "choices": [
+                    {"index": 0, "delta": {"tool_calls": [second]}, "finish_reason": "tool_calls"}
+                ],
+            },
+        ),
+    ]
+    streamed = sse_reply(events)
+    return streamed._replace(body=streamed.body + b"data: [DONE]\n\n")
+
+
+def test_tools_are_native_tool_calls_and_tool_messages(fake: FakeAPI) -> None:
+    state = run_program(backend_on(fake, tool_call_reply(), reply(["5"])), TOOL_PROGRAM)
+    assert state.variables["answer"] == "5"
+    assert state.meta["answer"]["tool_calls"] == [
+        {"name": "add", "arguments": {"a": 2, "b": 3}, "result": "5"}
+    ]
+    first, second = (request.body for request in fake.requests)
+    function = {"name": "add", "description": "Add two numbers.", "parameters": ADD_PARAMETERS}
+    assert first["tools"] == [{"type": "function", "function": function}]
+    assert first["tool_choice"] == "auto"
+    assert first["messages"] == [{"role": "user", "content": "What is 2 + 3?"}]
+    call = {"name": "add", "arguments": '{"a": 2, "b": 3}'}
+    assert second["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": call}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "5"},
+    ]

@@ -27,6 +27,8 @@ from sgl_lang.protocol import (
     Prompt,
     Text,
     TokenLogprob,
+    ToolCall,
+    ToolSpec,
 )
 
 PROMPT = Prompt((Message("user", "Name a colour."),), "assistant")
@@ -233,3 +235,17 @@ def test_log_probs_and_reasoning_replay_as_they_were(tmp_path: Path) -> None:
     assert isinstance(replayed, Replayed) and replayed.reasoning == "Hmm."
     assert recorded.logprobs and replayed.logprobs == recorded.logprobs
     assert isinstance(replayed.logprobs[0], TokenLogprob)
+
+
+def test_tool_calls_replay_as_tool_calls(tmp_path: Path) -> None:
+    calls = (ToolCall("call_1", "add", {"a": 2, "b": 3}),)
+    spec = ToolSpec("add", "Add two numbers.", {"type": "object"})
+    request = GenRequest(PROMPT, tools=(spec,))
+    test = TestBackend([Reply(json.dumps({"name": "add", "arguments": {"a": 2, "b": 3}}))])
+    first = asyncio.run(ReplayBackend(test, tmp_path / "r.jsonl").generate(request))
+    again = asyncio.run(ReplayBackend(TestBackend(), tmp_path / "r.jsonl").generate(request))
+    assert isinstance(again, Replayed) and again.tool_calls == first.tool_calls
+    assert [(c.name, c.arguments) for c in again.tool_calls] == [
+        (calls[0].name, calls[0].arguments)
+    ]
+    assert again.finish_reason == "tool_calls"

@@ -26,6 +26,7 @@ from sgl_lang.protocol import (
     Prompt,
     Regex,
     Text,
+    ToolSpec,
 )
 from sgl_lang.protocol.wire import prompt_from_json, prompt_to_json
 from sgl_lang.server.serving import ServedModel
@@ -151,3 +152,19 @@ def test_example_programs_run_on_the_server(live_server: Any, example: str) -> N
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "name: Paris" in result.output or "label: negative" in result.output
+
+
+def test_tools_reach_the_server_and_come_back_as_calls(backend: HttpBackend) -> None:
+    parameters = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 24}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    tools = (ToolSpec("get_weather", "The weather in a city", parameters),)
+    prompt = Prompt((Message("user", "What is the weather in Paris?"),), "assistant")
+    request = GenRequest(prompt, max_tokens=40, tools=tools, tool_choice="required")
+    result = asyncio.run(backend.generate(request))
+    [call] = result.tool_calls
+    assert result.finish_reason == "tool_calls" and result.text == ""
+    assert call.name == "get_weather" and isinstance(call.arguments["city"], str)

@@ -19,6 +19,26 @@ from sgl_lang.server.serving import ServedModel
 pytestmark = pytest.mark.model
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {argument: {"type": "string", "maxLength": 24}},
+                "required": [argument],
+                "additionalProperties": False,
+            },
+        },
+    }
+    for name, description, argument in (
+        ("get_weather", "The current weather in a city", "city"),
+        ("calculate", "The value of an arithmetic expression", "expression"),
+    )
+]
+WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture
@@ -77,9 +97,17 @@ def test_completions_and_json_schema_response_format(client: openai.OpenAI) -> N
 def test_openai_errors_are_400s(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="`n` > 1 cannot be streamed"):
         client.chat.completions.create(model="smollm", messages=USER, n=2, stream=True)  # type: ignore[arg-type]
-    with pytest.raises(openai.BadRequestError, match="role `tool`"):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with pytest.raises(openai.BadRequestError, match="cannot see images"):
         client.chat.completions.create(
-            model="smollm", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]
+            model="smollm", messages=[{"role": "user", "content": [image]}]
+        )
+    with pytest.raises(openai.BadRequestError, match="`tool_choice` names `nope`"):
+        client.chat.completions.create(
+            model="smollm",
+            messages=USER,
+            tools=TOOLS,  # type: ignore[arg-type]
+            tool_choice={"type": "function", "function": {"name": "nope"}},
         )
 
 
@@ -221,3 +249,66 @@ def test_a_program_selects_by_logprobs_on_our_server(live_server: Any, tmp_path:
     result = CliRunner().invoke(main, ["run", str(program), "--backend", uri])
     assert result.exit_code == 0, result.output
     assert result.output == "Paris normalized\n"  # scored: no fallback, no warning
+
+
+def test_tools_give_constrained_tool_calls_in_openai_format(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smollm",
+        messages=WEATHER,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="required",
+        max_tokens=40,
+        temperature=0,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls or []
+    assert call.type == "function" and call.id
+    name = call.function.name  # type: ignore[union-attr]
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    argument = {"get_weather": "city", "calculate": "expression"}[name]
+    assert list(arguments) == [argument] and isinstance(arguments[argument], str)
+    named = client.chat.completions.create(
+        model="smollm",
+        messages=WEATHER,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "calculate"}},
+        max_tokens=40,
+    )
+    assert [c.function.name for c in named.choices[0].message.tool_calls or []] == ["calculate"]  # type: ignore[union-attr]
+
+
+def test_tool_calls_stream_and_a_tool_result_is_answered(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="smollm",
+        messages=WEATHER,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="required",
+        max_tokens=40,
+        stream=True,
+    )
+    chunks = [chunk.choices[0] for chunk in stream if chunk.choices]
+    [delta] = [c.delta.tool_calls for c in chunks if c.delta.tool_calls]
+    call = delta[0]
+    assert (
+        call.index == 0
+        and call.function is not None
+        and call.function.name in ("get_weather", "calculate")
+    )
+    assert chunks[-1].finish_reason == "tool_calls"
+    wire_call = {"id": call.id, "type": "function",
+                 "function": {"name": call.function.name, "arguments": call.function.arguments}}  # fmt: skip
+    answer = client.chat.completions.create(
+        model="smollm",
+        messages=[
+            *WEATHER,
+            {"role": "assistant", "content": None, "tool_calls": [wire_call]},
+            {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 degrees"},
+        ],  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice="none",
+        max_tokens=24,
+    )
+    choice = answer.choices[0]
+    assert choice.message.tool_calls is None and choice.message.content
+    assert choice.finish_reason in ("stop", "length")

@@ -23,7 +23,7 @@ def call(name: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def test_table_matches_the_names_the_checker_knows() -> None:
-    assert set(BUILTINS) | {"run_batch", "meta"} == BUILTIN_NAMES
+    assert set(BUILTINS) | {"run_batch", "meta", "tool"} == BUILTIN_NAMES
 
 
 def test_every_builtin_has_a_docstring_for_hover() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 BUILTINS = (
     "len range str int float bool list dict min max sum abs round sorted reversed enumerate "
-    "zip any all print json_dumps json_loads run_batch meta"
+    "zip any all print json_dumps json_loads run_batch meta tool"
 ).split()
 
 
