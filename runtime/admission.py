@@ -59,10 +59,10 @@ class Admission:
         extending = prefilling.copy()  # for in-batch prefix sharing
         admitted = Admitted([], [])
         num_active = len(prefilling) + len(running)
-        for req, match in admission_order(waiting, num_steps, cfg, memory.match):
+        for req, _ in admission_order(waiting, num_steps, cfg, memory.match):
             if budget <= 0 or num_active >= cfg.max_running_requests:
                 break
-            match = match or memory.match(req)
+            match = memory.match(req)  # again: a copy page taken since may have evicted it
             match_len = len(match.slots)
             if req.kind is RequestKind.PREFILL and match_len == req.fill_len:
                 self._count_admission(req, match_len)
