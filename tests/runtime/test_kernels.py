@@ -4,8 +4,8 @@ layouts store, read and copy slots alike; `auto` falls back to torch without vLL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -174,3 +174,27 @@ def test_vllm_kernels_refuse_what_they_cannot_run() -> None:
         vllm_kernels.VllmKernels.check_page_size(16)
     with pytest.raises(ValueError, match="page_size must be a positive int, got 0"):
         KVPool(1, 64, 1, 64, page_size=0)
+
+
+@pytest.mark.skipif("vllm" not in KERNELS, reason="vLLM's ops do not import here")
+@pytest.mark.parametrize("kernels", ["vllm"])
+def test_the_engine_attends_through_vllm_s_paged_attention(
+    make_engine: Callable[..., Engine], kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the vllm kernels the engine's batches are laid out in pages, so every forward
+    (prefill chunks, decode rows, a cached prefix ending inside a page) takes vLLM's paged
+    attention, never the SDPA fallback."""
+    plans: list[str] = []
+    plan = vllm_kernels.VllmKernels.plan_attention
+
+    def spy(self: Any, *args: Any) -> Any:
+        chosen = plan(self, *args)
+        plans.append(type(chosen).__name__)
+        return chosen
+
+    monkeypatch.setattr(vllm_kernels.VllmKernels, "plan_attention", spy)
+    engine = make_engine(kernels=kernels, page_size=None)
+    shared = token_ids(3, 45)  # a prefix ending 13 tokens into its second page
+    run_all(engine, [shared + token_ids(4, 9), shared + token_ids(5, 20)], greedy(6))
+    assert engine.kv_pool.page_size == 32 and plans
+    assert set(plans) == {"PagedPlan"}
