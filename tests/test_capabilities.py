@@ -372,9 +372,11 @@ def test_the_capability_table_of_the_docs_says_what_each_backend_declares() -> N
         "`test`": TestBackend().capabilities,
     }
     rows = [line.split(" | ") for line in (ROOT / "docs" / "backends.md").read_text().splitlines()]
-    table = {row[0].removeprefix("| "): row for row in rows if len(row) == 6}
+    table = {row[0].removeprefix("| "): row for row in rows if len(row) == 9}
     for start, capabilities in declared.items():
         [row] = [row for uri, row in table.items() if uri.startswith(start)]
-        images, tools = row[4], row[5].removesuffix(" |")
+        images, tools, logprobs = row[4], row[5], row[6]
         assert images.startswith("yes") == capabilities.images, start
         assert tools.startswith("yes") == capabilities.tools, start
+        assert logprobs.startswith("yes") == ("logprobs" in capabilities.gen_options), start
+        assert ("grammar" in row[2]) == ("grammar" in capabilities.constraints), start

@@ -127,7 +127,7 @@ def test_check_reports_the_options_a_backend_cannot_honour(tmp_path: Path) -> No
 
 def test_the_examples_of_language_md_run_on_the_test_backend() -> None:
     text = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
-    section = text.split("### Grammars, log-probs, stops and reasoning")[1].split("\n## ")[0]
+    section = text.split("### Grammars, log-probs, stops and reasoning")[1].split("\n### ")[0]
     blocks = re.findall(r"```sgl\n(.*?)```", section, re.DOTALL)
     assert len(blocks) == 4
     for block in blocks:

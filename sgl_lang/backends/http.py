@@ -29,6 +29,7 @@ import httpx
 
 from sgl_lang.backends.chat import image_data, is_url
 from sgl_lang.protocol import (
+    GEN_OPTIONS,
     SELECT_METHODS,
     Backend,
     BackendError,
@@ -48,9 +49,8 @@ NUM_CONNECT_RETRIES = 3  # a server that is still starting: 0.5 s, 1 s, 2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
-# what the wire's `sampling_params` carry (protocol/wire.py); grammars and the optional gen
-# features (logprobs, min_tokens, ...) do not reach the server's /generate yet
-WIRE_CONSTRAINTS = frozenset({"regex", "json", "choices"})
+# what the wire's `sampling_params` carry (protocol/wire.py): what the server's engine enforces
+WIRE_CONSTRAINTS = frozenset({"regex", "json", "choices", "grammar"})
 
 
 def create(target: str, *, user_chosen: bool = True) -> HttpBackend:
@@ -73,7 +73,11 @@ class HttpBackend(Backend):
         self.name = url
         self.url = url.rstrip("/")
         self.capabilities = Capabilities(
-            WIRE_CONSTRAINTS, frozenset(SELECT_METHODS), images=False, tools=True
+            WIRE_CONSTRAINTS,
+            frozenset(SELECT_METHODS),
+            images=False,
+            tools=True,
+            gen_options=GEN_OPTIONS,
         )
         self._api_key = api_key  # sent as a bearer token
         self._transport = transport  # tests: an ASGI transport to an in-process server

@@ -1,6 +1,8 @@
 """The JSON of prompts, requests and results on the wire between the `http` backend and
-`sgl serve`: a structured prompt, SGLang's `sampling_params` (plus `heal` and `choices`) and
-SGLang's `meta_info`. Readers raise ValueError naming what is wrong."""
+`sgl serve`: a structured prompt, SGLang's `sampling_params` (plus `heal`, `choices`,
+`grammar`, `tools`, `min_tokens`, `stop_regex`, `include_stop`, `logprobs` and `reasoning`) and
+SGLang's `meta_info` (plus `tool_calls`, `logprobs` and `reasoning`). Readers raise ValueError
+naming what is wrong."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from sgl_lang.protocol.constraints import Choices, Constraint, JsonSchema, Regex
+from sgl_lang.protocol.constraints import Choices, Constraint, Grammar, JsonSchema, Regex
 from sgl_lang.protocol.prompts import Image, Message, Part, Prompt, Segment, Text
-from sgl_lang.protocol.requests import GenRequest, GenResult
+from sgl_lang.protocol.requests import GenRequest, GenResult, TokenLogprob
 from sgl_lang.protocol.tools import TOOL_CHOICES, ToolCall, ToolResult, ToolSpec
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-CONSTRAINT_FIELDS = ("regex", "json_schema", "choices")
+CONSTRAINT_FIELDS = ("regex", "json_schema", "choices", "grammar")
 DEFAULTS = GenRequest(Prompt(()))
 
 
@@ -140,6 +142,12 @@ def request_to_json(request: GenRequest) -> dict[str, Any]:
         "seed": request.seed,
         "ignore_eos": request.ignore_eos,
         "heal": request.heal,
+        "min_tokens": request.min_tokens,
+        "stop_regex": request.stop_regex,
+        "include_stop": request.include_stop,
+        "logprobs": request.logprobs,
+        "reasoning": request.reasoning,
+        "reasoning_budget": request.reasoning_budget,
     }
     constraint = request.constraint
     if isinstance(constraint, Regex):
@@ -148,6 +156,8 @@ def request_to_json(request: GenRequest) -> dict[str, Any]:
         params["json_schema"] = json.dumps(constraint.schema)
     elif isinstance(constraint, Choices):
         params["choices"] = list(constraint.options)
+    elif isinstance(constraint, Grammar):
+        params["grammar"] = constraint.source
     if request.tools:
         params["tools"] = [tool.as_openai() for tool in request.tools]
         params["tool_choice"] = request.tool_choice
@@ -184,18 +194,29 @@ def request_from_json(
         constraint=constraint_from_json(params),
         tools=tools_from_json(params.get("tools")),
         tool_choice=field("tool_choice", DEFAULTS.tool_choice),
+        min_tokens=field("min_tokens", DEFAULTS.min_tokens),
+        stop_regex=params.get("stop_regex"),
+        include_stop=field("include_stop", DEFAULTS.include_stop),
+        logprobs=params.get("logprobs"),
+        reasoning=field("reasoning", DEFAULTS.reasoning),
+        reasoning_budget=params.get("reasoning_budget"),
     )
     check_tool_choice(request)
     return request
 
 
 def constraint_from_json(params: Mapping[str, Any]) -> Constraint | None:
-    """The constraint of `sampling_params`: at most one of `regex`, `json_schema`, `choices`."""
+    """The constraint of `sampling_params`: at most one of `regex`, `json_schema`, `choices`,
+    `grammar` (Lark syntax)."""
     given = [name for name in CONSTRAINT_FIELDS if params.get(name) is not None]
     if len(given) > 1:
-        raise ValueError("give at most one output constraint: `regex`, `json_schema` or `choices`")
+        raise ValueError(
+            "give at most one output constraint: `regex`, `json_schema`, `choices` or `grammar`"
+        )
     if "regex" in given:
         return Regex(params["regex"])
+    if "grammar" in given:
+        return Grammar(str(params["grammar"]))
     if "choices" in given:
         return Choices(tuple(params["choices"]))
     if "json_schema" in given:
@@ -258,6 +279,10 @@ def result_to_json(result: GenResult) -> dict[str, Any]:
                 {"id": call.id, "name": call.name, "arguments": call.arguments}
                 for call in result.tool_calls
             ],
+            "logprobs": None
+            if result.logprobs is None
+            else [[t.text, t.logprob, [list(alt) for alt in t.top]] for t in result.logprobs],
+            "reasoning": result.reasoning,
         },
     }
 
@@ -278,6 +303,18 @@ def result_from_json(data: Any) -> GenResult:
                 ToolCall(str(call["id"]), str(call["name"]), dict(call["arguments"]))
                 for call in meta.get("tool_calls", ())
             ),
+            logprobs=_logprobs_from_json(meta.get("logprobs")),
+            reasoning=meta.get("reasoning"),
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"malformed `/generate` result ({type(exc).__name__}: {exc})") from None
+
+
+def _logprobs_from_json(data: Any) -> tuple[TokenLogprob, ...] | None:
+    """`result_to_json`'s `[text, logprob, [[text, logprob], ...]]` per token, back."""
+    if data is None:
+        return None
+    return tuple(
+        TokenLogprob(str(text), float(logprob), tuple((str(t), float(lp)) for t, lp in top))
+        for text, logprob, top in data
+    )

@@ -43,7 +43,9 @@ from sgl_lang.server.serving import (
 
 class SamplingParamsIn(BaseModel):
     """SGLang's sampling parameters (unknown fields are ignored, as SGLang clients send many),
-    plus `heal`, `choices`, `tools` and `tool_choice`. Ranges are checked here (bounds.py) and by the runtime's
+    plus `heal`, `choices`, `grammar`, `tools`, `tool_choice` and the optional `gen` features
+    (`min_tokens`, `stop_regex`, `include_stop`, `logprobs`, `reasoning`). Ranges are checked
+    here (bounds.py) and by the runtime's
     SamplingParams; `max_new_tokens` at most the model's context, by the route."""
 
     model_config = ConfigDict(extra="ignore")
@@ -68,6 +70,13 @@ class SamplingParamsIn(BaseModel):
     choices: bounds.Choices | None = None
     tools: list[dict[str, Any]] | None = None  # OpenAI's format; decoded constrained
     tool_choice: str | None = None  # auto, required, none
+    grammar: str | None = None  # Lark syntax
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+    stop_regex: str | None = None
+    include_stop: bool = False
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # of generated tokens, top K
+    reasoning: bool = False
+    reasoning_budget: Annotated[int, Field(ge=1)] | None = None
 
 
 class GenerateIn(BaseModel):

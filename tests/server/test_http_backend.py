@@ -20,6 +20,7 @@ from sgl_lang.protocol import (
     Choices,
     GenRequest,
     GenResult,
+    Grammar,
     Image,
     JsonSchema,
     Message,
@@ -62,6 +63,32 @@ def test_generate_matches_local_on_the_same_engine(
         local = asyncio.run(served.bridged.generate(request))
         assert (remote.text, remote.finish_reason) == (local.text, local.finish_reason)
         assert remote.prompt_tokens == local.prompt_tokens
+
+
+def test_the_optional_gen_features_and_grammars_match_local(
+    backend: HttpBackend, served: ServedModel
+) -> None:
+    arith = 'start: NUMBER (("+" | "-") NUMBER)*\nNUMBER: /[0-9]{1,3}/\n'
+    requests = [
+        GenRequest(QUESTION, max_tokens=6, logprobs=2),
+        GenRequest(
+            Prompt((Text("Count: 1, 2,"),)),
+            max_tokens=12,
+            min_tokens=2,
+            stop_regex="[0-9]+,",
+            include_stop=True,
+        ),
+        GenRequest(Prompt((Text("Seven plus six is "),)), max_tokens=8, constraint=Grammar(arith)),
+        GenRequest(QUESTION, max_tokens=12, reasoning=True),
+    ]
+    assert all(backend.capabilities.missing_options(r) == [] for r in requests)
+    for request in requests:
+        remote = asyncio.run(backend.generate(request))
+        local = asyncio.run(served.bridged.generate(request))
+        assert (remote.text, remote.finish_reason) == (local.text, local.finish_reason)
+        assert remote.logprobs == local.logprobs and remote.reasoning == local.reasoning
+    logprobs = asyncio.run(backend.generate(requests[0])).logprobs
+    assert logprobs is not None and len(logprobs) > 0 and all(len(t.top) == 2 for t in logprobs)
 
 
 def test_generate_streams_pieces_that_add_up(backend: HttpBackend) -> None:
