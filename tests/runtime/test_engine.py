@@ -173,7 +173,7 @@ def test_close_aborts_pending_requests_and_refuses_new_ones(make_engine: Any) ->
         engine.submit(token_ids(61, 10), greedy(4))
 
 
-def test_stats_count_tokens_batches_and_memory(make_engine: Any) -> None:
+def test_stats_count_tokens_batches_and_memory(make_engine: Any, page_size: int) -> None:
     engine = make_engine()
     prefix = token_ids(70, 40)
     run_all(engine, [[*prefix, i + 100] for i in range(4)], greedy(5))
@@ -185,7 +185,8 @@ def test_stats_count_tokens_batches_and_memory(make_engine: Any) -> None:
     # the first request runs a step ahead (the others wait to share its prefix), then all four
     assert stats.decode_batch_sizes == {1: 1, 4: 3, 3: 1}
     assert stats.mean_decode_batch_size == pytest.approx(16 / 5)
-    assert stats.kv_slots_used == stats.tree_tokens == 40 + 4 * 5  # prompt + output - last
+    assert stats.tree_tokens == 40 + 4 * 5  # prompt + output - last
+    assert stats.kv_slots_used == engine.kv_pool.allocator.num_used_pages * page_size
     assert stats.num_finished == 4 and stats.num_waiting == stats.num_running == 0
     assert stats.prefill_tokens_per_s > 0 and stats.decode_tokens_per_s > 0
 
