@@ -41,7 +41,9 @@ import sgl_lang
 from sgl_lang.errors import SglError
 
 RESULTS_DIR = Path(__file__).parent / "results"
-DEFAULT_SYSTEMS = ("sgl", "sgl-nocache", "sgl-fcfs", "transformers", "vllm", "llamacpp")
+DEFAULT_SYSTEMS = (
+    "sgl", "sgl-torch", "sgl-int4", "sgl-nocache", "transformers", "vllm", "llamacpp",
+)  # fmt: skip
 BASELINE = "sgl-nocache"
 SAMPLE_CHARS = 400
 console = Console(stderr=True)

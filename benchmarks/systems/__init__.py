@@ -47,6 +47,9 @@ SYSTEMS: dict[str, Callable[[], System]] = {
     "sgl-fcfs": _ours(
         "sgl-fcfs", "sgl-lang: radix cache on, first come first served", policy="fcfs"
     ),
+    "sgl-torch": _ours(
+        "sgl-torch", "sgl-lang: radix cache on, lpm, the portable torch kernels", kernels="torch"
+    ),
     "sgl-page32": _ours(
         "sgl-page32", "sgl-lang: radix cache on, lpm, KV pages of 32 tokens", page_size=32
     ),
