@@ -7,6 +7,7 @@ benchmark translates none, so `json_decode` is reported as not run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 from collections.abc import Callable, Sequence
@@ -58,7 +59,10 @@ class LlamaCpp(System):
         assert self._worker is not None and self._worker.stdin and self._worker.stdout
         self._worker.stdin.write(json.dumps(request) + "\n")
         self._worker.stdin.flush()
-        answer: dict[str, Any] = json.loads(self._worker.stdout.readline())
+        line = self._worker.stdout.readline()
+        if not line:
+            raise BackendError(f"llama.cpp: the worker died (exit status {self._worker.wait()})")
+        answer: dict[str, Any] = json.loads(line)
         if "error" in answer:
             raise BackendError(f"llama.cpp: {answer['error']}")
         self._counts[0] += answer.get("prompt_tokens", 0)
@@ -78,7 +82,8 @@ class LlamaCpp(System):
     def close(self) -> None:
         if self._worker is not None:
             assert self._worker.stdin is not None
-            self._worker.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # a worker that died
+                self._worker.stdin.close()
             self._worker.wait(timeout=30)
             self._worker = None
 
