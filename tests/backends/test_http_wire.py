@@ -9,7 +9,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from fake_http import PNG, FakeAPI, json_reply, run_image_program, sse_reply
+from fake_http import PNG, FakeAPI, json_reply, run_image_program
 
 from sgl_lang.backends.http import HttpBackend
 from sgl_lang.protocol import BackendError, GenRequest, Message, Prompt, Text
