@@ -58,6 +58,9 @@ API_KEY_ENV = "SGL_API_KEY"
 TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0)
 NUM_CONNECT_RETRIES = 3  # a server that is still starting: 0.5 s, 1 s, 2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# SGLang's router answers 500 when the worker it picked cannot be reached (after 2 such
+# failures its circuit breaker, set by `sgl serve --replicas`, takes the worker out)
+ROUTER_RETRY_STATUSES = RETRY_STATUSES | {500}
 
 
 # what the wire's `sampling_params` carry (protocol/wire.py): what the server's engine enforces
@@ -155,7 +158,9 @@ class HttpBackend(Backend):
         them (asked once): the router passes `/get_model_info` on from a worker, which names
         our wire, but does not route `/stats`. Any other server is an error."""
         if self._routed is None:
-            info = await self._send("GET", "/get_model_info", accept={404})
+            info = await self._send(
+                "GET", "/get_model_info", accept={404}, retry=ROUTER_RETRY_STATUSES
+            )
             if info.status_code == 404 or SERVER_MARKER not in _json_or_empty(info):
                 raise BackendError(
                     f"{self.url} is not an `sgl serve` server (nor SGLang's router over some); "
@@ -196,8 +201,9 @@ class HttpBackend(Backend):
         """POST a native request: to `path`, or through the router in the envelope
         (docs/server.md) whose `prompt`, `route_text`, the router's cache-aware policy reads."""
         if await self._via_router():
+            body = envelope(path, body, route_text)
             return await self._send(
-                "POST", ENVELOPE_ROUTE, envelope(path, body, route_text), stream=stream, label=path
+                "POST", ENVELOPE_ROUTE, body, stream=stream, retry=ROUTER_RETRY_STATUSES, label=path
             )
         return await self._send("POST", path, body, stream=stream)
 
@@ -209,11 +215,12 @@ class HttpBackend(Backend):
         *,
         stream: bool = False,
         accept: Collection[int] = (),
+        retry: Collection[int] = RETRY_STATUSES,
         label: str | None = None,
     ) -> httpx.Response:
-        """Send with retries on connection failures and overload; HTTP errors (but the
-        statuses in `accept`) become `BackendError`s naming the status, the server's message
-        and `label` (default: `path`)."""
+        """Send with retries on connection failures and on the statuses in `retry` (overload);
+        HTTP errors (but the statuses in `accept`) become `BackendError`s naming the status,
+        the server's message and `label` (default: `path`)."""
         client = self._http()
         label = label or path
         for attempt in range(NUM_CONNECT_RETRIES + 1):
@@ -231,7 +238,7 @@ class HttpBackend(Backend):
             else:
                 if response.status_code < 400 or response.status_code in accept:
                     return response
-                if last or response.status_code not in RETRY_STATUSES:
+                if last or response.status_code not in retry:
                     await response.aread()
                     raise BackendError(
                         f"{self.url}{label} answered {response.status_code}: "
