@@ -61,6 +61,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # SGLang's router answers 500 when the worker it picked cannot be reached (after 2 such
 # failures its circuit breaker, set by `sgl serve --replicas`, takes the worker out)
 ROUTER_RETRY_STATUSES = RETRY_STATUSES | {500}
+FOREIGN_STATUSES = frozenset({400, 404, 405, 422})  # how other servers refuse the envelope
 
 
 # what the wire's `sampling_params` carry (protocol/wire.py): what the server's engine enforces
@@ -155,13 +156,15 @@ class HttpBackend(Backend):
 
     async def _via_router(self) -> bool:
         """Whether the server is SGLang's router over `sgl serve` workers rather than one of
-        them (asked once): the router passes `/get_model_info` on from a worker, which names
-        our wire, but does not route `/stats`. Any other server is an error."""
+        them (asked once). Both answer `/get_model_info` in the envelope, naming our wire (the
+        router routes it as any request, around a dead worker); only a worker answers `/stats`,
+        which the router does not pass on. Any other server is an error."""
         if self._routed is None:
+            probe = envelope("/get_model_info", {}, "")
             info = await self._send(
-                "GET", "/get_model_info", accept={404}, retry=ROUTER_RETRY_STATUSES
+                "POST", ENVELOPE_ROUTE, probe, accept=FOREIGN_STATUSES, retry=ROUTER_RETRY_STATUSES
             )
-            if info.status_code == 404 or SERVER_MARKER not in _json_or_empty(info):
+            if SERVER_MARKER not in _json_or_empty(info):
                 raise BackendError(
                     f"{self.url} is not an `sgl serve` server (nor SGLang's router over some); "
                     f"for an OpenAI-compatible server use the backend `openai:MODEL@{self.url}/v1`"

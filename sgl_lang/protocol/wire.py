@@ -324,7 +324,13 @@ def _logprobs_from_json(data: Any) -> tuple[TokenLogprob, ...] | None:
 
 ENVELOPE_ROUTE = "/v1/completions"  # the route SGLang's router passes on with extra fields
 ENVELOPE_KEY = "sgl"
-ENVELOPE_PATHS = frozenset({"/generate", "/score", "/cache_prefix"})
+# the native routes an envelope may carry, and their methods
+ENVELOPE_PATHS = {
+    "/generate": "POST",
+    "/score": "POST",
+    "/cache_prefix": "POST",
+    "/get_model_info": "GET",
+}
 SERVER_MARKER = "sgl_lang_version"  # in `/get_model_info`: the server speaks this wire
 
 

@@ -16,7 +16,7 @@ from sgl_lang.server.serving import error_body
 
 
 class Envelope:
-    """Opens the envelope of a POST to `/v1/completions`: the route, the path and the body the
+    """Opens the envelope of a POST to `/v1/completions`: the method, the path and the body the
     app sees become the native request's. Runs after the guard, which has checked the key and
     the size of the whole request; any other request passes unchanged."""
 
@@ -75,7 +75,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _native_scope(scope: Scope, path: str, body: bytes) -> Scope:
-    """`scope` sent to `path`, with the Content-Length of `body`."""
+    """`scope` sent to `path` with its method, and the Content-Length of `body`."""
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
     headers.append((b"content-length", str(len(body)).encode()))
-    return {**scope, "path": path, "raw_path": path.encode(), "headers": headers}
+    method = ENVELOPE_PATHS[path]
+    return {**scope, "method": method, "path": path, "raw_path": path.encode(), "headers": headers}

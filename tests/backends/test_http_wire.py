@@ -26,10 +26,11 @@ def test_an_image_in_a_user_block_is_an_image_part(tmp_path: Path) -> None:
         state = run_image_program(HttpBackend(fake.url), tmp_path)
     assert state.variables["answer"] == "A cat"
     assert [(r.method, r.path) for r in fake.requests] == [
-        ("GET", "/get_model_info"),
+        ("POST", "/v1/completions"),
         ("GET", "/stats"),
         ("POST", "/generate"),
     ]
+    assert fake.requests[0].body["sgl"] == {"path": "/get_model_info", "body": {}}
     [user, answer] = fake.requests[-1].body["prompt"]["segments"]
     assert user["role"] == "user"
     assert user["content"] == [

@@ -1,7 +1,7 @@
 """`sgl serve --replicas 2` behind SGLang's router, on the embedded model: the cache-aware
 router keeps one worker's prefix-cache hit rate on a few-shot batch where round-robin loses
 it; `sgl run --backend http://ROUTER` answers as one worker does, `select`, constraints and
-healing included; a worker killed mid-batch costs no row; SIGTERM stops every process. Every
+healing included, streamed or not; a worker killed mid-batch costs no row; SIGTERM stops every process. Every
 row goes through the `http://` backend. The launcher is started once for the module, and the
 last test stops it."""
 
@@ -21,7 +21,9 @@ from types import ModuleType
 import pytest
 from click.testing import CliRunner
 
+from sgl_lang.backends.http import HttpBackend
 from sgl_lang.cli import main
+from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt
 from sgl_lang.replicas import WORKER_HOST, ReplicaPlan, stop, wait_ready
 
 pytestmark = pytest.mark.model
@@ -129,6 +131,25 @@ def test_sgl_run_through_the_router_answers_as_one_worker(
     assert through_router == on_one_worker
     (lines, printed), labels = through_router, {"positive", "negative", "neutral"}
     assert "4 of 4 rows ok" in rows and len(lines) == 4 and printed.split()[0] in labels
+
+
+def test_a_gen_streams_through_the_router_as_on_one_worker(launched: Launched) -> None:
+    request = GenRequest(Prompt((Message("user", "Name a color."),), "assistant"), max_tokens=6)
+
+    def streamed(url: str) -> tuple[str, str]:
+        backend, pieces = HttpBackend(url), list[str]()
+
+        async def run() -> GenResult:
+            try:
+                return await backend.generate(request, pieces.append)
+            finally:
+                await backend.close()
+
+        return asyncio.run(run()).text, "".join(pieces)
+
+    through_router = streamed(launched.plan.router_url)
+    assert through_router == streamed(launched.plan.worker_urls[0])
+    assert through_router[0] == through_router[1] != ""
 
 
 def _sgl_run(*args: str) -> str:

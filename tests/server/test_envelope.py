@@ -12,8 +12,9 @@ import httpx
 import pytest
 from test_native import FRANCE, greedy, post
 
+import sgl_lang
 from sgl_lang.protocol import Prompt, Text
-from sgl_lang.protocol.wire import envelope, prompt_to_json
+from sgl_lang.protocol.wire import SERVER_MARKER, envelope, prompt_to_json
 from sgl_lang.server.app import create_app
 from sgl_lang.server.serving import ServedModel
 
@@ -38,6 +39,12 @@ def test_an_enveloped_request_is_answered_as_the_native_route_answers_it(
     assert enveloped.status_code == native.status_code == 200
     assert enveloped.headers["content-type"] == native.headers["content-type"]
     assert _answer(enveloped) == _answer(native)
+
+
+def test_an_enveloped_get_model_info_names_the_wire(transport: httpx.ASGITransport) -> None:
+    enveloped = post(transport, "/v1/completions", envelope("/get_model_info", {}, ""))
+    assert enveloped.status_code == 200
+    assert enveloped.json()[SERVER_MARKER] == sgl_lang.__version__
 
 
 def _answer(response: httpx.Response) -> Any:
