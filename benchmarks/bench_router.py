@@ -4,9 +4,10 @@ behind SGLang's router, cache-aware vs round-robin (docs/scale.md).
     .venv/bin/python benchmarks/bench_router.py [--rows 40] [--prefixes 4] [--max-tokens 4]
 
 The batch is `rows` questions over `prefixes` few-shot prompts (each a long constant block of
-examples), in prefix order, as a batch file is; every request is SGLang's `/generate` with
-`text`, `parallel` at a time. The hit rate is the batch's cached prompt tokens over its prompt
-tokens (`meta_info`); every worker's cache is flushed before each configuration.
+examples), in prefix order, as a batch file is; every row is a `gen` through the `http://`
+backend (`sgl run --backend http://ROUTER`: through the router, each request in the envelope of
+docs/server.md), `parallel` at a time. The hit rate is the batch's cached prompt tokens over its
+prompt tokens; every worker's cache is flushed before each configuration.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import NamedTuple
 
 import httpx
 
+from sgl_lang.backends.http import HttpBackend
+from sgl_lang.protocol import BackendError, GenRequest, GenResult, Prompt, Text
 from sgl_lang.replicas import (
     WORKER_HOST,
     ReplicaPlan,
@@ -69,24 +72,28 @@ class BatchRun(NamedTuple):
 async def run_batch(
     url: str, prompts: Sequence[str], max_tokens: int, parallel: int = 4
 ) -> BatchRun:
-    """Send every prompt to `url`/generate, `parallel` at a time; failed rows are not counted."""
+    """Generate every prompt on `url` through the `http://` backend, as `sgl run --backend URL`
+    does (greedy, healed), `parallel` at a time; failed rows are not counted."""
+    backend = HttpBackend(url)
     slots = asyncio.Semaphore(parallel)
-    params = {"max_new_tokens": max_tokens, "temperature": 0}
     started = time.perf_counter()
 
-    async def one(client: httpx.AsyncClient, text: str) -> dict[str, int] | None:
+    async def one(text: str) -> GenResult | None:
         async with slots:
-            body = {"text": text, "sampling_params": params}
-            response = await client.post(f"{url}/generate", json=body)
-            return response.json()["meta_info"] if response.status_code == 200 else None
+            try:
+                return await backend.generate(GenRequest(Prompt((Text(text),)), max_tokens))
+            except BackendError:
+                return None
 
-    async with httpx.AsyncClient(timeout=300.0) as client:
-        metas = await asyncio.gather(*(one(client, text) for text in prompts))
-    done = [meta for meta in metas if meta is not None]
+    try:
+        results = await asyncio.gather(*(one(text) for text in prompts))
+    finally:
+        await backend.close()
+    done = [result for result in results if result is not None]
     return BatchRun(
         len(done),
-        sum(meta["prompt_tokens"] for meta in done),
-        sum(meta["cached_tokens"] for meta in done),
+        sum(result.prompt_tokens for result in done),
+        sum(result.cached_tokens for result in done),
         time.perf_counter() - started,
     )
 

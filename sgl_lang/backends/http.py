@@ -7,7 +7,11 @@ with the model's chat template and heals tokens exactly as `local` does) and wit
 `sampling_params` fields `heal` and `choices`: the wire format of `sgl_lang.protocol.wire`,
 which this client writes and the server reads.
 
-Many `sgl run` processes pointed at one server share its engine and its prefix cache. A key
+Many `sgl run` processes pointed at one server share its engine and its prefix cache. Pointed
+at SGLang's router over `sgl serve` workers (`sgl serve --replicas N`, docs/scale.md), the
+backend notices on first use and sends each native request inside a `/v1/completions` request
+(the envelope, docs/server.md), which the router passes on unchanged to the worker its
+cache-aware policy picks from the prompt's text. A key
 set with `SGL_API_KEY` is sent as a bearer token, only to a server the user chose
 (`--backend`), never to one a program wrote.
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,12 +45,23 @@ from sgl_lang.protocol import (
     Prompt,
     Segment,
 )
-from sgl_lang.protocol.wire import prompt_to_json, request_to_json, result_from_json
+from sgl_lang.protocol.wire import (
+    ENVELOPE_ROUTE,
+    SERVER_MARKER,
+    envelope,
+    prompt_to_json,
+    request_to_json,
+    result_from_json,
+)
 
 API_KEY_ENV = "SGL_API_KEY"
 TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=600.0)
 NUM_CONNECT_RETRIES = 3  # a server that is still starting: 0.5 s, 1 s, 2 s
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# SGLang's router answers 500 when the worker it picked cannot be reached (after 2 such
+# failures its circuit breaker, set by `sgl serve --replicas`, takes the worker out)
+ROUTER_RETRY_STATUSES = RETRY_STATUSES | {500}
+FOREIGN_STATUSES = frozenset({400, 404, 405, 422})  # how other servers refuse the envelope
 
 
 # what the wire's `sampling_params` carry (protocol/wire.py): what the server's engine enforces
@@ -83,33 +98,43 @@ class HttpBackend(Backend):
         self._transport = transport  # tests: an ASGI transport to an in-process server
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._routed: bool | None = None  # through SGLang's router; None: not asked yet
 
     async def generate(
         self, request: GenRequest, on_chunk: Callable[[str], None] | None = None
     ) -> GenResult:
+        """Streamed when `on_chunk` reads the pieces; else one answer, which SGLang's router
+        sends again to another worker when its worker dies before answering."""
         request = replace(request, prompt=_inline_images(request.prompt))
-        body = {**request_to_json(request), "stream": True}
+        body = request_to_json(request)
+        route_text = request.prompt.plain_text()
+        if on_chunk is None:
+            return self._result(await self._post("/generate", body, route_text))
         text = ""
-        async for event in self._events("/generate", body):
+        async for event in self._events("/generate", {**body, "stream": True}, route_text):
             if "error" in event:
                 raise BackendError(f"{self.url}: {_message(event['error'])}")
             piece = event["text"][len(text) :]
             text = event["text"]
-            if piece and on_chunk is not None:
+            if piece:
                 on_chunk(piece)
             if event.get("meta_info", {}).get("finish_reason") is not None:
-                try:
-                    return result_from_json(event)
-                except ValueError as exc:
-                    raise BackendError(f"{self.url}: {exc}") from None
+                return self._result(event)
         raise BackendError(f"{self.url}: the stream ended without a result")
 
     async def score(self, prompt: Prompt, choices: Sequence[str], method: str) -> list[float]:
         body = {"prompt": prompt_to_json(prompt), "choices": list(choices), "method": method}
-        return [float(s) for s in (await self._post("/score", body))["scores"]]
+        answer = await self._post("/score", body, prompt.plain_text())
+        return [float(s) for s in answer["scores"]]
 
     async def cache_prefix(self, prompt: Prompt) -> None:
-        await self._post("/cache_prefix", {"prompt": prompt_to_json(prompt)})
+        await self._post("/cache_prefix", {"prompt": prompt_to_json(prompt)}, prompt.plain_text())
+
+    def _result(self, event: dict[str, Any]) -> GenResult:
+        try:
+            return result_from_json(event)
+        except ValueError as exc:
+            raise BackendError(f"{self.url}: {exc}") from None
 
     async def close(self) -> None:
         if self._client is not None:
@@ -129,16 +154,37 @@ class HttpBackend(Backend):
             self._loop = loop
         return self._client
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._send(path, body, stream=False)
+    async def _via_router(self) -> bool:
+        """Whether the server is SGLang's router over `sgl serve` workers rather than one of
+        them (asked once). Both answer `/get_model_info` in the envelope, naming our wire (the
+        router routes it as any request, around a dead worker); only a worker answers `/stats`,
+        which the router does not pass on. Any other server is an error."""
+        if self._routed is None:
+            probe = envelope("/get_model_info", {}, "")
+            info = await self._send(
+                "POST", ENVELOPE_ROUTE, probe, accept=FOREIGN_STATUSES, retry=ROUTER_RETRY_STATUSES
+            )
+            if SERVER_MARKER not in _json_or_empty(info):
+                raise BackendError(
+                    f"{self.url} is not an `sgl serve` server (nor SGLang's router over some); "
+                    f"for an OpenAI-compatible server use the backend `openai:MODEL@{self.url}/v1`"
+                )
+            stats = await self._send("GET", "/stats", accept={404})
+            self._routed = stats.status_code == 404
+        return self._routed
+
+    async def _post(self, path: str, body: dict[str, Any], route_text: str) -> dict[str, Any]:
+        response = await self._send_native(path, body, route_text, stream=False)
         try:
             return dict(response.json())
         except ValueError:
             raise BackendError(f"{self.url}{path}: the answer is not JSON") from None
 
-    async def _events(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _events(
+        self, path: str, body: dict[str, Any], route_text: str
+    ) -> AsyncIterator[dict[str, Any]]:
         """The server-sent events of a streamed request, as dicts, until `[DONE]`."""
-        response = await self._send(path, body, stream=True)
+        response = await self._send_native(path, body, route_text, stream=True)
         try:
             async for line in response.aiter_lines():
                 if not line.startswith("data:"):
@@ -152,14 +198,38 @@ class HttpBackend(Backend):
         finally:
             await response.aclose()
 
-    async def _send(self, path: str, body: dict[str, Any], *, stream: bool) -> httpx.Response:
-        """POST with retries on connection failures and overload; HTTP errors become
-        `BackendError`s naming the status and the server's message."""
+    async def _send_native(
+        self, path: str, body: dict[str, Any], route_text: str, *, stream: bool
+    ) -> httpx.Response:
+        """POST a native request: to `path`, or through the router in the envelope
+        (docs/server.md) whose `prompt`, `route_text`, the router's cache-aware policy reads."""
+        if await self._via_router():
+            body = envelope(path, body, route_text)
+            return await self._send(
+                "POST", ENVELOPE_ROUTE, body, stream=stream, retry=ROUTER_RETRY_STATUSES, label=path
+            )
+        return await self._send("POST", path, body, stream=stream)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        stream: bool = False,
+        accept: Collection[int] = (),
+        retry: Collection[int] = RETRY_STATUSES,
+        label: str | None = None,
+    ) -> httpx.Response:
+        """Send with retries on connection failures and on the statuses in `retry` (overload);
+        HTTP errors (but the statuses in `accept`) become `BackendError`s naming the status,
+        the server's message and `label` (default: `path`)."""
         client = self._http()
+        label = label or path
         for attempt in range(NUM_CONNECT_RETRIES + 1):
             last = attempt == NUM_CONNECT_RETRIES
             try:
-                request = client.build_request("POST", path, json=body)
+                request = client.build_request(method, path, json=body)
                 response = await client.send(request, stream=stream)
             except httpx.ConnectError as exc:
                 if last:
@@ -167,18 +237,27 @@ class HttpBackend(Backend):
                         f"cannot reach the sgl server at {self.url}: {exc}"
                     ) from None
             except httpx.HTTPError as exc:
-                raise BackendError(f"{self.url}{path}: {type(exc).__name__}: {exc}") from None
+                raise BackendError(f"{self.url}{label}: {type(exc).__name__}: {exc}") from None
             else:
-                if response.status_code < 400:
+                if response.status_code < 400 or response.status_code in accept:
                     return response
-                if last or response.status_code not in RETRY_STATUSES:
+                if last or response.status_code not in retry:
                     await response.aread()
                     raise BackendError(
-                        f"{self.url}{path} answered {response.status_code}: {_error_text(response)}"
+                        f"{self.url}{label} answered {response.status_code}: "
+                        f"{_error_text(response)}"
                     )
                 await response.aclose()
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _error_text(response: httpx.Response) -> str:

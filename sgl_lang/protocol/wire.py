@@ -318,3 +318,29 @@ def _logprobs_from_json(data: Any) -> tuple[TokenLogprob, ...] | None:
         TokenLogprob(str(text), float(logprob), tuple((str(t), float(lp)) for t, lp in top))
         for text, logprob, top in data
     )
+
+
+# -- through SGLang's router (docs/server.md, "The envelope") ---------------------------------
+
+ENVELOPE_ROUTE = "/v1/completions"  # the route SGLang's router passes on with extra fields
+ENVELOPE_KEY = "sgl"
+# the native routes an envelope may carry, and their methods
+ENVELOPE_PATHS = {
+    "/generate": "POST",
+    "/score": "POST",
+    "/cache_prefix": "POST",
+    "/get_model_info": "GET",
+}
+SERVER_MARKER = "sgl_lang_version"  # in `/get_model_info`: the server speaks this wire
+
+
+def envelope(path: str, body: Mapping[str, Any], route_text: str) -> dict[str, Any]:
+    """A native request (`path`, `body`) as a `/v1/completions` request, which SGLang's router
+    passes to a worker with its extra fields kept: `prompt` is `route_text` (the router's
+    cache-aware policy routes on it) and `stream` is the native request's."""
+    return {
+        "model": "",
+        "prompt": route_text,
+        "stream": bool(body.get("stream", False)),
+        ENVELOPE_KEY: {"path": path, "body": dict(body)},
+    }

@@ -5,7 +5,8 @@ error is a JSON body `{"error": {"message", "type", "code"}}` with a 4xx status 
 server faults); a request that fails never affects another, and a client that disconnects
 cancels its request, which frees its KV slots. The front door (`guard.py`) checks the `Host`
 header, the API key (on every path, /docs and /openapi.json included, but /health) and the
-body size before any route runs.
+body size before any route runs; then `envelope.py` opens a native request sent inside a
+`/v1/completions` one (how the `http` backend goes through SGLang's router).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException
 from sgl_lang.bridge.options import EngineOptions
 from sgl_lang.protocol import BackendError
 from sgl_lang.server import native, openai_routes
+from sgl_lang.server.envelope import Envelope
 from sgl_lang.server.guard import MAX_BODY_BYTES, Guard, GuardConfig, default_allowed_hosts
 from sgl_lang.server.serving import ClientGone, ServedModel, error_body
 
@@ -41,6 +43,7 @@ def create_app(
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
     app = FastAPI(title="sgl serve")
     hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
+    app.add_middleware(Envelope)  # the last added runs first: the guard, then the envelope
     app.add_middleware(Guard, config=GuardConfig(api_key, hosts, max_body_bytes))
     app.state.model = model
     _add_error_handlers(app)

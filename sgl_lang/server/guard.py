@@ -90,21 +90,23 @@ class Guard:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return None, _replay([message], receive)
+                return None, replay_messages([message], receive)
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.config.max_body_bytes:
                 return (self._too_large(), 413), receive
             more = message.get("more_body", False)
         body: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        return None, _replay([body], receive)
+        return None, replay_messages([body], receive)
 
     def _too_large(self) -> str:
         limit = self.config.max_body_bytes
         return f"the request body is larger than the server's limit ({limit} bytes)"
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
+def replay_messages(messages: list[Message], receive: Receive) -> Receive:
+    """A `receive` that gives `messages`, then the client's own."""
+
     async def replay() -> Message:
         return messages.pop(0) if messages else await receive()
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import sgl_lang
 from sgl_lang.protocol import Prompt
+from sgl_lang.protocol.wire import SERVER_MARKER
 from sgl_lang.runtime.sampling import SamplingParams
 from sgl_lang.server import bounds
 from sgl_lang.server.serving import ServedModel, error_body
@@ -50,6 +51,7 @@ def router(model: ServedModel) -> APIRouter:
             "tokenizer_path": model.name,
             "is_generation": True,
             "preferred_sampling_params": None,
+            SERVER_MARKER: sgl_lang.__version__,  # the `http` backend's check
         }
 
     @api.get("/get_server_info")

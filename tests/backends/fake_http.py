@@ -56,15 +56,15 @@ class FakeAPI:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.do_POST()
+
             def do_POST(self) -> None:
                 size = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(size)
                 body = json.loads(raw) if raw else None
-                fake.requests.append(
-                    Recorded(
-                        "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                    )
-                )
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                fake.requests.append(Recorded(self.command, self.path, headers, body))
                 reply = fake.next_reply(body)
                 self.send_response(reply.status)
                 self.send_header("content-type", reply.content_type)

@@ -1,7 +1,9 @@
 """`sgl serve --replicas 2` behind SGLang's router, on the embedded model: the cache-aware
 router keeps one worker's prefix-cache hit rate on a few-shot batch where round-robin loses
-it; a worker killed mid-batch costs no row; SIGTERM stops every process. The launcher is
-started once for the module, and the last test stops it."""
+it; `sgl run --backend http://ROUTER` answers as one worker does, `select`, constraints and
+healing included, streamed or not; a worker killed mid-batch costs no row; SIGTERM stops every process. Every
+row goes through the `http://` backend. The launcher is started once for the module, and the
+last test stops it."""
 
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from click.testing import CliRunner
 
+from sgl_lang.backends.http import HttpBackend
+from sgl_lang.cli import main
+from sgl_lang.protocol import GenRequest, GenResult, Message, Prompt
 from sgl_lang.replicas import WORKER_HOST, ReplicaPlan, stop, wait_ready
 
 pytestmark = pytest.mark.model
@@ -26,6 +32,15 @@ ROOT = Path(__file__).resolve().parents[2]
 NUM_ROWS, NUM_PREFIXES, MAX_TOKENS = 40, 4, 1
 NUM_KILL_ROWS = 16
 WORKER_FLAGS = ("--threads", "1", "--kv-cache-gb", "0.1")
+CAPABILITIES_PROGRAM = """\
+"Review: The battery died after two days.\\nSentiment:"
+select label from [" positive", " negative", " neutral"]
+"\\nScore out of 10:"
+gen score(regex=r" ?[0-9]{1,2}", max_tokens=4)
+"\\nThe capital of France is "
+gen city(max_tokens=4, stop="\\n")
+print(label, score, city)
+"""
 
 
 def _bench() -> ModuleType:
@@ -98,6 +113,49 @@ def test_the_cache_aware_router_keeps_the_hit_rate_of_one_worker(
     assert [run.num_ok for run in runs.values()] == [NUM_ROWS] * 3
     assert cache_aware.hit_rate >= single.hit_rate - 0.05
     assert round_robin.hit_rate < cache_aware.hit_rate - 0.05
+
+
+def test_sgl_run_through_the_router_answers_as_one_worker(
+    launched: Launched, tmp_path: Path
+) -> None:
+    batch = ["examples/batch_qa.sgl", "--batch", "examples/data/questions.jsonl"]
+    program = tmp_path / "capabilities.sgl"
+    program.write_text(CAPABILITIES_PROGRAM, encoding="utf-8")
+    answers = {}
+    for url in (launched.plan.router_url, launched.plan.worker_urls[0]):
+        out = tmp_path / f"{url.rsplit(':', 1)[1]}.jsonl"
+        rows = _sgl_run(*batch, "--out", str(out), "--backend", url)
+        printed = _sgl_run(str(program), "--backend", url)
+        answers[url] = (out.read_text(encoding="utf-8").splitlines(), printed)
+    through_router, on_one_worker = answers.values()
+    assert through_router == on_one_worker
+    (lines, printed), labels = through_router, {"positive", "negative", "neutral"}
+    assert "4 of 4 rows ok" in rows and len(lines) == 4 and printed.split()[0] in labels
+
+
+def test_a_gen_streams_through_the_router_as_on_one_worker(launched: Launched) -> None:
+    request = GenRequest(Prompt((Message("user", "Name a color."),), "assistant"), max_tokens=6)
+
+    def streamed(url: str) -> tuple[str, str]:
+        backend, pieces = HttpBackend(url), list[str]()
+
+        async def run() -> GenResult:
+            try:
+                return await backend.generate(request, pieces.append)
+            finally:
+                await backend.close()
+
+        return asyncio.run(run()).text, "".join(pieces)
+
+    through_router = streamed(launched.plan.router_url)
+    assert through_router == streamed(launched.plan.worker_urls[0])
+    assert through_router[0] == through_router[1] != ""
+
+
+def _sgl_run(*args: str) -> str:
+    result = CliRunner().invoke(main, ["run", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def test_a_worker_killed_mid_batch_costs_no_row(launched: Launched) -> None:
