@@ -107,6 +107,11 @@ engine_options = _options(
         help="int4 columns sharing one scale (default: 32).",
     ),
     click.option(
+        "--quantize-dense-rows",
+        type=click.IntRange(min=0),
+        help="Quantized steps of this many rows use dense fp32 copies; 0 = never (default: 16).",
+    ),
+    click.option(
         "--kernels",
         type=click.Choice(KERNELS),
         help="Forward kernels (default: auto = vllm if installed).",
