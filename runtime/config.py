@@ -13,7 +13,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 KERNELS = ("auto", "torch", "vllm")  # runtime/kernels: auto = vllm where its ops import
 QUANT_MODES = ("none", "int8", "int4")  # weight-only quantization: docs/quantization.md
 GROUP_SIZES = (32, 64, 128, 256)  # int4 group sizes the kernel accepts
-DENSE_ROWS = 16  # quantized steps of this many rows or more run dense: docs/quantization.md
+DENSE_ROWS = 24  # quantized steps of this many rows or more run dense: docs/quantization.md
 DEFAULT_KV_CACHE_CAP_BYTES = 2 * 1024**3
 DEFAULT_KV_CACHE_FRACTION = 0.2  # of the memory available when the engine starts
 

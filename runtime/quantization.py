@@ -201,9 +201,7 @@ def quantize_model(model: LlamaModel, spec: QuantSpec) -> dict[str, QuantizedWei
     }
 
 
-def install(
-    model: LlamaModel, weights: dict[str, QuantizedWeight], dense_rows: int
-) -> LlamaModel:
+def install(model: LlamaModel, weights: dict[str, QuantizedWeight], dense_rows: int) -> LlamaModel:
     """Put `weights` in place of the model's parameters of the same names (the fp tensors are
     dropped; the embedding stays fp even when `lm_head` was tied to it); steps of `dense_rows`
     rows or more will run them dense (`QuantizedLinear`; 0: never)."""

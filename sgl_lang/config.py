@@ -15,7 +15,7 @@ read, and the CLI's flags override it. Every key is optional:
     kernels = "auto"                # forward kernels: auto (vllm if installed) | torch | vllm
     quantize = "int4"               # linear weights: none | int8 | int4 (docs/quantization.md)
     quantize_group_size = 32        # int4 columns sharing a scale: 32 | 64 | 128 | 256
-    quantize_dense_rows = 16        # steps of this many rows use dense fp32 copies; 0 = never
+    quantize_dense_rows = 24        # steps of this many rows use dense fp32 copies; 0 = never
     max_steps = 1000000             # statements and expressions a run may execute (default: no limit)
     timeout_s = 60                  # seconds a run may take (default: no limit)
     max_text_len = 10000000         # characters of one str or prompt (default 10,000,000)
