@@ -158,8 +158,9 @@ class Int4Weight(QuantizedWeight):
 class QuantizedLinear:
     """A quantized weight prepared for one kernel set: steps of fewer than `weight.dense_rows`
     rows run its quantized kernel, larger ones `dense`, the kernel set's linear of
-    `weight.dequantize()` (faster there: docs/quantization.md). The dense path rounds `x` and the
-    output to bf16 as the quantized kernels do, so the two differ only by accumulation order."""
+    `weight.dequantize()` (faster there: docs/quantization.md). The dense path rounds `x` to bf16
+    as the quantized kernels do, so both multiply the same numbers; its fp32 output is left
+    unrounded (rounding it cost 5-10% of the dense time for a 0.1-0.2% difference)."""
 
     def __init__(
         self,
@@ -172,7 +173,7 @@ class QuantizedLinear:
     def __call__(self, x: Tensor) -> Tensor:
         if self.dense is None or x.shape[0] < self.weight.dense_rows:
             return self.weight.linear(x, self.bias)
-        out = self.dense(x.to(_ACT_DTYPE).float()).to(_ACT_DTYPE).to(x.dtype)
+        out = self.dense(x.to(_ACT_DTYPE).float()).to(x.dtype)
         return out if self.bias is None else out + self.bias
 
 

@@ -79,10 +79,8 @@ def test_steps_of_many_rows_run_dense_and_agree_with_the_quantized_kernel(
     assert torch.equal(linear(x[:7]), weight.linear(x[:7], bias)) and dense_rows_seen == []
     out = linear(x)
     assert dense_rows_seen == [20]
-    reference = weight.linear(x, bias)  # int8: bit-identical here; int4: 0.0025 (the kernel's
-    assert (out - reference).norm() / reference.norm() < 0.005  # rounding; bf16's step is 0.004)
-    unbiased = QuantizedLinear(weight, None, dense)(x)  # rounded to bf16 as the kernel rounds
-    assert torch.equal(unbiased, unbiased.bfloat16().float())
+    reference = weight.linear(x, bias)  # rounded to bf16 (relative step 0.004) by the kernel
+    assert (out - reference).norm() / reference.norm() < 0.005
 
 
 def test_dense_rows_zero_keeps_no_dense_copy(tiny_model: LoadedModel) -> None:
