@@ -160,7 +160,7 @@ class QuantizedLinear:
     rows run its quantized kernel, larger ones `dense`, the kernel set's linear of
     `weight.dequantize()` (faster there: docs/quantization.md). The dense path rounds `x` to bf16
     as the quantized kernels do, so both multiply the same numbers; its fp32 output is left
-    unrounded (rounding it cost 5-10% of the dense time for a 0.1-0.2% difference)."""
+    unrounded (rounding it cost ~10% of the dense time for a 0.2% difference)."""
 
     def __init__(
         self,
