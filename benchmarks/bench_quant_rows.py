@@ -1,13 +1,13 @@
 """Rows at which a quantized model's linear layers run faster on the dense dequantized copy than
 on the quantized kernels (docs/quantization.md picks `quantize_dense_rows` from this table).
 
-    .venv/bin/python benchmarks/bench_quant_rows.py [--threads 2] [--repeat 5] [--model PATH]
+    .venv/bin/python benchmarks/bench_quant_rows.py [--threads 2] [--repeat 7] [--model PATH]
 
-Each cell is the time of every linear layer of the model at that many rows (each layer's qkv, o,
-gate-up and down, and the lm_head), best of `--repeat` taken in turns: the int8 and int4 kernels, and the dense
-path (`QuantizedLinear` above its threshold: bf16-rounded x, fp32 matmul, bf16-rounded out) on
-each kernel set's prepared linear. The dense columns are the same for both layouts (the same
-fp32 shapes), so they are measured once, on the int8 model.
+Each cell is the time of every linear layer of the model at that many rows (each layer's qkv,
+o, gate-up and down, and the lm_head), best of `--repeat` taken in turns: the int8 and int4
+kernels, and the dense path (`QuantizedLinear` above its threshold: x rounded to bf16, fp32
+matmul) on each kernel set's prepared linear. The dense columns are the same for both layouts
+(the same fp32 shapes), so they are measured once, on the int8 model.
 """
 
 from __future__ import annotations
