@@ -13,6 +13,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 KERNELS = ("auto", "torch", "vllm")  # runtime/kernels: auto = vllm where its ops import
 QUANT_MODES = ("none", "int8", "int4")  # weight-only quantization: docs/quantization.md
 GROUP_SIZES = (32, 64, 128, 256)  # int4 group sizes the kernel accepts
+DENSE_ROWS = 24  # quantized steps of this many rows or more run dense: docs/quantization.md
 DEFAULT_KV_CACHE_CAP_BYTES = 2 * 1024**3
 DEFAULT_KV_CACHE_FRACTION = 0.2  # of the memory available when the engine starts
 
@@ -51,6 +52,7 @@ class EngineConfig:
     quantize: str = "none"  # linear weights: "none" | "int8" | "int4" (runtime/quantization.py)
     quantize_group_size: int = 32  # int4: input columns sharing one scale and zero
     quantize_lm_head: bool = True  # quantize the output projection too
+    quantize_dense_rows: int = DENSE_ROWS  # steps of more rows use dense fp32 copies; 0 = never
 
     def __post_init__(self) -> None:
         if self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -82,6 +84,11 @@ class EngineConfig:
             raise ValueError(
                 f"EngineConfig.quantize_group_size: expected one of {GROUP_SIZES}, "
                 f"got {self.quantize_group_size!r}"
+            )
+        if not isinstance(self.quantize_dense_rows, int) or self.quantize_dense_rows < 0:
+            raise ValueError(
+                "EngineConfig.quantize_dense_rows must be an integer >= 0, "
+                f"got {self.quantize_dense_rows!r}"
             )
         if not 0 < self.new_token_ratio <= 1:
             raise ValueError(

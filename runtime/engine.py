@@ -106,7 +106,8 @@ class Engine:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         dtype = getattr(torch, config.dtype)
-        quantize = QuantSpec(config.quantize, config.quantize_group_size, config.quantize_lm_head)
+        quantize = QuantSpec(config.quantize, config.quantize_group_size, config.quantize_lm_head,
+                             config.quantize_dense_rows)  # fmt: skip
         loaded = model or load_model(
             config.model_path, device=config.device, dtype=dtype, quantize=quantize
         )

@@ -122,7 +122,7 @@ def load_model(
         return loaded
     if loaded.model.embed_tokens.device.type != "cpu":
         raise ValueError(f"quantize={quantize.mode!r} needs device 'cpu', got {device!r}")
-    install(loaded.model, _quantized_weights(loaded, quantize))
+    install(loaded.model, _quantized_weights(loaded, quantize), quantize.dense_rows)
     return loaded
 
 

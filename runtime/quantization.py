@@ -4,19 +4,22 @@ int8: one symmetric scale per output row, `aten._weight_int8pack_mm`. int4: asym
 of `group_size` input columns (scale and zero per group), `aten._weight_int4pack_mm_for_cpu`.
 Both kernels take bf16 activations (their fp32 paths are several times slower, see
 docs/quantization.md), so `x` is rounded to bf16 and the result cast back to `x.dtype`.
+At many rows (prefill, large decode batches) they are slower than a dense fp32 matmul, so a
+`QuantizedLinear` runs such steps on a dense copy of the dequantized weight.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from sgl_lang.runtime.config import GROUP_SIZES, QUANT_MODES
+from sgl_lang.runtime.config import DENSE_ROWS, GROUP_SIZES, QUANT_MODES
 
 if TYPE_CHECKING:
     from sgl_lang.runtime.models.llama import LlamaModel
@@ -30,11 +33,13 @@ class QuantSpec:
     """How a model's linear weights are stored: `mode` in QUANT_MODES; int4 groups of
     `group_size` input columns (or gcd(group_size, in_features) when that does not divide);
     `lm_head` quantizes the output projection too, always as int8 (int4 there costs ~6x the
-    logit error of int4 elsewhere: docs/quantization.md)."""
+    logit error of int4 elsewhere: docs/quantization.md); steps of `dense_rows` rows or more
+    multiply by a dense fp32 copy of the dequantized weights (0: never, saving its memory)."""
 
     mode: str = "none"
     group_size: int = 32
     lm_head: bool = True
+    dense_rows: int = DENSE_ROWS
 
     def __post_init__(self) -> None:
         if self.mode not in QUANT_MODES:
@@ -43,6 +48,8 @@ class QuantSpec:
             raise ValueError(
                 f"quantize_group_size: expected one of {GROUP_SIZES}, got {self.group_size!r}"
             )
+        if self.dense_rows < 0:
+            raise ValueError(f"quantize_dense_rows: expected >= 0, got {self.dense_rows!r}")
 
     @property
     def tag(self) -> str:
@@ -55,7 +62,9 @@ class QuantSpec:
 class QuantizedWeight(ABC):
     """A linear layer's weight `W [out_features, in_features]` stored quantized; prepared once at
     load. `linear(x)` computes `x @ W^T (+ bias)` in `x.dtype`; `tensors()`/`from_tensors` are
-    its cacheable form."""
+    its cacheable form; `dense_rows` (set by `install`) is when `QuantizedLinear` goes dense."""
+
+    dense_rows = 0
 
     def __init__(self, out_features: int, in_features: int) -> None:
         self.out_features, self.in_features = out_features, in_features
@@ -146,6 +155,28 @@ class Int4Weight(QuantizedWeight):
         return cls(tensors["packed"], tensors["scales_zeros"])
 
 
+class QuantizedLinear:
+    """A quantized weight prepared for one kernel set: steps of fewer than `weight.dense_rows`
+    rows run its quantized kernel, larger ones `dense`, the kernel set's linear of
+    `weight.dequantize()` (faster there: docs/quantization.md). The dense path rounds `x` to bf16
+    as the quantized kernels do, so both multiply the same numbers; its fp32 output is left
+    unrounded (rounding it cost ~10% of the dense time for a 0.2% difference)."""
+
+    def __init__(
+        self,
+        weight: QuantizedWeight,
+        bias: Tensor | None,
+        dense: Callable[[Tensor], Tensor] | None,
+    ) -> None:
+        self.weight, self.bias, self.dense = weight, bias, dense
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.dense is None or x.shape[0] < self.weight.dense_rows:
+            return self.weight.linear(x, self.bias)
+        out = self.dense(x.to(_ACT_DTYPE).float()).to(x.dtype)
+        return out if self.bias is None else out + self.bias
+
+
 def quantize_weight(weight: Tensor, mode: str, group_size: int) -> QuantizedWeight:
     """`weight` [out, in] as `mode` ("int8" or "int4", in groups of `group_size` columns)."""
     if mode == "int8":
@@ -171,10 +202,12 @@ def quantize_model(model: LlamaModel, spec: QuantSpec) -> dict[str, QuantizedWei
     }
 
 
-def install(model: LlamaModel, weights: dict[str, QuantizedWeight]) -> LlamaModel:
+def install(model: LlamaModel, weights: dict[str, QuantizedWeight], dense_rows: int) -> LlamaModel:
     """Put `weights` in place of the model's parameters of the same names (the fp tensors are
-    dropped; the embedding stays fp even when `lm_head` was tied to it)."""
+    dropped; the embedding stays fp even when `lm_head` was tied to it); steps of `dense_rows`
+    rows or more will run them dense (`QuantizedLinear`; 0: never)."""
     for name, weight in weights.items():
+        weight.dense_rows = dense_rows
         owner, attr = _owner(model, name)
         if attr in owner._parameters:
             del owner._parameters[attr]

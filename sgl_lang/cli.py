@@ -16,7 +16,7 @@ import click
 
 from sgl_lang.calls import DEFAULT_NUM_RETRIES
 from sgl_lang.errors import SglError, SglWarning
-from sgl_lang.runtime.config import GROUP_SIZES, KERNELS, QUANT_MODES
+from sgl_lang.runtime.config import DENSE_ROWS, GROUP_SIZES, KERNELS, QUANT_MODES
 from sgl_lang.runtime.config import POLICIES as RUN_POLICIES
 
 ROUTER_POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")  # sglang-router's
@@ -105,6 +105,12 @@ engine_options = _options(
         type=click.Choice([str(size) for size in GROUP_SIZES]),
         callback=lambda _ctx, _param, value: None if value is None else int(value),
         help="int4 columns sharing one scale (default: 32).",
+    ),
+    click.option(
+        "--quantize-dense-rows",
+        type=click.IntRange(min=0),
+        help=f"Quantized steps of this many rows or more use a dense fp32 copy of the weights; "
+        f"0 = never (default: {DENSE_ROWS}).",
     ),
     click.option(
         "--kernels",

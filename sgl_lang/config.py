@@ -15,6 +15,7 @@ read, and the CLI's flags override it. Every key is optional:
     kernels = "auto"                # forward kernels: auto (vllm if installed) | torch | vllm
     quantize = "int4"               # linear weights: none | int8 | int4 (docs/quantization.md)
     quantize_group_size = 32        # int4 columns sharing a scale: 32 | 64 | 128 | 256
+    quantize_dense_rows = 24        # steps of this many rows use dense fp32 copies; 0 = never
     max_steps = 1000000             # statements and expressions a run may execute (default: no limit)
     timeout_s = 60                  # seconds a run may take (default: no limit)
     max_text_len = 10000000         # characters of one str or prompt (default 10,000,000)
@@ -108,6 +109,7 @@ class RunConfig:
     kernels: str | None = None
     quantize: str | None = None
     quantize_group_size: int | None = None
+    quantize_dense_rows: int | None = None
     max_steps: int | None = None
     timeout_s: float | None = None
     max_text_len: int | None = None
@@ -139,6 +141,14 @@ class RunConfig:
             choices = ", ".join(map(str, GROUP_SIZES))
             raise ValueError(
                 f"`quantize_group_size` must be one of {choices}, got {self.quantize_group_size!r}"
+            )
+        if self.quantize_dense_rows is not None and (
+            isinstance(self.quantize_dense_rows, bool)
+            or not isinstance(self.quantize_dense_rows, int)
+            or self.quantize_dense_rows < 0
+        ):
+            raise ValueError(
+                f"`quantize_dense_rows` must be an integer >= 0, got {self.quantize_dense_rows!r}"
             )
         if not isinstance(self.cache, bool):
             raise ValueError(f"`cache` must be true or false, got {self.cache!r}")
@@ -180,6 +190,7 @@ ENGINE_KEYS = {
     "kernels": "kernels",
     "quantize": "quantize",
     "quantize_group_size": "quantize_group_size",
+    "quantize_dense_rows": "quantize_dense_rows",
 }
 
 

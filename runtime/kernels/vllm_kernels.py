@@ -33,11 +33,12 @@ def import_ops() -> ModuleType:
 
 
 class OneDnnLinear:
-    """A weight prepacked once into a oneDNN matmul primitive (the handler owns the packed copy;
-    the original is kept for its bias and as the model's parameter)."""
+    """A weight prepacked once into a oneDNN matmul primitive. The handler owns the packed copy
+    and keeps no reference to `weight` (a dequantized copy of a quantized weight is freed after
+    packing: docs/quantization.md)."""
 
     def __init__(self, ops: ModuleType, weight: Tensor, bias: Tensor | None) -> None:
-        self.ops, self.weight, self.bias = ops, weight, bias
+        self.ops, self.bias = ops, bias
         self.handler = ops.create_onednn_mm(weight.t(), ONEDNN_PRIMITIVE_CACHE)
 
     def __call__(self, x: Tensor) -> Tensor:

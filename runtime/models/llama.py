@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 from sgl_lang.runtime.kernels import Kernels, PreparedLinear
 from sgl_lang.runtime.kernels.base import cos_sin_cache
 from sgl_lang.runtime.models.config import ModelConfig
-from sgl_lang.runtime.quantization import QuantizedWeight
+from sgl_lang.runtime.quantization import QuantizedLinear, QuantizedWeight
 
 if TYPE_CHECKING:
     from sgl_lang.runtime.kv_pool import KVPool
@@ -48,10 +47,11 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
 def _prepare_linear(
     kernels: Kernels, weight: Tensor | QuantizedWeight, bias: Tensor | None = None
 ) -> PreparedLinear:
-    """A quantized weight runs its own kernel (runtime/quantization.py); a tensor is prepared
-    by the kernel set."""
+    """A tensor is prepared by the kernel set; a quantized weight runs its own kernel, and the
+    kernel set's linear of its dequantized form at many rows (runtime/quantization.py)."""
     if isinstance(weight, QuantizedWeight):
-        return partial(weight.linear, bias=bias)
+        dense = kernels.prepare_linear(weight.dequantize()) if weight.dense_rows else None
+        return QuantizedLinear(weight, bias, dense)
     return kernels.prepare_linear(weight, bias)
 
 

@@ -22,6 +22,7 @@ class EngineOptions:
     kernels: str | None = None  # None: auto
     quantize: str | None = None  # "none" | "int8" | "int4": docs/quantization.md
     quantize_group_size: int | None = None
+    quantize_dense_rows: int | None = None  # 0: never use dense copies (docs/quantization.md)
 
     def engine_fields(self) -> dict[str, Any]:
         """Keyword arguments of `EngineConfig`."""
@@ -34,5 +35,6 @@ class EngineOptions:
             "kernels": self.kernels,
             "quantize": self.quantize,
             "quantize_group_size": self.quantize_group_size,
+            "quantize_dense_rows": self.quantize_dense_rows,
         }
         return {name: value for name, value in fields.items() if value is not None}
