@@ -98,6 +98,14 @@ def test_logits_mask_restricts_tokens_and_sees_the_output_so_far() -> None:
         draw(none, num=1)
 
 
+def test_draws_follow_the_weights() -> None:
+    torch.manual_seed(0)
+    weights = PROBS.repeat(4000, 1) * 3  # unnormalised, as `sampling_weights` leaves them
+    drawn = Sampler().sample(weights.log(), [SamplingParams()] * 4000, [[]] * 4000, [None] * 4000)
+    shares = torch.bincount(drawn.token_ids, minlength=4) / 4000
+    assert torch.allclose(shares, PROBS, atol=0.03)
+
+
 def test_a_seed_fixes_the_draws() -> None:
     def run(seed: int) -> list[int]:
         gen = torch.Generator().manual_seed(seed)
@@ -144,8 +152,9 @@ def test_seeded_sampling_does_not_depend_on_the_batch(make_engine: Any) -> None:
     together = run_all(make_engine(prefill_chunk_tokens=20), prompts, params)
     assert [c.meta.output_ids for c in together] == alone
     torch.manual_seed(0)
-    unseeded = run_all(make_engine(), prompts[:1] * 2, SamplingParams(max_new_tokens=8))
-    assert len({c.meta.output_ids for c in unseeded}) == 2  # no seed: independent draws
+    unseeded = run_all(make_engine(), prompts[:1] * 4, SamplingParams(max_new_tokens=8))
+    # no seed: independent draws (the tiny model is peaked, so two rows may agree by chance)
+    assert len({c.meta.output_ids for c in unseeded}) > 1
 
 
 def test_the_engine_applies_a_logits_mask_per_request(make_engine: Any) -> None:
