@@ -30,24 +30,23 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 
 
 class Worker:
+    """Two contexts on the model: `llm` for generation computes the logits of the last token
+    only, as llama.cpp does by default; `scorer` (`logits_all`) those of every prompt token, which
+    `score` needs and which would cost generation a 49k-wide lm_head per prompt token. Each
+    keeps its own previous prompt's KV."""
+
     def __init__(self, model_path: str, n_ctx: int) -> None:
-        self.llm = Llama(
-            model_path=model_path,
-            n_ctx=n_ctx,
-            n_threads=2,
-            n_threads_batch=2,
-            n_batch=512,
-            logits_all=True,
-            verbose=False,
+        self.llm, self.scorer = (
+            _llama(model_path, n_ctx, logits_all) for logits_all in (False, True)
         )
         self.eos = self.llm.token_eos()
 
-    def cached(self, ids: list[int]) -> int:
-        return common_prefix_len(list(self.llm._input_ids[: self.llm.n_tokens]), ids)
+    def cached(self, ids: list[int], llm: Llama) -> int:
+        return common_prefix_len(list(llm._input_ids[: llm.n_tokens]), ids)
 
     def generate(self, r: dict) -> dict:
         ids = r["ids"]
-        cached = min(self.cached(ids), len(ids) - 1)
+        cached = min(self.cached(ids, self.llm), len(ids) - 1)
         grammar = (
             LlamaGrammar.from_string(r["grammar"], verbose=False) if r.get("grammar") else None
         )
@@ -75,13 +74,13 @@ class Worker:
         prefix, results, cached_total = r["prefix"], [], 0
         for choice in r["choices"]:
             ids = prefix + choice
-            cached = min(self.cached(ids), len(ids) - 1)
+            cached = min(self.cached(ids, self.scorer), len(ids) - 1)
             cached_total += cached
-            self.llm.n_tokens = cached  # eval() drops the KV after n_tokens and goes on
-            self.llm.eval(ids[cached:])
+            self.scorer.n_tokens = cached  # eval() drops the KV after n_tokens and goes on
+            self.scorer.eval(ids[cached:])
             logprobs = []
             for offset, token in enumerate(choice):
-                row = self.llm.scores[len(prefix) + offset - 1].astype(np.float64)
+                row = self.scorer.scores[len(prefix) + offset - 1].astype(np.float64)
                 top = row.max()
                 logprobs.append(float(row[token] - top - np.log(np.exp(row - top).sum())))
             results.append(logprobs)
@@ -93,7 +92,20 @@ class Worker:
 
     def reset(self, r: dict) -> dict:
         self.llm.reset()
+        self.scorer.reset()
         return {}
+
+
+def _llama(model_path: str, n_ctx: int, logits_all: bool) -> Llama:
+    return Llama(
+        model_path=model_path,
+        n_ctx=n_ctx,
+        n_threads=2,
+        n_threads_batch=2,
+        n_batch=512,
+        logits_all=logits_all,
+        verbose=False,
+    )
 
 
 def main() -> None:
