@@ -5,7 +5,7 @@ on the quantized kernels (docs/quantization.md picks `quantize_dense_rows` from 
 
 Each cell is the time of every linear layer of the model at that many rows (each layer's qkv,
 o, gate-up and down, and the lm_head), best of `--repeat` taken in turns: the int8 and int4
-kernels, and the dense path (`QuantizedLinear` above its threshold: x rounded to bf16, fp32
+kernels, and the dense path (`QuantizedLinear` above its threshold: the fp32
 matmul) on each kernel set's prepared linear. The dense columns are the same for both layouts
 (the same fp32 shapes), so they are measured once, on the int8 model.
 """

@@ -54,8 +54,8 @@ class Vllm(System):
         self._counts = [0, 0]
         self._cpus = os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or cpu_bind()
         self.description = (
-            f"vLLM-CPU server on {len(self._cpus.split(','))} cores "
-            f"(VLLM_CPU_OMP_THREADS_BIND={self._cpus}), prefix caching on"
+            f"vLLM-CPU server, VLLM_CPU_OMP_THREADS_BIND={self._cpus} (one OpenMP thread per "
+            "listed CPU), prefix caching on"
         )
 
     def start(self) -> None:
