@@ -5,7 +5,7 @@ silently stop running. Locally, skips stay skips."""
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -21,3 +21,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+
+
+@pytest.fixture(scope="module")
+def local_backend() -> Iterator[Any]:
+    """A `LocalBackend` on the embedded model for one test module (skipped where the model is
+    not installed, which CI counts as a failure); its engines are closed after the module."""
+    from sgl_lang.backends.local import LocalBackend
+    from sgl_lang.bridge.registry import close_engines
+    from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path
+
+    try:
+        embedded_model_path()
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    yield LocalBackend()
+    close_engines()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,13 +15,11 @@ import pytest
 
 from sgl_lang.backends.local import LocalBackend
 from sgl_lang.bridge.options import EngineOptions
-from sgl_lang.bridge.registry import close_engines
 from sgl_lang.config import RunConfig
 from sgl_lang.grammar import parse_text
 from sgl_lang.interpreter import Interpreter
 from sgl_lang.loader import Loader
 from sgl_lang.runner import run_rows
-from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path
 from sgl_lang.runtime.stats import EngineStats
 from sgl_lang.state import State
 from sgl_lang.stdlib import builtins
@@ -35,13 +32,8 @@ MAX_TOKENS = 12  # the default `max_tokens` of these runs (examples mostly set t
 
 
 @pytest.fixture(scope="module")
-def backend() -> Iterator[LocalBackend]:
-    try:
-        embedded_model_path()
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
-    yield LocalBackend()
-    close_engines()
+def backend(local_backend: LocalBackend) -> LocalBackend:
+    return local_backend
 
 
 class Run(NamedTuple):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -15,11 +14,9 @@ import pytest
 
 from sgl_lang.backends import get_backend
 from sgl_lang.backends.local import LocalBackend
-from sgl_lang.bridge.registry import close_engines
 from sgl_lang.bridge.render import Rendered, encode, render_prompt
 from sgl_lang.protocol import BackendError, GenRequest, Grammar, Image, Message, Prompt, Text
 from sgl_lang.runtime.engine import Engine
-from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path
 from sgl_lang.runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.model
@@ -28,13 +25,8 @@ QUESTION = (Message("user", "What is the capital of France?"),)
 
 
 @pytest.fixture(scope="module")
-def backend() -> Iterator[LocalBackend]:
-    try:
-        embedded_model_path()
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
-    yield LocalBackend()
-    close_engines()
+def backend(local_backend: LocalBackend) -> LocalBackend:
+    return local_backend
 
 
 @pytest.fixture(scope="module")

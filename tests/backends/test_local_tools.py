@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator
 
 import pytest
 
 from sgl_lang.backends.local import LocalBackend
-from sgl_lang.bridge.registry import close_engines
 from sgl_lang.protocol import (
     BackendError,
     GenRequest,
@@ -22,7 +20,6 @@ from sgl_lang.protocol import (
     ToolSpec,
     json_problem,
 )
-from sgl_lang.runtime.model_loader import ModelNotFoundError, embedded_model_path
 
 pytestmark = pytest.mark.model
 
@@ -74,13 +71,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def backend() -> Iterator[LocalBackend]:
-    try:
-        embedded_model_path()
-    except ModelNotFoundError as exc:
-        pytest.skip(str(exc))
-    yield LocalBackend()
-    close_engines()
+def backend(local_backend: LocalBackend) -> LocalBackend:
+    return local_backend
 
 
 def generate_all(
