@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
+from sgl_lang.runtime.openmp import release_thread_team
 from sgl_lang.runtime.scheduler import Scheduler
 from sgl_lang.runtime.stats import EngineHealth
 
@@ -19,7 +20,9 @@ Command = Callable[[], object]
 class EngineLoop:
     """Runs `step` on a background thread while the scheduler has work, and sleeps until a
     command arrives when it has none. Unthreaded (`threaded=False`), the caller steps and
-    commands run at the start of each step (or in `run_commands`).
+    commands run at the start of each step (or in `run_commands`). Threaded, it first frees the
+    creating thread's OpenMP workers (model loading leaves them), so that the loop's own are
+    the only ones (`runtime/openmp.py`).
 
     Commands run on the loop's thread in the order they were sent. A step fails its own
     requests when it raises (`Engine.step`); an exception that escapes it (the cache could not
@@ -35,6 +38,7 @@ class EngineLoop:
         self._closed = False
         self._thread: threading.Thread | None = None
         if threaded:
+            release_thread_team()  # the loop's thread runs the only OpenMP team (runtime/openmp.py)
             self._thread = threading.Thread(target=self._loop, name="sgl-engine", daemon=True)
             self._thread.start()
 
