@@ -20,9 +20,9 @@ Command = Callable[[], object]
 class EngineLoop:
     """Runs `step` on a background thread while the scheduler has work, and sleeps until a
     command arrives when it has none. Unthreaded (`threaded=False`), the caller steps and
-    commands run at the start of each step (or in `run_commands`). Threaded, it first frees the
-    creating thread's OpenMP workers (model loading leaves them), so that the loop's own are
-    the only ones (`runtime/openmp.py`).
+    commands run at the start of each step (or in `run_commands`). Threaded, a thread that sends
+    a command first frees its own OpenMP workers (model loading and token masks leave them), so
+    that the loop thread's are the process's only ones (`runtime/openmp.py`).
 
     Commands run on the loop's thread in the order they were sent. A step fails its own
     requests when it raises (`Engine.step`); an exception that escapes it (the cache could not
@@ -38,7 +38,6 @@ class EngineLoop:
         self._closed = False
         self._thread: threading.Thread | None = None
         if threaded:
-            release_thread_team()  # the loop's thread runs the only OpenMP team (runtime/openmp.py)
             self._thread = threading.Thread(target=self._loop, name="sgl-engine", daemon=True)
             self._thread.start()
 
@@ -65,6 +64,8 @@ class EngineLoop:
 
     def send(self, command: Command) -> None:
         """Queue `command` for the loop's thread (thread-safe)."""
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            release_thread_team()
         if self._failure is not None:
             raise RuntimeError("the engine stopped after an internal error") from self._failure
         if self._closed:

@@ -11,6 +11,7 @@ such a team behind; the engine frees it before its own thread starts.
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 _OMP_PAUSE_SOFT = 1
@@ -24,14 +25,16 @@ def release_thread_team() -> None:
         libgomp.omp_pause_resource_all(_OMP_PAUSE_SOFT)  # libgomp: this thread's team only
 
 
+@functools.cache
 def _loaded_libgomp() -> ctypes.CDLL | None:
+    """torch's libgomp (in `torch/lib` or the wheel's `torch.libs`); other packages may load
+    their own copies (sentencepiece does), whose teams are not the ones torch's ops use."""
     maps = Path("/proc/self/maps")
     if not maps.is_file():
         return None
-    paths = sorted(
-        {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
-    )
-    if not paths:
+    paths = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
+    torch_paths = sorted(p for p in paths if "/torch/lib/" in p or "/torch.libs/" in p)
+    if not torch_paths:
         return None
-    library = ctypes.CDLL(paths[0])  # already loaded: the same handle, not a second copy
+    library = ctypes.CDLL(torch_paths[0])  # already loaded: the same handle, not a second copy
     return library if hasattr(library, "omp_pause_resource_all") else None

@@ -79,13 +79,20 @@ class BridgedEngine:
         return await self._finished(request, prompt_ids, params, on_chunk, healed_text=healed_text)
 
     def _prepare(self, request: GenRequest) -> tuple[list[int], SamplingParams, str]:
-        """The prompt ids, sampling parameters and healed text of `request` (blocking)."""
-        rendered = render_prompt(self.tokenizer, request.prompt)
-        prompt_ids = encode(self.engine, rendered)
-        heal = plan_healing(self._healing_masks, request, rendered, prompt_ids)
-        if heal is None:
-            return prompt_ids, self._params(request), ""
-        return prompt_ids[:-1], self._params(request, heal), heal.text
+        """The prompt ids, sampling parameters and healed text of `request` (blocking; on a
+        worker thread, whose OpenMP workers the token masks' ops start are freed after, as
+        the engine needs its own to be the only ones: runtime/openmp.py)."""
+        from sgl_lang.runtime.openmp import release_thread_team
+
+        try:
+            rendered = render_prompt(self.tokenizer, request.prompt)
+            prompt_ids = encode(self.engine, rendered)
+            heal = plan_healing(self._healing_masks, request, rendered, prompt_ids)
+            if heal is None:
+                return prompt_ids, self._params(request), ""
+            return prompt_ids[:-1], self._params(request, heal), heal.text
+        finally:
+            release_thread_team()
 
     def _params(self, request: GenRequest, heal: Heal | None = None) -> SamplingParams:
         """The sampling parameters of `request`, healed by `heal`; with `min_tokens`, the

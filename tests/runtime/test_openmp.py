@@ -1,5 +1,5 @@
-"""The engine frees the OpenMP workers of the thread that built it, so that its loop's team is
-the process's only one (runtime/openmp.py)."""
+"""A thread that sends work to the engine frees its own OpenMP workers, so that the engine loop's
+team is the process's only one (runtime/openmp.py)."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ class IdleScheduler:
         return []
 
 
-def test_a_threaded_engine_loop_frees_its_creators_workers() -> None:
-    loops: list[EngineLoop] = []
-    workers, exited = workers_after(
-        lambda: loops.append(EngineLoop(IdleScheduler(), lambda: False, threaded=True))
-    )
-    loops[0].close()
+def test_sending_to_a_threaded_engine_loop_frees_the_senders_workers() -> None:
+    loop = EngineLoop(IdleScheduler(), lambda: False, threaded=True)
+    try:
+        workers, exited = workers_after(lambda: loop.send(lambda: None))
+    finally:
+        loop.close()
     assert workers and exited
