@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import httpx
@@ -38,7 +39,21 @@ def test_an_enveloped_request_is_answered_as_the_native_route_answers_it(
     enveloped = post(transport, "/v1/completions", envelope(path, body, FRANCE))
     assert enveloped.status_code == native.status_code == 200
     assert enveloped.headers["content-type"] == native.headers["content-type"]
-    assert _answer(enveloped) == _answer(native)
+    assert _same(_answer(enveloped), _answer(native))
+
+
+def _same(answer: Any, expected: Any) -> bool:
+    """Equal, floats within 1e-5 relative: a score computed over a cached prefix, or in a step
+    shaped differently, may differ in the last digits (the matmuls' blocking follows the rows)."""
+    if isinstance(answer, float) and isinstance(expected, float):
+        return math.isclose(answer, expected, rel_tol=1e-5)
+    if isinstance(answer, dict) and isinstance(expected, dict):
+        return answer.keys() == expected.keys() and all(
+            _same(answer[k], expected[k]) for k in answer
+        )
+    if isinstance(answer, list) and isinstance(expected, list):
+        return len(answer) == len(expected) and all(map(_same, answer, expected))
+    return bool(answer == expected)
 
 
 def test_an_enveloped_get_model_info_names_the_wire(transport: httpx.ASGITransport) -> None:
