@@ -5,7 +5,7 @@ thread that ran a parallel region. Once the process holds more such threads than
 idle workers barely spin before they sleep, so every small parallel op of a step (a norm or an
 activation over a few decode rows) first waits for its worker to wake: ~98 µs an op instead of
 ~15 µs here (docs/kernels.md, "One OpenMP team"). Loading a model on the main thread leaves
-such a team behind; the engine frees it before its own thread starts.
+such a team behind; a thread frees its own when it sends work to the engine loop.
 """
 
 from __future__ import annotations
