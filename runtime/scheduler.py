@@ -204,8 +204,9 @@ class Scheduler:
         if not rows:
             return
         reqs = [r.request for r in rows]
+        row_ids = [r.row for r in rows]
         result = self.sampler.sample(
-            logits[[r.row for r in rows]],
+            logits if row_ids == list(range(len(logits))) else logits[row_ids],
             [r.params for r in reqs],
             [r.output_ids for r in reqs],
             [r.generator for r in reqs],

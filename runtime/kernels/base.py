@@ -101,9 +101,13 @@ class Kernels(ABC):
         """Neox-style rotary embedding of `q [T, H * D]`, `k [T, KV * D]` (2-D, possibly strided
         views) at `positions` int64; may work in place."""
 
-    @abstractmethod
     def silu_and_mul(self, x: Tensor) -> Tensor:
-        """`silu(gate) * up` for `x = [gate | up]` `[T, 2d]` -> `[T, d]`."""
+        """`silu(gate) * up` for `x = [gate | up]` `[T, 2d]` -> `[T, d]`: torch's vectorised silu
+        into the output, then one in-place multiply (3x faster per row on this CPU than vLLM's
+        `silu_and_mul` and than `F.silu(gate) * up`; docs/kernels.md)."""
+        gate, up = x.chunk(2, dim=-1)
+        out = torch.ops.aten.silu.out(gate, out=torch.empty_like(up))
+        return out.mul_(up)
 
 
 def cos_sin_cache(inv_freq: Tensor, num_positions: int, dtype: torch.dtype) -> Tensor:

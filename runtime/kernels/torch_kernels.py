@@ -97,7 +97,3 @@ class TorchKernels(Kernels):
         q3 = q3 * cos + _rotate_half(q3) * sin
         k3 = k3 * cos + _rotate_half(k3) * sin
         return q3.view(num_tokens, -1), k3.view(num_tokens, -1)
-
-    def silu_and_mul(self, x: Tensor) -> Tensor:
-        gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate) * up

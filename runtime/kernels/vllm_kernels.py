@@ -169,8 +169,3 @@ class VllmKernels(Kernels):
     ) -> tuple[Tensor, Tensor]:
         self.ops.rotary_embedding(positions, q, k, head_dim, cos_sin_cache, True)  # 2-D views
         return q, k
-
-    def silu_and_mul(self, x: Tensor) -> Tensor:
-        out = torch.empty(x.shape[0], x.shape[1] // 2, dtype=x.dtype, device=x.device)
-        torch.ops._C.silu_and_mul(out, x)
-        return out

@@ -36,6 +36,21 @@ def test_greedy_takes_the_argmax_and_reports_model_logprobs() -> None:
     assert SamplingParams(top_k=1).is_greedy
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_greedy_ties_go_to_the_first_largest_token(mixed: bool) -> None:
+    """As argmax: a tie picks the lowest token id, whether every row is greedy (the whole-batch
+    path) or some sample (the greedy rows' own path)."""
+    logits = torch.zeros(3, 49152)
+    logits[0, [5, 9, 40000]] = 2.0
+    logits[1, [30000, 7]] = 1.0
+    greedy = SamplingParams(temperature=0.0)
+    params = [greedy, greedy, SamplingParams(seed=1) if mixed else greedy]
+    result = Sampler().sample(logits, params, [[]] * 3, [None] * 3)
+    assert result.token_ids[:2].tolist() == [5, 7]
+    if not mixed:
+        assert int(result.token_ids[2]) == 0
+
+
 @pytest.mark.parametrize(
     ("params", "allowed"),
     [
