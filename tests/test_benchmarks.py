@@ -80,6 +80,26 @@ def test_agreement_flags_a_system_whose_answers_differ() -> None:
     assert _agree(results[1].agreement) == "50% ⚠ differs" and _agree(1.0) == "100%"
 
 
+@pytest.mark.parametrize("with_nocache", [True, False])
+def test_ratios_name_the_system_they_divide_by(tmp_path: Path, with_nocache: bool) -> None:
+    """Throughput ratios are over sgl-nocache when it ran, else over the first system, and the
+    JSON, the Markdown report and the charts' label say which."""
+    from run import Result, markdown_table, ratios, write_results
+
+    results = [
+        Result("vllm", "mmlu", programs_per_s=2.0),
+        Result("sgl", "mmlu", programs_per_s=4.0),
+    ]
+    if with_nocache:
+        results.append(Result("sgl-nocache", "mmlu", programs_per_s=1.0))
+    base = "sgl-nocache" if with_nocache else "vllm"
+    assert ratios(results)[("sgl", "mmlu")] == (4.0 if with_nocache else 2.0)
+    write_results(results, tmp_path / "r.json", "default")
+    document = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert document["baseline"] == base
+    assert f"× {base} |" in markdown_table(document).splitlines()[0]
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
 def test_the_default_sizes_are_the_issue_s_and_paper_sizes_fit_the_data() -> None:
     assert (
