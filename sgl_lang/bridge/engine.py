@@ -15,6 +15,7 @@ from sgl_lang.bridge.sampling import min_tokens_mask, sampling_params
 from sgl_lang.bridge.tools import generate_with_tools
 from sgl_lang.protocol import (
     BackendError,
+    BackendUnavailable,
     CachedSplit,
     GenRequest,
     GenResult,
@@ -227,8 +228,8 @@ class BridgedEngine:
 @contextlib.contextmanager
 def engine_errors() -> Iterator[None]:
     """The engine's failures as `BackendError`s: a request that cannot run (`RequestError`),
-    parameters it refuses (ValueError), an engine closed or stopped after an internal error
-    (RuntimeError)."""
+    parameters it refuses (ValueError), and as `BackendUnavailable` an engine closed or stopped
+    after an internal error (RuntimeError)."""
     from sgl_lang.runtime.request import RequestError
 
     try:
@@ -238,7 +239,7 @@ def engine_errors() -> Iterator[None]:
     except ValueError as exc:
         raise BackendError(f"local model: {exc}") from None
     except RuntimeError as exc:
-        raise BackendError(f"local engine: {exc}") from None
+        raise BackendUnavailable(f"local engine: {exc}") from None
 
 
 def finish_reason(meta: GenerationMeta, eos_token_ids: Sequence[int], ignore_eos: bool) -> str:

@@ -22,6 +22,11 @@ class BackendError(Exception):
         return str(self)
 
 
+class BackendUnavailable(BackendError):
+    """The backend can serve no request now, whatever the request (its engine is closed or
+    stopped after an internal error); a server answers 503 to it, not 400."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend enforces. `constraints` ⊆ {"regex", "json", "choices"} are enforced

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from sgl_lang.bridge.options import EngineOptions
-from sgl_lang.protocol import BackendError
+from sgl_lang.protocol import BackendError, BackendUnavailable
 from sgl_lang.server import native, openai_routes
 from sgl_lang.server.envelope import Envelope
 from sgl_lang.server.guard import MAX_BODY_BYTES, Guard, GuardConfig, default_allowed_hosts
@@ -100,6 +100,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BackendError)
     async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
         return JSONResponse(error_body(exc.message, 400), status_code=400)
+
+    @app.exception_handler(BackendUnavailable)  # the engine cannot serve: not the request's fault
+    async def unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, 503, "server_error"), status_code=503)
 
     @app.exception_handler(ClientGone)
     async def gone(_: Request, __: ClientGone) -> Response:

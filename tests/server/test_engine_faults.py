@@ -1,6 +1,7 @@
 """`sgl serve` on the real SmolLM2 when a request is poisoned (ids outside the vocabulary, a
 hostile regex, a schema that requires itself): that request gets a 400 in the error shape and
-the server goes on; /health is 503 with the error shape once the engine cannot serve."""
+the server goes on; /health and every request are 503 with the error shape once the engine
+cannot serve."""
 
 from __future__ import annotations
 
@@ -96,6 +97,16 @@ def test_health_is_503_once_the_engine_is_closed(own_engine: Engine) -> None:
     assert response.json() == {
         "error": {"message": "the engine is closed", "type": "server_error", "code": 503}
     }
+    body = {"text": FRANCE, "sampling_params": GREEDY}
+    refused = call(transport, "POST", "/generate", body)
+    assert refused.status_code == 503
+    assert refused.json()["error"] == {
+        "message": "local engine: the engine is closed",
+        "type": "server_error",
+        "code": 503,
+    }
+    streamed = call(transport, "POST", "/generate", {**body, "stream": True})
+    assert streamed.status_code == 503  # refused before its first event
 
 
 def test_health_is_503_once_the_engine_stopped_after_an_internal_error(
@@ -124,4 +135,6 @@ def test_health_is_503_once_the_engine_stopped_after_an_internal_error(
     stats = call(transport, "GET", "/stats").json()
     assert (stats["num_running"], stats["num_waiting"]) == (0, 0)
     later = call(transport, "POST", "/generate", {"text": FRANCE, "sampling_params": GREEDY})
-    assert later.status_code == 400 and "engine stopped" in later.json()["error"]["message"]
+    assert later.status_code == 503  # the server cannot serve: not the request's fault
+    error = later.json()["error"]
+    assert "engine stopped" in error["message"] and error["type"] == "server_error"
