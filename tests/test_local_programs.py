@@ -1,6 +1,7 @@
 """Every example program on the real embedded SmolLM2 (greedy, short outputs), with checks that
 do not depend on the exact text: variables bound, fork order, select picks a choice, shared
-prefixes come from the cache, the same outputs with the cache off, and requests that batch."""
+prefixes come from the cache, the same outputs with the cache off and on either kernel set, and
+requests that batch."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.sgl"))
 MAX_TOKENS = 12  # the default `max_tokens` of these runs (examples mostly set their own)
+KERNEL_SETS = ("torch", "vllm")
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,29 @@ def test_outputs_are_the_same_with_the_cache_off(backend: LocalBackend) -> None:
         assert off.printed == on.printed
         assert all(call.cached_tokens == 0 for call in off.interpreter.calls)
         assert sum(call.cached_tokens for call in on.interpreter.calls) > 0
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in EXAMPLES if p.stem != "batch_qa"], ids=lambda p: p.stem
+)
+def test_every_example_answers_the_same_on_both_kernel_sets(
+    kernel_backends: dict[str, LocalBackend], path: Path
+) -> None:
+    """`--kernels torch` and `--kernels vllm`: the same greedy variables and printed text."""
+    runs = {name: run(backend, path) for name, backend in kernel_backends.items()}
+    torch_run, vllm_run = runs["torch"], runs["vllm"]
+    assert vllm_run.state.variables == torch_run.state.variables
+    assert vllm_run.printed == torch_run.printed
+
+
+@pytest.fixture(scope="module")
+def kernel_backends() -> dict[str, LocalBackend]:
+    """A backend per kernel set; the vllm one fails here, not later, where vLLM's ops are
+    missing."""
+    backends = {name: LocalBackend(options=EngineOptions(kernels=name)) for name in KERNEL_SETS}
+    for name, backend in backends.items():
+        assert asyncio.run(backend.bridged()).engine.stats().kernels == name
+    return backends
 
 
 FORK_8 = """
