@@ -33,17 +33,10 @@ def sampling_params(
     try:
         return SamplingParams(
             max_new_tokens=request.max_tokens + (1 if heal_prefix else 0),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            top_k=request.top_k,
-            min_p=request.min_p,
-            frequency_penalty=request.frequency_penalty,
-            presence_penalty=request.presence_penalty,
-            seed=request.seed,
+            **knob_fields(request),
             stop=tuple(stop for stop in request.stop if stop),
             stop_regex=request.stop_regex,
             include_stop=request.include_stop,
-            ignore_eos=request.ignore_eos,
             return_logprobs=request.logprobs is not None,
             top_logprobs_num=request.logprobs or 0,
             logits_mask=logits_mask,
@@ -51,6 +44,13 @@ def sampling_params(
         )
     except ValueError as exc:
         raise BackendError(f"local model: {exc}") from None
+
+
+def knob_fields(request: GenRequest) -> dict[str, Any]:
+    """The request's sampling knobs under the names both our runtime's and vLLM's
+    `SamplingParams` give them."""
+    names = ("temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty")
+    return {name: getattr(request, name) for name in (*names, "seed", "ignore_eos")}
 
 
 def constraint_fields(constraint: Constraint | None, prefix: str = "") -> dict[str, Any]:

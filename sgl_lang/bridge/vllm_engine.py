@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sgl_lang.bridge.options import KV_CACHE_GB, EngineOptions
 from sgl_lang.bridge.render import encode_ids, neutral_ids, render_prompt, score_split
+from sgl_lang.bridge.sampling import knob_fields
 from sgl_lang.protocol import (
     BackendError,
     Choices,
@@ -267,15 +268,8 @@ def sampling_params(request: GenRequest) -> Any:
     try:
         return SamplingParams(
             max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            top_k=request.top_k,
-            min_p=request.min_p,
-            frequency_penalty=request.frequency_penalty,
-            presence_penalty=request.presence_penalty,
-            seed=request.seed,
+            **knob_fields(request),
             stop=[stop for stop in request.stop if stop],
-            ignore_eos=request.ignore_eos,
             structured_outputs=structured_outputs(request.constraint),
             output_kind=RequestOutputKind.DELTA,
         )
