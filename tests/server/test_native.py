@@ -181,8 +181,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_request(
     num_decoded = engine.stats().num_decode_tokens
 
     async def read_a_little() -> None:
-        body = {"text": "Once upon a time", "sampling_params": greedy(400, ignore_eos=True)}
-        body["stream"] = True
+        params = greedy(400, ignore_eos=True)
+        body = {"text": "Once upon a time", "sampling_params": params, "stream": True}
         async with (
             httpx.AsyncClient(base_url=live_server.url) as client,
             client.stream("POST", "/generate", json=body) as response,
