@@ -6,9 +6,12 @@ side by side in one run, and report throughput, latency, cache hit rate and accu
     python benchmarks/run.py --sizes paper --systems sgl,vllm # the SGLang paper's sizes
     python benchmarks/run.py --workloads mmlu,hellaswag --systems sgl,sgl-nocache
     python benchmarks/run.py --quick --systems test           # the harness only, no model
+    python benchmarks/run.py --workloads react --systems sgl,vllm --repeat 3  # median of 3 runs
 
 Every system runs the same programs through the Python API on its own backend; ratios are
-against the no-cache baseline (`sgl-nocache`) measured in the same run, and each system's
+against the no-cache baseline (`sgl-nocache`) measured in the same run (with `--repeat N`, each
+workload runs N times per system, cache flushed before each, and the median run is reported),
+and each system's
 answers are compared item by item with the first system's (`agree`: the share of identical
 outputs; a system below 100% is flagged). Results go to `benchmarks/results/<date>.json` and
 one bar chart per metric, `<date>-<metric>.png` (when matplotlib is there)."""
@@ -69,6 +72,7 @@ class Result:
     sample_output: str | None = None  # the first program's variables, cut short
     output_digests: list[str | None] = field(default_factory=list)  # per item, None: failed
     agreement: float | None = None  # share of items answered as the first system did
+    repeats_programs_per_s: list[float] = field(default_factory=list)  # every run, with --repeat
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -139,6 +143,15 @@ async def run_workload(system: System, workload: Workload, items: Sequence[Item]
     return result
 
 
+def median_run(runs: Sequence[Result]) -> Result:
+    """The run of median throughput (the lower middle one of an even count), carrying every
+    run's programs/s."""
+    ordered = sorted(runs, key=lambda r: r.programs_per_s)
+    median = ordered[(len(ordered) - 1) // 2]
+    median.repeats_programs_per_s = [r.programs_per_s for r in runs]
+    return median
+
+
 def _digest(output: dict[str, Any] | None) -> str | None:
     """A fingerprint of one program's variables, to compare answers between systems."""
     if output is None:
@@ -180,9 +193,11 @@ def run_all(
     size: str,
     limit: int | None,
     on_result: Callable[[list[Result]], None],
+    repeat: int = 1,
 ) -> list[Result]:
-    """Every workload on every system, one system at a time; `on_result` sees the results so
-    far after each one (so an interrupted run keeps what it measured)."""
+    """Every workload on every system, one system at a time, `repeat` times each (the median
+    run kept); `on_result` sees the results so far after each one (so an interrupted run keeps
+    what it measured)."""
     count_tokens = token_counter(system_names)
     items = {w.name: w.items(size, count_tokens, limit) for w in workloads}
     results = []
@@ -207,8 +222,13 @@ def run_all(
                     on_result(results)
                     continue
                 try:
-                    system.reset()
-                    result = asyncio.run(run_workload(system, workload, items[workload.name]))
+                    runs = []
+                    for _ in range(repeat):
+                        system.reset()
+                        runs.append(
+                            asyncio.run(run_workload(system, workload, items[workload.name]))
+                        )
+                    result = median_run(runs)
                 except Exception as exc:  # a broken peer must not lose the other results
                     result = Result(name, workload.name, skipped=f"crashed: {exc!r}"[:300])
                 results.append(result)
@@ -224,8 +244,11 @@ def _summary(r: Result) -> str:
     hit = f"{r.cache_hit_rate:.0%}" if r.cache_hit_rate is not None else "-"
     acc = f"{r.accuracy:.0%}" if r.accuracy is not None else "-"
     failed = f", {r.num_failed} failed: {r.first_error.splitlines()[0]}" if r.first_error else ""
+    runs = r.repeats_programs_per_s
+    median = f" (median of {', '.join(f'{x:.3f}' for x in runs)})" if len(runs) > 1 else ""
     return (
-        f"{r.programs_per_s:.3f} prog/s, p50 {r.latency_p50_s:.2f} s, hit {hit}, acc {acc}{failed}"
+        f"{r.programs_per_s:.3f} prog/s{median}, p50 {r.latency_p50_s:.2f} s, hit {hit}, "
+        f"acc {acc}{failed}"
     )
 
 
@@ -369,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="the same as --sizes quick")
     parser.add_argument("--limit", type=int, help="programs per workload (overrides the size)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per workload and system; the median is kept"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")
     parser.add_argument("--report", type=Path, help="print a results JSON as Markdown; run nothing")
@@ -383,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if unknown:
         parser.error(f"unknown workload or system: {', '.join(unknown)}")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
     size = "quick" if args.quick else args.sizes
@@ -393,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         size,
         args.limit,
         lambda so_far: write_results(so_far, path, size),
+        args.repeat,
     )
     print_table(results)
     console.print(f"results: {path}")

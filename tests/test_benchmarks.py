@@ -80,6 +80,27 @@ def test_agreement_flags_a_system_whose_answers_differ() -> None:
     assert _agree(results[1].agreement) == "50% ⚠ differs" and _agree(1.0) == "100%"
 
 
+def test_median_run_keeps_the_middle_run_and_every_run_s_rate() -> None:
+    from run import Result, median_run
+
+    runs = [Result("sgl", "react", programs_per_s=rate) for rate in (0.30, 0.20, 0.25)]
+    assert median_run(runs) is runs[2] and runs[2].repeats_programs_per_s == [0.30, 0.20, 0.25]
+    assert median_run(runs[:2]).programs_per_s == 0.20  # the lower middle of an even count
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"benchmark data not found at {DATA}")
+def test_repeat_runs_each_workload_that_many_times(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--systems", "test"]
+    options = ["--workloads", "tips", "--repeat", "3", "--out", str(tmp_path), "--no-chart"]
+    done = subprocess.run(
+        command + options, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(next(tmp_path.glob("*.json")).read_text(encoding="utf-8"))["results"]
+    rates = result["repeats_programs_per_s"]
+    assert len(rates) == 3 and result["programs_per_s"] == sorted(rates)[1]
+
+
 @pytest.mark.parametrize("with_nocache", [True, False])
 def test_ratios_name_the_system_they_divide_by(tmp_path: Path, with_nocache: bool) -> None:
     """Throughput ratios are over sgl-nocache when it ran, else over the first system, and the
