@@ -46,11 +46,16 @@ def sampling_params(
         raise BackendError(f"local model: {exc}") from None
 
 
+KNOBS = (
+    "temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "seed",
+    "ignore_eos",
+)  # fmt: skip
+
+
 def knob_fields(request: GenRequest) -> dict[str, Any]:
-    """The request's sampling knobs under the names both our runtime's and vLLM's
-    `SamplingParams` give them."""
-    names = ("temperature", "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty")
-    return {name: getattr(request, name) for name in (*names, "seed", "ignore_eos")}
+    """The request's sampling knobs (`KNOBS`), named as both our runtime's and vLLM's
+    `SamplingParams` name them."""
+    return {name: getattr(request, name) for name in KNOBS}
 
 
 def constraint_fields(constraint: Constraint | None, prefix: str = "") -> dict[str, Any]:
