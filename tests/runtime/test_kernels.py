@@ -198,3 +198,61 @@ def test_the_engine_attends_through_vllm_s_paged_attention(
     run_all(engine, [shared + token_ids(4, 9), shared + token_ids(5, 20)], greedy(6))
     assert engine.kv_pool.page_size == 32 and plans
     assert set(plans) == {"PagedPlan"}
+
+
+@pytest.mark.parametrize(
+    "lens", [[3000, 2980, 1001, 64], [33], [32, 1, 95]], ids=["long", "one-page", "short"]
+)
+def test_our_decode_attention_matches_vllm_s(lens: list[int]) -> None:
+    """Our decode op (runtime/kernels/decode_attention.cpp) against vLLM's paged attention on
+    the same pool: shuffled pages, partial last pages, 9 query heads over 3 KV heads."""
+    from sgl_lang.runtime.kernels.decode_attention import load_decode_attention
+
+    decode_op = load_decode_attention()
+    assert decode_op is not None, "the decode op did not build here"
+    ops, gen = vllm_kernels.import_ops(), torch.Generator().manual_seed(0)
+    num_pages = [-(-n // PAGE_SIZE) for n in lens]
+    k_cache, v_cache = (
+        torch.randn(sum(num_pages) + 1, 3, PAGE_SIZE, 64, generator=gen) for _ in "kv"
+    )
+    pages = (torch.randperm(sum(num_pages), generator=gen) + 1).to(torch.int32).split(num_pages)
+    block_table = torch.nn.utils.rnn.pad_sequence(list(pages), batch_first=True)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    q = torch.randn(len(lens), 9, 64, generator=gen)
+    starts = torch.arange(len(lens) + 1, dtype=torch.int32)
+    metadata = ops.cpu_attn_get_scheduler_metadata(
+        len(lens), 9, 3, 64, seq_lens, torch.float32, starts, True, -1, vllm_kernels.ISA, False
+    )
+    want = torch.empty_like(q)
+    ops.cpu_attention_with_kv_cache(
+        q, k_cache, v_cache, want, starts, seq_lens, 0.125, True, None, -1, block_table, 0.0,
+        metadata, None,
+    )  # fmt: skip
+    got = decode_op(q, k_cache, v_cache, block_table, seq_lens, 0.125, torch.get_num_threads())
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernels", ["vllm"])
+def test_long_decodes_take_our_decode_attention_and_answer_the_same(
+    make_engine: Callable[..., Engine], real_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode batches with a context of `long_context` tokens or more run our decode op (here
+    from 40 tokens) on the embedded model, and the greedy outputs are those of vLLM's op."""
+    plans: list[str] = []
+    plan = vllm_kernels.VllmKernels.plan_attention
+
+    def spy(self: Any, *args: Any) -> Any:
+        chosen = plan(self, *args)
+        plans.append(type(chosen).__name__)
+        return chosen
+
+    monkeypatch.setattr(vllm_kernels.VllmKernels, "plan_attention", spy)
+    prompts = [token_ids(6, 45), token_ids(7, 20) + token_ids(8, 50)]
+    outputs = []
+    for long_context in (10**9, 40):
+        monkeypatch.setattr(vllm_kernels.VllmKernels, "long_context", long_context)
+        engine = make_engine(model=real_model, page_size=None)
+        outputs.append([c.meta.output_ids for c in run_all(engine, prompts, greedy(8))])
+        engine.close()
+    assert outputs[0] == outputs[1]
+    assert "DecodePlan" in plans and "PagedPlan" in plans  # prefill chunks stay with vLLM's op
