@@ -176,23 +176,30 @@ def test_vllm_kernels_refuse_what_they_cannot_run() -> None:
         KVPool(1, 64, 1, 64, page_size=0)
 
 
-@pytest.mark.skipif("vllm" not in KERNELS, reason="vLLM's ops do not import here")
-@pytest.mark.parametrize("kernels", ["vllm"])
-def test_the_engine_attends_through_vllm_s_paged_attention(
-    make_engine: Callable[..., Engine], kernels: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With the vllm kernels the engine's batches are laid out in pages, so every forward
-    (prefill chunks, decode rows, a cached prefix ending inside a page) takes vLLM's paged
-    attention, never the SDPA fallback."""
-    plans: list[str] = []
+@pytest.fixture
+def plans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kind of attention plan (`PagedPlan`, `DecodePlan`, `SdpaPlan`) of every forward the
+    vllm kernels plan during the test."""
+    kinds: list[str] = []
     plan = vllm_kernels.VllmKernels.plan_attention
 
     def spy(self: Any, *args: Any) -> Any:
         chosen = plan(self, *args)
-        plans.append(type(chosen).__name__)
+        kinds.append(type(chosen).__name__)
         return chosen
 
     monkeypatch.setattr(vllm_kernels.VllmKernels, "plan_attention", spy)
+    return kinds
+
+
+@pytest.mark.skipif("vllm" not in KERNELS, reason="vLLM's ops do not import here")
+@pytest.mark.parametrize("kernels", ["vllm"])
+def test_the_engine_attends_through_vllm_s_paged_attention(
+    make_engine: Callable[..., Engine], kernels: str, plans: list[str]
+) -> None:
+    """With the vllm kernels the engine's batches are laid out in pages, so every forward
+    (prefill chunks, decode rows, a cached prefix ending inside a page) takes vLLM's paged
+    attention, never the SDPA fallback."""
     engine = make_engine(kernels=kernels, page_size=None)
     shared = token_ids(3, 45)  # a prefix ending 13 tokens into its second page
     run_all(engine, [shared + token_ids(4, 9), shared + token_ids(5, 20)], greedy(6))
@@ -200,6 +207,7 @@ def test_the_engine_attends_through_vllm_s_paged_attention(
     assert set(plans) == {"PagedPlan"}
 
 
+@pytest.mark.skipif("vllm" not in KERNELS, reason="vLLM's ops do not import here")
 @pytest.mark.parametrize(
     "lens", [[3000, 2980, 1001, 64], [33], [32, 1, 95]], ids=["long", "one-page", "short"]
 )
@@ -232,21 +240,16 @@ def test_our_decode_attention_matches_vllm_s(lens: list[int]) -> None:
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif("vllm" not in KERNELS, reason="vLLM's ops do not import here")
 @pytest.mark.parametrize("kernels", ["vllm"])
 def test_long_decodes_take_our_decode_attention_and_answer_the_same(
-    make_engine: Callable[..., Engine], real_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+    make_engine: Callable[..., Engine],
+    real_model: LoadedModel,
+    plans: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Decode batches with a context of `long_context` tokens or more run our decode op (here
     from 40 tokens) on the embedded model, and the greedy outputs are those of vLLM's op."""
-    plans: list[str] = []
-    plan = vllm_kernels.VllmKernels.plan_attention
-
-    def spy(self: Any, *args: Any) -> Any:
-        chosen = plan(self, *args)
-        plans.append(type(chosen).__name__)
-        return chosen
-
-    monkeypatch.setattr(vllm_kernels.VllmKernels, "plan_attention", spy)
     prompts = [token_ids(6, 45), token_ids(7, 20) + token_ids(8, 50)]
     outputs = []
     for long_context in (10**9, 40):
