@@ -142,7 +142,7 @@ class VllmKernels(Kernels):
             [slots[::page_size] // page_size for slots in batch.seq_slots], batch_first=True
         ).to(torch.int32)
         seq_lens = torch.tensor([len(s) for s in batch.seq_slots], dtype=torch.int32)
-        if self._decodes_long(batch, page_size, seq_lens):
+        if self._decodes_long(batch, page_size, seq_lens, k_cache.dtype):
             return DecodePlan(block_table, seq_lens)
         query_start_loc = torch.zeros(len(batch.extend_lens) + 1, dtype=torch.int32)
         query_start_loc[1:] = torch.cumsum(torch.tensor(batch.extend_lens), 0)
@@ -152,11 +152,15 @@ class VllmKernels(Kernels):
         )  # fmt: skip
         return PagedPlan(block_table, seq_lens, query_start_loc, metadata)
 
-    def _decodes_long(self, batch: ForwardBatch, page_size: int, seq_lens: Tensor) -> bool:
+    def _decodes_long(
+        self, batch: ForwardBatch, page_size: int, seq_lens: Tensor, dtype: torch.dtype
+    ) -> bool:
         """Whether our decode op takes this batch: only decode rows, a long context among them
-        (over short ones vLLM's op is as fast or faster), pages it is built for."""
+        (over short ones vLLM's op is as fast or faster), the fp32 cache and pages it is built
+        for."""
         return (
             self.decode_op is not None
+            and dtype == torch.float32
             and page_size == decode_attention.PAGE_SIZE
             and all(n == 1 for n in batch.extend_lens)
             and int(seq_lens.max()) >= self.long_context

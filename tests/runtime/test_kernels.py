@@ -259,3 +259,19 @@ def test_long_decodes_take_our_decode_attention_and_answer_the_same(
         engine.close()
     assert outputs[0] == outputs[1]
     assert "DecodePlan" in plans and "PagedPlan" in plans  # prefill chunks stay with vLLM's op
+
+
+@pytest.mark.skipif("vllm" not in KERNELS, reason="vLLM's ops do not import here")
+@pytest.mark.parametrize("kernels", ["vllm"])
+def test_a_bf16_cache_keeps_vllm_s_attention_for_long_decodes(
+    make_engine: Callable[..., Engine],
+    real_model: LoadedModel,
+    plans: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Our decode op is fp32 only: a bf16 engine's long decodes stay with vLLM's op."""
+    monkeypatch.setattr(vllm_kernels.VllmKernels, "long_context", 40)
+    engine = make_engine(model=real_model, page_size=None, dtype="bfloat16")
+    (chunk,) = run_all(engine, [token_ids(6, 45)], greedy(4))
+    assert len(chunk.meta.output_ids) == 4
+    assert set(plans) == {"PagedPlan"}
